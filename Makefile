@@ -1,0 +1,56 @@
+# harvest-async developer tasks. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp
+PIP    := $(BIN)/python -m pip --disable-pip-version-check --quiet
+BENCH_SCRIPTS := $(sort $(wildcard bench/*.py))
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test check fmt bench demo clean distclean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: PYTHON=$(PYTHON) (creates the venv), DURATION=<s> (demo)"
+
+venv: $(STAMP) ## create .venv and install the package with its test extra
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# reinstall whenever pyproject.toml changes; the stamp records the last good install
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[test]'
+	@touch $@
+
+test: venv check ## lint + type-check, then the whole test suite
+	$(BIN)/python -m pytest -q
+
+check: venv ## ruff lint, ruff format check, mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict harvest_async
+
+fmt: venv ## format the code and apply safe lint fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv ## run every bench/*.py script
+ifeq ($(BENCH_SCRIPTS),)
+	@echo "no bench/*.py scripts yet"
+else
+	@set -e; for script in $(BENCH_SCRIPTS); do \
+		echo "== $$script"; \
+		$(BIN)/python $$script; \
+	done
+endif
+
+demo: venv ## run the demo against a private server (DURATION=seconds to stop early)
+	$(BIN)/harvest-async demo $(if $(DURATION),--duration $(DURATION))
+
+clean: ## remove caches and build output (keeps .venv)
+	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv too
+	rm -rf $(VENV)

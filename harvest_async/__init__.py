@@ -1,0 +1,20 @@
+"""harvest-async: event-driven profit-harvest proposals from Redis inputs.
+
+It only proposes; it never trades.
+"""
+
+from harvest_async.kernel import KernelInputError, compute
+from harvest_async.models import Decision, MarketState, Position, RiskProposal, Theta
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Decision",
+    "KernelInputError",
+    "MarketState",
+    "Position",
+    "RiskProposal",
+    "Theta",
+    "__version__",
+    "compute",
+]

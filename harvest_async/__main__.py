@@ -1,0 +1,3 @@
+from harvest_async.cli import main
+
+raise SystemExit(main())

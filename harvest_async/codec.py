@@ -1,0 +1,370 @@
+"""Redis hash fields <-> kernel inputs and proposal fields. Validation happens here, once.
+
+Pure (no I/O): the engine calls `evaluate` with the raw hashes it fetched (or that a
+replay holds) and the current time; the result is either kernel inputs or a reason why
+there is no advice for the symbol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import UTC, datetime
+
+import msgspec
+
+from harvest_async.models import Decision, MarketState, Position, RiskProposal, Theta
+
+__all__ = [
+    "NoAdvice",
+    "Ready",
+    "SymbolInputs",
+    "evaluate",
+    "parse_epoch",
+    "plan_id_for",
+    "proposal_fields",
+    "theta_id_for",
+]
+
+Hash = dict[str, str]
+
+SCHEMA_VERSION = "2"
+
+
+class SymbolInputs(msgspec.Struct, frozen=True, gc=False):
+    """The three input hashes of one symbol as read (None = key absent)."""
+
+    symbol: str
+    marketstate: Hash | None = None
+    risk: Hash | None = None
+    position: Hash | None = None
+
+
+class Ready(msgspec.Struct, frozen=True, gc=False):
+    position: Position
+    market: MarketState
+    risk: RiskProposal | None
+    risk_source: str  # "p1" | "fallback"
+    position_source: str  # "redis_hash" | "synthetic"
+    marketstate_age_sec: float | None
+    position_snapshot_age_sec: float | None
+    stale_at: float | None  # when an input will be older than the limit, if known
+
+
+class NoAdvice(msgspec.Struct, frozen=True, gc=False):
+    """No proposal for this symbol. `reason` is a short label; `detail` says what and where."""
+
+    reason: str
+    detail: str
+
+    @property
+    def invalid(self) -> bool:
+        return self.reason.startswith("invalid_")
+
+    def text(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+class _Bad(Exception):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _text(fields: Hash, name: str) -> str | None:
+    raw = fields.get(name)
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw == "" or raw in ("None", "null", "NULL", "none"):
+        return None
+    return raw
+
+
+def _number(fields: Hash, name: str, *, required: bool) -> float | None:
+    raw = _text(fields, name)
+    if raw is None:
+        if required:
+            raise _Bad(name, "is missing")
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _Bad(name, f"is not a number ({raw[:40]!r})") from None
+    if not math.isfinite(value):
+        raise _Bad(name, f"is not finite ({raw[:40]!r})")
+    return value
+
+
+def _lenient(fields: Hash, name: str) -> float | None:
+    """Fields that influence no output: a bad value is dropped, not fatal."""
+    try:
+        return _number(fields, name, required=False)
+    except _Bad:
+        return None
+
+
+def parse_epoch(raw: str) -> float:
+    """Epoch seconds from epoch seconds, epoch milliseconds or ISO-8601 text."""
+    try:
+        value = float(raw)
+    except ValueError:
+        text = raw.strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise _Bad("created_at", f"is not an epoch or ISO-8601 time ({raw[:40]!r})") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)  # producers write UTC
+        return moment.timestamp()
+    if not math.isfinite(value):
+        raise _Bad("created_at", f"is not finite ({raw[:40]!r})")
+    return value / 1000.0 if value > 1e11 else value
+
+
+def _market(fields: Hash) -> MarketState:
+    sigma = _number(fields, "sigma", required=True)
+    ts = _number(fields, "ts", required=True)
+    probs = [_number(fields, name, required=True) for name in ("p_trend", "p_mr", "p_chop")]
+    assert sigma is not None and ts is not None
+    if sigma < 0.0:
+        raise _Bad("sigma", f"is negative ({sigma!r})")
+    for name, value in zip(("p_trend", "p_mr", "p_chop"), probs, strict=True):
+        assert value is not None
+        if not 0.0 <= value <= 1.0:
+            raise _Bad(name, f"is outside [0, 1] ({value!r})")
+    return MarketState(sigma, ts, probs[0], probs[1], probs[2])  # type: ignore[arg-type]
+
+
+def _age(fields: Hash, now: float) -> float:
+    age = _number(fields, "age_sec", required=False)
+    if age is not None:
+        return age
+    raw = _text(fields, "created_at")
+    if raw is None:
+        return 0.0
+    return now - parse_epoch(raw)
+
+
+_SIDES = {"LONG": "LONG", "SHORT": "SHORT", "FLAT": "FLAT"}
+
+
+def _position(fields: Hash, symbol: str, now: float, needs_quantity: bool) -> Position | NoAdvice:
+    raw_side = _text(fields, "side")
+    if raw_side is None:
+        raise _Bad("side", "is missing")
+    side = _SIDES.get(raw_side.upper())
+    if side is None:
+        raise _Bad("side", f"is not LONG, SHORT or FLAT ({raw_side[:20]!r})")
+    if side == "FLAT":
+        return NoAdvice("flat", "position side is FLAT")
+    quantity = _number(fields, "quantity", required=False)
+    if quantity is None:
+        quantity = _number(fields, "position_amt", required=False)
+    if quantity is not None and quantity == 0.0:
+        return NoAdvice("zero_quantity", "position quantity is 0")
+    entry = _number(fields, "entry_price", required=True)
+    assert entry is not None
+    if entry <= 0.0:
+        raise _Bad("entry_price", f"must be > 0 ({entry!r})")
+    pnl = _number(fields, "unrealized_pnl", required=True)
+    assert pnl is not None
+    current_sl = _number(fields, "current_sl", required=False)
+    if current_sl is None:
+        current_sl = _number(fields, "stop_loss", required=False)
+    entry_risk = _number(fields, "entry_risk_usdt", required=False)
+    if entry_risk is not None and entry_risk <= 0.0:
+        raise _Bad("entry_risk_usdt", f"must be > 0 when given ({entry_risk!r})")
+    if needs_quantity and quantity is None and entry_risk is None:
+        raise _Bad("quantity", "is missing (needed for r_basis=position)")
+    price = _lenient(fields, "current_price")
+    if price is None:
+        price = _lenient(fields, "mark_price")
+    current_tp = _lenient(fields, "current_tp")
+    if current_tp is None:
+        current_tp = _lenient(fields, "take_profit")
+    return Position(
+        symbol=symbol,
+        side=side,
+        entry_price=entry,
+        unrealized_pnl=pnl,
+        age_sec=_age(fields, now),
+        current_price=price,
+        peak_price=_lenient(fields, "peak_price"),
+        trough_price=_lenient(fields, "trough_price"),
+        current_sl=current_sl,
+        current_tp=current_tp,
+        quantity=1.0 if quantity is None else quantity,
+        entry_risk_usdt=entry_risk,
+    )
+
+
+def _risk(fields: Hash | None) -> RiskProposal | None:
+    if fields is None:
+        return None
+    stop = _number(fields, "stop_dist_pct", required=False)
+    return RiskProposal(
+        stop_dist_pct=stop,
+        proposed_sl=_lenient(fields, "proposed_sl"),
+        proposed_tp=_lenient(fields, "proposed_tp"),
+    )
+
+
+def _synthetic(symbol: str, now: float) -> Position:
+    # Explicit opt-in only (POSITION_SOURCE=synthetic): a flat-PnL LONG at 1.0, so the kill
+    # score can be watched without positions. Every proposal says position_source=synthetic.
+    return Position(symbol=symbol, side="LONG", entry_price=1.0, unrealized_pnl=0.0, age_sec=0.0)
+
+
+def evaluate(
+    inputs: SymbolInputs,
+    now: float,
+    *,
+    theta: Theta,
+    max_input_age_sec: float,
+    synthetic_positions: bool = False,
+) -> Ready | NoAdvice:
+    """Turn one symbol's raw hashes into kernel inputs, or say why there is no advice."""
+    symbol = inputs.symbol
+    stale_at: float | None = None
+    # position first: no position is the common, quiet reason for no advice
+    position_age: float | None = None
+    if synthetic_positions:
+        position: Position | NoAdvice = _synthetic(symbol, now)
+    else:
+        if inputs.position is None:
+            return NoAdvice("no_position", "position key is absent")
+        try:
+            position = _position(
+                inputs.position, symbol, now, needs_quantity=theta.r_basis == "position"
+            )
+            snap = _number(inputs.position, "ts_epoch", required=False)
+        except _Bad as bad:
+            return NoAdvice("invalid_position", f"{bad.field} {bad.problem}")
+        if isinstance(position, NoAdvice):
+            return position
+        if snap is not None:
+            position_age = now - snap
+            if position_age > max_input_age_sec:
+                return NoAdvice("stale_position", f"snapshot is {position_age:.0f} s old")
+            stale_at = snap + max_input_age_sec
+    if inputs.marketstate is None:
+        return NoAdvice("missing_marketstate", "market state key is absent")
+    try:
+        market = _market(inputs.marketstate)
+        market_ts = _number(inputs.marketstate, "ts_timestamp", required=False)
+    except _Bad as bad:
+        return NoAdvice("invalid_marketstate", f"{bad.field} {bad.problem}")
+    market_age: float | None = None
+    if market_ts is not None:
+        market_age = now - market_ts
+        if market_age > max_input_age_sec:
+            return NoAdvice("stale_marketstate", f"market state is {market_age:.0f} s old")
+        edge = market_ts + max_input_age_sec
+        stale_at = edge if stale_at is None else min(stale_at, edge)
+    try:
+        risk = _risk(inputs.risk)
+    except _Bad as bad:
+        return NoAdvice("invalid_risk", f"{bad.field} {bad.problem}")
+    assert not isinstance(position, NoAdvice)
+    used_p1 = risk is not None and risk.stop_dist_pct is not None and risk.stop_dist_pct != 0.0
+    return Ready(
+        position=position,
+        market=market,
+        risk=risk,
+        risk_source="p1" if used_p1 else "fallback",
+        position_source="synthetic" if synthetic_positions else "redis_hash",
+        marketstate_age_sec=market_age,
+        position_snapshot_age_sec=position_age,
+        stale_at=stale_at,
+    )
+
+
+def theta_id_for(theta: Theta) -> str:
+    return hashlib.blake2b(msgspec.json.encode(theta), digest_size=4).hexdigest()
+
+
+def plan_id_for(symbol: str, decision: Decision, theta_id: str) -> str:
+    """Identifies a decision: same inputs to the action, SL and K give the same id."""
+    text = (
+        f"{symbol}|{decision.harvest_action}|{decision.new_sl_proposed!r}"
+        f"|{decision.kill_score!r}|{theta_id}"
+    )
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _opt(value: float | None, ndigits: int | None = None) -> str:
+    if value is None:
+        return ""
+    return repr(round(value, ndigits) if ndigits is not None else value)
+
+
+def iso_utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+def proposal_fields(
+    symbol: str,
+    ready: Ready,
+    decision: Decision,
+    *,
+    now: float,
+    plan_id: str,
+    seq: int,
+    trigger: str,
+    theta_id: str,
+) -> Hash:
+    """The proposal hash (INTERFACE §2.1): original names and formats plus ours."""
+    k = decision.k_components
+    pos = ready.position
+    mkt = ready.market
+    return {
+        "harvest_action": decision.harvest_action,
+        "new_sl_proposed": repr(decision.new_sl_proposed),
+        "R_net": repr(decision.R_net),
+        "risk_unit": repr(decision.risk_unit),
+        "cost_est": repr(decision.cost_est),
+        "kill_score": repr(decision.kill_score),
+        "reason_codes": ",".join(decision.reason_codes),
+        "k_regime_flip": repr(k.regime_flip),
+        "k_sigma_spike": repr(k.sigma_spike),
+        "k_ts_drop": repr(k.ts_drop),
+        "k_age_penalty": repr(k.age_penalty),
+        "sigma": repr(mkt.sigma),
+        "ts": repr(mkt.ts),
+        "p_trend": repr(mkt.p_trend),
+        "p_mr": repr(mkt.p_mr),
+        "p_chop": repr(mkt.p_chop),
+        "computed_at_utc": iso_utc(now),
+        "last_update_epoch": str(int(now)),
+        "position_side": pos.side,
+        "position_age_sec": repr(pos.age_sec),
+        "position_current_price": _opt(pos.current_price),
+        "position_entry_price": repr(pos.entry_price),
+        "position_unrealized_pnl": repr(pos.unrealized_pnl),
+        "symbol": symbol,
+        "plan_id": plan_id,
+        "ts_epoch": repr(round(now, 6)),
+        "trigger": trigger,
+        "seq": str(seq),
+        "position_source": ready.position_source,
+        "risk_source": ready.risk_source,
+        "marketstate_age_sec": _opt(ready.marketstate_age_sec, 3),
+        "position_snapshot_age_sec": _opt(ready.position_snapshot_age_sec, 3),
+        "theta_id": theta_id,
+        "schema_version": SCHEMA_VERSION,
+    }
+
+
+PROPOSAL_FIELDS: tuple[str, ...] = (
+    "harvest_action", "new_sl_proposed", "R_net", "risk_unit", "cost_est", "kill_score",
+    "reason_codes", "k_regime_flip", "k_sigma_spike", "k_ts_drop", "k_age_penalty", "sigma",
+    "ts", "p_trend", "p_mr", "p_chop", "computed_at_utc", "last_update_epoch", "position_side",
+    "position_age_sec", "position_current_price", "position_entry_price",
+    "position_unrealized_pnl", "symbol", "plan_id", "ts_epoch", "trigger", "seq",
+    "position_source", "risk_source", "marketstate_age_sec", "position_snapshot_age_sec",
+    "theta_id", "schema_version",
+)  # fmt: skip

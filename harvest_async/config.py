@@ -1,0 +1,353 @@
+"""Settings: one frozen object built from a mapping (the environment, an env file, flags).
+
+Invalid values raise ConfigError naming the variable; the CLI turns that into exit 2.
+Variables the original service's env file carries but we do not use (REDIS_HOST, ...)
+are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from harvest_async.kernel import KernelInputError, validate_theta
+from harvest_async.keys import Keys
+from harvest_async.models import Theta
+
+__all__ = ["ConfigError", "Settings", "load_env_file", "load_theta_file", "settings_from_env"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; `variable` names it."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: str = "redis://localhost:6379/0"
+    redis_password: str | None = None
+    symbols: tuple[str, ...] | None = None  # None = "*": discover from position keys
+    publish_interval_sec: float = 10.0
+    max_publish_age_sec: float = 60.0
+    change_eps_pct: float = 0.001
+    r_eps: float = 0.05
+    position_source: Literal["redis_hash", "synthetic"] = "redis_hash"
+    enable_stream: bool = True
+    stream_maxlen: int = 100_000
+    max_input_age_sec: float = 300.0
+    input_streams: tuple[str, ...] = ()
+    keys: Keys = Keys()
+    theta: Theta = Theta()
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    metrics_port: int | None = None
+    metrics_symbol_cap: int = 50
+    instance: str = "default"
+    liveness_ttl_sec: float = 30.0
+    # how often to reconcile every symbol when keyspace notifications are unavailable
+    poll_interval_sec: float = 2.0
+    canary_timeout_sec: float = 2.0
+    shutdown_grace_sec: float = 5.0
+
+    @property
+    def all_symbols(self) -> bool:
+        return self.symbols is None
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value if value != "" else None
+
+
+def _float(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    positive: bool = False,
+    non_negative: bool = False,
+) -> float:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(name, f"must be finite, got {raw!r}")
+    if positive and value <= 0:
+        raise ConfigError(name, f"must be > 0, got {raw!r}")
+    if non_negative and value < 0:
+        raise ConfigError(name, f"must be >= 0, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None, *, lo: int, hi: int) -> int | None:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(name, f"must be between {lo} and {hi}, got {raw!r}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(name, f"expected true or false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: Mapping[str, str]) -> str:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    key = raw.lower()
+    if key not in choices:
+        raise ConfigError(name, f"expected one of {', '.join(sorted(choices))}, got {raw!r}")
+    return choices[key]
+
+
+def _prefix(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if any(ch.isspace() for ch in raw):
+        raise ConfigError(name, f"must not contain whitespace, got {raw!r}")
+    return raw
+
+
+def _csv(raw: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+_SYMBOL_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:/")
+
+
+def _symbols(env: Mapping[str, str]) -> tuple[str, ...] | None:
+    raw = _get(env, "SYMBOLS")
+    if raw is None or raw == "*":
+        return None
+    symbols = _csv(raw)
+    if not symbols:
+        raise ConfigError("SYMBOLS", "empty list; use '*' to follow every position key")
+    for sym in symbols:
+        if sym == "*" or not set(sym) <= _SYMBOL_OK:
+            raise ConfigError("SYMBOLS", f"invalid symbol {sym!r} (use '*' alone for all)")
+    return tuple(dict.fromkeys(symbols))
+
+
+def load_theta_file(path: str, *, variable: str = "THETA_FILE") -> dict[str, object]:
+    """Read tunables from a TOML or JSON file (a flat table of names to values)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(variable, f"cannot read {path!r}: {exc.strerror}") from None
+    try:
+        obj = msgspec.toml.decode(data) if path.endswith(".toml") else msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(variable, f"{path}: {exc}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("theta"), dict):
+        obj = obj["theta"]  # allow a [theta] table
+    if not isinstance(obj, dict):
+        raise ConfigError(variable, f"{path}: expected a table of tunables")
+    return obj
+
+
+def build_theta(values: Mapping[str, object], *, variable: str) -> Theta:
+    try:
+        theta = msgspec.convert(values, Theta, strict=False)
+        validate_theta(theta)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(variable, str(exc)) from None
+    except KernelInputError as exc:
+        raise ConfigError(variable, str(exc)) from None
+    return theta
+
+
+def _theta(env: Mapping[str, str], fallback_stop_pct: float | None) -> Theta:
+    values: dict[str, object] = {}
+    if fallback_stop_pct is not None:
+        values["fallback_stop_pct"] = fallback_stop_pct
+    file = _get(env, "THETA_FILE")
+    if file is not None:
+        values.update(load_theta_file(file))
+    by_upper = {name.upper(): name for name in Theta.__struct_fields__}
+    for var, raw in env.items():
+        if not var.startswith("THETA_") or var == "THETA_FILE":
+            continue
+        name = by_upper.get(var[len("THETA_") :])
+        if name is None:
+            raise ConfigError(var, f"unknown tunable; known: {', '.join(sorted(by_upper))}")
+        if name == "r_basis":
+            values[name] = raw.strip()
+        else:
+            values[name] = _float(env, var, 0.0)
+    return build_theta(values, variable="THETA_FILE/THETA_*")
+
+
+def _password(env: Mapping[str, str]) -> str | None:
+    path = _get(env, "REDIS_PASSWORD_FILE")
+    if path is None:
+        creds = _get(env, "CREDENTIALS_DIRECTORY")  # systemd LoadCredential=
+        if creds is not None and (Path(creds) / "redis-password").is_file():
+            path = str(Path(creds) / "redis-password")
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise ConfigError("REDIS_PASSWORD_FILE", f"cannot read {path!r}: {exc.strerror}") from None
+
+
+def _redis_url(env: Mapping[str, str]) -> tuple[str, int]:
+    url = _get(env, "REDIS_URL") or "redis://localhost:6379/0"
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            "REDIS_URL", f"must start with redis://, rediss:// or unix://, got {url!r}"
+        )
+    db = 0
+    if url.startswith("unix://"):
+        if "db=" in url:
+            raw = url.split("db=", 1)[1].split("&", 1)[0]
+            db = _parse_db(raw)
+    else:
+        rest = url.split("://", 1)[1]
+        path = rest.split("/", 1)[1] if "/" in rest else ""
+        path = path.split("?", 1)[0]
+        if path:
+            db = _parse_db(path)
+    return url, db
+
+
+def _parse_db(raw: str) -> int:
+    try:
+        db = int(raw)
+    except ValueError:
+        raise ConfigError("REDIS_URL", f"database must be a number, got {raw!r}") from None
+    if db < 0:
+        raise ConfigError("REDIS_URL", f"database must be >= 0, got {db}")
+    return db
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """Build and validate Settings from a mapping of variables (never reads os.environ)."""
+    url, db = _redis_url(env)
+    publish_interval = _float(env, "PUBLISH_INTERVAL_SEC", 10.0, non_negative=True)
+    max_age = _float(env, "MAX_PUBLISH_AGE_SEC", 60.0, positive=True)
+    if max_age < publish_interval:
+        raise ConfigError(
+            "MAX_PUBLISH_AGE_SEC",
+            f"heartbeat {max_age} must be >= PUBLISH_INTERVAL_SEC {publish_interval}",
+        )
+    fallback_raw = _get(env, "FALLBACK_STOP_PCT")
+    fallback = None
+    if fallback_raw is not None:
+        fallback = _float(env, "FALLBACK_STOP_PCT", 0.02, positive=True)
+    position_source = _choice(
+        env,
+        "POSITION_SOURCE",
+        "redis_hash",
+        # `auto` is the original's name; here it never falls back to synthetic positions.
+        {"redis_hash": "redis_hash", "auto": "redis_hash", "synthetic": "synthetic"},
+    )
+    keys = Keys(
+        marketstate_prefix=_prefix(env, "MARKETSTATE_PREFIX", "quantum:marketstate:"),
+        risk_prefix=_prefix(env, "RISKPROPOSAL_PREFIX", "quantum:risk:proposal:"),
+        position_prefix=_prefix(env, "POSITION_PREFIX", "quantum:state:positions:"),
+        harvest_prefix=_prefix(env, "HARVEST_PREFIX", "quantum:harvest:proposal:"),
+        stream=_prefix(env, "STREAM_NAME", "quantum:stream:harvest.proposal"),
+        liveness_prefix=_prefix(env, "LIVENESS_PREFIX", "quantum:harvest:publisher:"),
+        db=db,
+    )
+    log_level = (_get(env, "LOG_LEVEL") or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError("LOG_LEVEL", f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    instance = _get(env, "INSTANCE") or socket.gethostname()
+    return Settings(
+        redis_url=url,
+        redis_password=_password(env),
+        symbols=_symbols(env),
+        publish_interval_sec=publish_interval,
+        max_publish_age_sec=max_age,
+        change_eps_pct=_float(env, "CHANGE_EPS_PCT", 0.001, non_negative=True),
+        r_eps=_float(env, "R_EPS", 0.05, non_negative=True),
+        position_source=position_source,  # type: ignore[arg-type]
+        enable_stream=_bool(env, "ENABLE_STREAM", True),
+        stream_maxlen=_int(env, "STREAM_MAXLEN", 100_000, lo=1, hi=10**10) or 100_000,
+        max_input_age_sec=_float(env, "MAX_INPUT_AGE_SEC", 300.0, positive=True),
+        input_streams=_csv(_get(env, "INPUT_STREAMS")),
+        keys=keys,
+        theta=_theta(env, fallback),
+        log_level=log_level,
+        log_format=_choice(env, "LOG_FORMAT", "text", {"text": "text", "json": "json"}),  # type: ignore[arg-type]
+        metrics_port=_int(env, "METRICS_PORT", None, lo=1, hi=65535),
+        metrics_symbol_cap=_int(env, "METRICS_SYMBOL_CAP", 50, lo=0, hi=100_000) or 0,
+        instance=instance,
+        liveness_ttl_sec=_float(env, "LIVENESS_TTL_SEC", 30.0, positive=True),
+        poll_interval_sec=_float(env, "POLL_INTERVAL_SEC", 2.0, positive=True),
+        canary_timeout_sec=_float(env, "CANARY_TIMEOUT_SEC", 2.0, positive=True),
+        shutdown_grace_sec=_float(env, "SHUTDOWN_GRACE_SEC", 5.0, positive=True),
+    )
+
+
+def load_env_file(path: str) -> dict[str, str]:
+    """Parse a systemd EnvironmentFile / docker env file: KEY=VALUE, # comments, quotes."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError("--env-file", f"cannot read {path!r}: {exc.strerror}") from None
+    out: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", ";")):
+            continue
+        if stripped.startswith("export "):
+            stripped = stripped[len("export ") :].lstrip()
+        if "=" not in stripped:
+            raise ConfigError("--env-file", f"{path}:{lineno}: expected KEY=VALUE, got {line!r}")
+        key, value = stripped.split("=", 1)
+        key = key.strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key] = value
+    return out
+
+
+def environ_with(
+    env_file: str | None,
+    overrides: Mapping[str, str] | None = None,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The effective variables: env file, then the process environment, then flags."""
+    merged: dict[str, str] = {}
+    if env_file is not None:
+        merged.update(load_env_file(env_file))
+    merged.update(os.environ if base is None else base)
+    if overrides:
+        merged.update(overrides)
+    return merged

