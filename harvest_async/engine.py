@@ -202,7 +202,9 @@ class Engine:
             adopted = self._try_adopt(state, decision, now)
             state.adopt = None
             if adopted:
-                self._schedule(symbol, state, self._later(state, ready, None))
+                assert state.last_publish_at is not None
+                heartbeat_at = state.last_publish_at + cfg.gate.heartbeat_sec
+                self._schedule(symbol, state, self._later(state, ready, heartbeat_at))
                 return None
         verdict = gate.decide(state.published, state.last_publish_at, decision, now, cfg.gate)
         if isinstance(verdict, gate.Defer):
@@ -304,6 +306,19 @@ class Engine:
         if when is not None and (state.heap_at is None or when < state.heap_at):
             heapq.heappush(self._heap, (when, symbol))
             state.heap_at = when
+            if len(self._heap) > 2 * len(self._states) + 64:
+                self._rebuild_heap()
+
+    def _rebuild_heap(self) -> None:
+        # Earlier deadlines leave the later entries they replace behind; under changes
+        # faster than the floor that is heartbeat/floor entries per symbol. Drop them.
+        heap = []
+        for name, st in self._states.items():
+            st.heap_at = st.due
+            if st.due is not None:
+                heap.append((st.due, name))
+        heapq.heapify(heap)
+        self._heap = heap
 
     def due(self, now: float) -> list[str]:
         """Symbols whose trailing edge, heartbeat or staleness time has come."""
@@ -368,6 +383,8 @@ class Engine:
 
     def forget_absent(self, symbol: str) -> None:
         """Drop a symbol with no inputs and nothing published (bounded memory under '*')."""
+        if self.config.synthetic_positions:
+            return  # no position key is the normal case there, not a reason to forget
         state = self._states.get(symbol)
         if state is not None and state.published is None and not state.hash_may_exist:
             inputs = state.inputs

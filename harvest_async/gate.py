@@ -66,12 +66,18 @@ def decide(
     `last` is the decision in the proposal hash now (None: no hash), `last_publish_at` the
     time of this symbol's last publish (kept across retractions: the floor still applies).
     """
+    # Compare with the same sums that are handed back as deadlines, so a timer firing
+    # exactly at its deadline always passes (now - last >= floor can round the other way).
     material = last is None or is_material(last, new, cfg)
     if material:
-        if last_publish_at is None or now - last_publish_at >= cfg.floor_sec:
+        if last_publish_at is None:
             return Publish("change", True)
-        return Defer(last_publish_at + cfg.floor_sec)
+        window_end = last_publish_at + cfg.floor_sec
+        if now >= window_end:
+            return Publish("change", True)
+        return Defer(window_end)
     assert last_publish_at is not None  # a published decision has a publish time
-    if now - last_publish_at >= cfg.heartbeat_sec:
+    heartbeat_at = last_publish_at + cfg.heartbeat_sec
+    if now >= heartbeat_at:
         return Publish("heartbeat", False)
-    return Skip(last_publish_at + cfg.heartbeat_sec)
+    return Skip(heartbeat_at)

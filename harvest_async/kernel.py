@@ -9,7 +9,7 @@ Imports: the standard library and msgspec only (enforced by a test).
 
 from __future__ import annotations
 
-from math import exp, isfinite
+from math import exp, isfinite, isnan
 
 from harvest_async.models import (
     Decision,
@@ -42,15 +42,23 @@ class KernelInputError(ValueError):
         self.problem = problem
 
 
-def _first_bad(prefix: str, obj: object, names: tuple[str, ...]) -> None:
-    """Raise for the first non-finite field among `names` (None is allowed and skipped)."""
+def _first_bad(
+    prefix: str, obj: object, names: tuple[str, ...], optional: frozenset[str] = frozenset()
+) -> None:
+    """Raise for the first non-finite field among `names` (None only where optional)."""
     for name in names:
         value = getattr(obj, name)
         if value is None:
-            continue
+            if name in optional:
+                continue
+            raise KernelInputError(f"{prefix}.{name}", "is required, got None")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise KernelInputError(f"{prefix}.{name}", f"expected a number, got {value!r}")
-        if not isfinite(value):
+        try:
+            finite = isfinite(value)
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
             raise KernelInputError(f"{prefix}.{name}", f"must be finite, got {value!r}")
 
 
@@ -66,7 +74,11 @@ _POSITION_NUMBERS = (
     "quantity",
     "entry_risk_usdt",
 )
+_POSITION_OPTIONAL = frozenset(
+    {"current_price", "peak_price", "trough_price", "current_sl", "current_tp", "entry_risk_usdt"}
+)
 _MARKET_NUMBERS = ("sigma", "ts", "p_trend", "p_mr", "p_chop")
+_RISK_OPTIONAL = frozenset({"stop_dist_pct", "proposed_sl", "proposed_tp"})
 _THETA_NUMBERS = tuple(f for f in Theta.__struct_fields__ if f != "r_basis")
 
 # Theta objects already checked, keyed by id; the entry keeps the object alive so its id
@@ -105,6 +117,8 @@ def tranche_weights(theta: Theta) -> tuple[float, float, float]:
             )
     e1, e2, e3 = exp(args[0]), exp(args[1]), exp(args[2])
     total = e1 + e2 + e3
+    if not isfinite(total):
+        raise KernelInputError("theta.u1", "exp(u_i/softmax_temp) summed overflows; lower u1..u3")
     if total < 1e-9:
         return _THIRD
     return (e1 / total, e2 / total, e3 / total)
@@ -141,10 +155,10 @@ def _validate_inputs(position: Position, market: MarketState, risk: RiskProposal
             + (0.0 if er is None else er)
         )
         fast_ok = isfinite(total)
-    except TypeError:
+    except (TypeError, OverflowError):
         fast_ok = False
     if not fast_ok:
-        _first_bad("position", position, _POSITION_NUMBERS)
+        _first_bad("position", position, _POSITION_NUMBERS, _POSITION_OPTIONAL)
         _first_bad("market_state", market, _MARKET_NUMBERS)
     if position.entry_price < 0.0:
         raise KernelInputError(
@@ -162,10 +176,12 @@ def _validate_inputs(position: Position, market: MarketState, risk: RiskProposal
                 + (0.0 if ps is None else ps)
                 + (0.0 if pt is None else pt)
             )
-        except TypeError:
+        except (TypeError, OverflowError):
             risk_ok = False
         if not risk_ok:
-            _first_bad("p1_proposal", risk, ("stop_dist_pct", "proposed_sl", "proposed_tp"))
+            _first_bad(
+                "p1_proposal", risk, ("stop_dist_pct", "proposed_sl", "proposed_tp"), _RISK_OPTIONAL
+            )
 
 
 def compute(
@@ -187,6 +203,8 @@ def compute(
         risk_unit = 1e-9
     cost_est = (theta.cost_bps / 10000.0) * entry
     if theta.r_basis == "position":
+        if position.quantity == 0.0 and position.entry_risk_usdt is None:
+            raise KernelInputError("position.quantity", "must be non-zero for r_basis=position")
         # Whole-position R: PnL is whole-position quote currency, so risk and cost must be too.
         qty = abs(position.quantity)
         cost_est = cost_est * qty
@@ -225,6 +243,18 @@ def compute(
         if new_sl is not None:
             codes.append("profit_lock")
 
+    # Finite but extreme inputs can overflow (PnL 1e300 over the 1e-9 risk floor, entry
+    # 1e308 * stop): refuse rather than publish inf/NaN. One sum checks all four.
+    if not isfinite(risk_unit + cost_est + r_net + (0.0 if new_sl is None else new_sl)):
+        for name, value in (
+            ("risk_unit", risk_unit),
+            ("cost_est", cost_est),
+            ("R_net", r_net),
+            ("new_sl_proposed", new_sl),
+        ):
+            if value is not None and not isfinite(value):
+                raise KernelInputError(name, f"is not finite ({value!r}) for these inputs")
+
     # max(lo, min(x, hi)) written out with the builtins' exact tie semantics.
     p_trend = market.p_trend
     regime_flip = 1.0 if p_trend < theta.trend_min and (market.p_chop + market.p_mr) > 0.5 else 0.0
@@ -246,6 +276,8 @@ def compute(
         + theta.k_ts_drop * ts_drop
         + theta.k_age_penalty * age_penalty
     )
+    if isnan(z):  # huge kill weights of opposite sign: inf - inf
+        raise KernelInputError("theta.k_regime_flip", "kill weights make the kill score undefined")
     # Stable limit for very negative z (only reachable with negative weights).
     kill_score = 1.0 / (1.0 + exp(-z)) if z > -_EXP_MAX else exp(z)
 

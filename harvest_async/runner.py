@@ -212,7 +212,7 @@ class Runner:
 
     async def _resync(self, reason: str) -> None:
         self.hooks.on_resync(reason)
-        if reason != "periodic reconcile":
+        if reason not in ("periodic reconcile", "poll"):
             log.info("resync (%s)", reason)
         if self.symbols is not None:
             symbols = list(self.symbols)

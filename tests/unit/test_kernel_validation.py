@@ -371,7 +371,15 @@ def test_position_r_basis_with_quantity_one_matches_price_basis() -> None:
     )
 
 
-def test_position_r_basis_zero_quantity_hits_the_risk_floor() -> None:
-    d = compute(position(quantity=0.0), market(), risk(), Theta(r_basis="position"))
-    assert d.risk_unit == 1e-9
-    assert d.cost_est == 0.0
+def test_position_r_basis_zero_quantity_is_refused() -> None:
+    # a zero quantity would put the whole-position risk on the 1e-9 floor: nonsense R
+    with pytest.raises(KernelInputError) as info:
+        compute(position(quantity=0.0), market(), risk(), Theta(r_basis="position"))
+    assert info.value.field == "position.quantity"
+
+
+def test_position_r_basis_zero_quantity_with_entry_risk_is_fine() -> None:
+    d = compute(
+        position(quantity=0.0, entry_risk_usdt=5.0), market(), risk(), Theta(r_basis="position")
+    )
+    assert d.risk_unit == 5.0
