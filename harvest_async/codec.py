@@ -287,12 +287,17 @@ def theta_id_for(theta: Theta) -> str:
     return hashlib.blake2b(msgspec.json.encode(theta), digest_size=4).hexdigest()
 
 
-def plan_id_for(symbol: str, decision: Decision, theta_id: str) -> str:
-    """Identifies a decision: same inputs to the action, SL and K give the same id."""
-    text = (
-        f"{symbol}|{decision.harvest_action}|{decision.new_sl_proposed!r}"
-        f"|{decision.kill_score!r}|{theta_id}"
-    )
+def plan_id_for(symbol: str, decision: Decision, theta_id: str, k_quantum: float = 0.001) -> str:
+    """Identifies a decision: action, proposed SL and kill score (on a `k_quantum` grid).
+
+    K drifts continuously with position age (~3.5e-6 per second with the defaults), so
+    hashing its exact repr would give a new id on every recompute, and a replay computed
+    a millisecond later than live would disagree. On the CHANGE_EPS grid, a K move that
+    is material changes the id; clock jitter almost never does.
+    """
+    k = decision.kill_score
+    k_key = repr(round(k / k_quantum)) if k_quantum > 0 else repr(k)
+    text = f"{symbol}|{decision.harvest_action}|{decision.new_sl_proposed!r}|{k_key}|{theta_id}"
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

@@ -217,7 +217,7 @@ class Engine:
         if not state.started and self.starting:
             trigger = "startup"
         plan_id = (
-            codec.plan_id_for(symbol, decision, self.theta_id)
+            codec.plan_id_for(symbol, decision, self.theta_id, cfg.gate.change_eps)
             if verdict.material or not state.plan_id
             else state.plan_id
         )

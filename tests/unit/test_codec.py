@@ -550,6 +550,11 @@ def test_plan_id_identifies_the_decision() -> None:
     }
     assert base not in others
     assert len(others) == 6
+    # K on the CHANGE_EPS grid: clock jitter in the age term does not make a new plan
+    assert codec.plan_id_for(SYM, dec(k=0.5 + 1e-7), tid) == codec.plan_id_for(SYM, dec(k=0.5), tid)
+    assert codec.plan_id_for(SYM, dec(k=0.5 + 1e-7), tid, 0.0) != codec.plan_id_for(
+        SYM, dec(k=0.5), tid, 0.0
+    )
 
 
 def test_theta_id_depends_on_tunables() -> None:
