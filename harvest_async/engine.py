@@ -13,6 +13,7 @@ import heapq
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter  # a duration for metrics, not a time of day
 from typing import Protocol
 
 import msgspec
@@ -149,6 +150,26 @@ class Engine:
         with contextlib.suppress(ValueError):
             state.seq = max(state.seq, int(fields.get("seq", "0")))
 
+    def check_published(self, symbol: str, fields: Hash | None) -> None:
+        """The proposal hash as read at a resync after a gap (None: no hash).
+
+        If it is not what this engine last wrote (the server restarted and lost it, or
+        someone deleted or replaced it), forget the published decision, so that the next
+        evaluation writes it again instead of finding nothing material to publish.
+        """
+        if not self.wants(symbol):
+            return
+        state = self._states.get(symbol)
+        if state is None:
+            if fields:
+                self._state(symbol).hash_may_exist = True  # not ours: retract or replace
+            return
+        if state.published is not None and (fields is None or fields.get("seq") != str(state.seq)):
+            log.info("%s: the proposal in Redis is not the last one written; rewriting", symbol)
+            state.published = None
+        if state.published is None:
+            state.hash_may_exist = bool(fields)
+
     def observe(self, inputs: SymbolInputs) -> bool:
         """Store the latest inputs; True if they differ from what the engine had."""
         if not self.wants(inputs.symbol):
@@ -193,10 +214,12 @@ class Engine:
         )
         if isinstance(ready, NoAdvice):
             return ready
+        started = perf_counter()
         try:
             decision = compute(ready.position, ready.market, ready.risk, cfg.theta)
         except KernelInputError as exc:
             return NoAdvice("invalid_input", str(exc))
+        self.observer.on_compute(perf_counter() - started)
         self._set_status(symbol, state, "ok", "inputs valid again")
         if state.adopt is not None:
             adopted = self._try_adopt(state, decision, now)

@@ -42,7 +42,14 @@ _USED = {
 }  # fmt: skip
 
 
-def trim(kind: str, fields: dict[str, str]) -> dict[str, str] | None:
+# A reply that is not a hash (WRONGTYPE: another type was written under the key) becomes
+# a value the codec rejects in a field it requires, so the symbol is retracted as invalid.
+_NOT_A_HASH_FIELD = {"marketstate": "sigma", "risk": "stop_dist_pct", "position": "side"}
+
+
+def trim(kind: str, fields: dict[str, str] | Exception) -> dict[str, str] | None:
+    if isinstance(fields, Exception):
+        return {_NOT_A_HASH_FIELD[kind]: f"<not a hash: {fields}>"}
     if not fields:
         return None
     used = _USED[kind]
@@ -62,7 +69,8 @@ class RedisInputReader:
                     pipe.hgetall(keys.marketstate(sym))
                     pipe.hgetall(keys.risk(sym))
                     pipe.hgetall(keys.position(sym))
-                raw = await pipe.execute()
+                # a WRONGTYPE reply is bad input for one symbol, not a reason to stop
+                raw = await pipe.execute(raise_on_error=False)
         except REDIS_ERRORS as exc:
             raise RedisUnavailable(f"reading inputs: {exc}") from exc
         out = []
@@ -107,10 +115,15 @@ class RedisInputReader:
             async with self.client.pipeline(transaction=False) as pipe:
                 for sym in names:
                     pipe.hgetall(self.keys.proposal(sym))
-                raw = await pipe.execute()
+                raw = await pipe.execute(raise_on_error=False)
         except REDIS_ERRORS as exc:
             raise RedisUnavailable(f"reading proposals: {exc}") from exc
-        return {sym: fields for sym, fields in zip(names, raw, strict=True) if fields}
+        return {
+            # not a hash (WRONGTYPE): something to replace or delete, never to adopt
+            sym: {"error": str(fields)} if isinstance(fields, Exception) else fields
+            for sym, fields in zip(names, raw, strict=True)
+            if fields
+        }
 
 
 class RedisSink:

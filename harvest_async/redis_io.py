@@ -13,7 +13,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 
 from harvest_async.errors import RedisUnavailable
 
-__all__ = ["REDIS_ERRORS", "client_for", "describe_url", "translate"]
+__all__ = ["REDIS_ERRORS", "client_for", "describe_url", "is_auth_error", "translate"]
 
 T = TypeVar("T")
 
@@ -42,6 +42,9 @@ def client_for(
     )
     kwargs: dict[str, Any] = {
         "decode_responses": True,
+        # a producer writing bytes that are not UTF-8 must not crash the reader: the value
+        # decodes with U+FFFD, is not a number, and the symbol is retracted as invalid
+        "encoding_errors": "replace",
         "retry": retry,
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": 5.0,
@@ -50,6 +53,23 @@ def client_for(
     if password is not None:
         kwargs["password"] = password
     return aioredis.Redis.from_url(url, **kwargs)
+
+
+_AUTH_MARKERS = (
+    "noauth",
+    "wrongpass",
+    "authentication required",
+    "invalid password",
+    "invalid username-password",
+    # redis-py 8 reports a failed AUTH during the handshake this way
+    "hello must be called with the client already authenticated",
+)
+
+
+def is_auth_error(text: str) -> bool:
+    """Whether a Redis error message means our credentials were refused."""
+    lowered = text.lower()
+    return any(marker in lowered for marker in _AUTH_MARKERS)
 
 
 def describe_url(url: str) -> str:

@@ -25,6 +25,9 @@ __all__ = ["ChangeSource", "Changed", "Gap", "InputReader", "Runner", "Sink"]
 log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 1000
+# resyncs that need not re-read the proposal hashes: startup adopts them itself, and the
+# timers' reconciles follow no gap
+_NO_VERIFY = frozenset({"startup", "periodic reconcile", "poll"})
 
 
 class Changed(msgspec.Struct, frozen=True, gc=False):
@@ -219,6 +222,12 @@ class Runner:
         else:
             found = set(await self.reader.discover())
             symbols = sorted(found | set(self.engine.symbols()))
+        if reason not in _NO_VERIFY:
+            # after a gap the proposals may be gone too (a server restart loses them while
+            # the inputs come back unchanged): check them, or nothing would be republished
+            published = await self.reader.read_published(symbols)
+            for symbol in symbols:
+                self.engine.check_published(symbol, published.get(symbol))
         dirty, self._dirty = self._dirty, {}
         for symbol in symbols:
             dirty.setdefault(symbol, monotonic())

@@ -18,8 +18,9 @@ from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings
 from harvest_async.engine import Engine, EngineConfig, Observer
 from harvest_async.errors import RedisUnavailable
+from harvest_async.metrics import start_for as start_metrics
 from harvest_async.publisher import LivenessWriter, RedisInputReader, RedisSink
-from harvest_async.redis_io import REDIS_ERRORS, client_for, describe_url
+from harvest_async.redis_io import REDIS_ERRORS, client_for, describe_url, is_auth_error
 from harvest_async.runner import Runner, RunnerHooks
 from harvest_async.sdnotify import Notifier
 from harvest_async.sources import KeyspaceSource
@@ -54,8 +55,14 @@ async def check_redis(settings: Settings) -> None:
     try:
         await client.ping()
     except REDIS_ERRORS as exc:
+        where = describe_url(settings.redis_url)
+        if is_auth_error(str(exc)):
+            raise RedisUnavailable(
+                f"Redis at {where} refused our credentials ({exc}); check the password "
+                "(REDIS_URL, REDIS_PASSWORD_FILE or the redis-password credential)"
+            ) from exc
         raise RedisUnavailable(
-            f"cannot reach Redis at {describe_url(settings.redis_url)}: {type(exc).__name__}: {exc}"
+            f"cannot reach Redis at {where}: {type(exc).__name__}: {exc}"
         ) from exc
     finally:
         with anyio.CancelScope(shield=True):
@@ -74,6 +81,9 @@ async def serve(
 ) -> int:
     clock = clock or SystemClock()
     await check_redis(settings)
+    stop_metrics: Callable[[], None] | None = None
+    if settings.metrics_port is not None and not once:
+        observer, hooks, stop_metrics = start_metrics(settings, observer, hooks)
     client = client_for(settings.redis_url, settings.redis_password, retries=0)
     engine = build_engine(settings, observer)
     runner = Runner(
@@ -145,6 +155,8 @@ async def serve(
                     ).clear()
             await client.aclose()
         notifier.close()
+        if stop_metrics is not None:
+            stop_metrics()
 
 
 async def _stop_on_signal(scope: anyio.CancelScope, notifier: Notifier) -> None:
@@ -172,8 +184,10 @@ async def _liveness_loop(
         # the watchdog ping comes from this loop: a stuck event loop stops it
         notifier.watchdog()
         try:
-            await liveness.beat(clock.now(), len(runner.engine))
+            # arm the canary before writing: the notification can be consumed before
+            # beat() returns, and arming afterwards would then wait for one never coming
             source.expect_canary()
+            await liveness.beat(clock.now(), len(runner.engine))
             notifier.status(
                 f"{len(runner.engine)} symbols, {runner.writes} writes, mode={source.mode}"
             )
