@@ -20,7 +20,7 @@ $(BIN)/python:
 
 # reinstall whenever pyproject.toml changes; the stamp records the last good install
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[test]'
+	$(PIP) install -e '.[test,plot]'
 	@touch $@
 
 test: venv check ## lint + type-check, then the whole test suite
