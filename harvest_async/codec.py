@@ -17,10 +17,16 @@ from harvest_async.models import Decision, MarketState, Position, RiskProposal, 
 
 __all__ = [
     "NoAdvice",
+    "ParsedMarket",
+    "ParsedPosition",
     "Ready",
     "SymbolInputs",
     "evaluate",
+    "evaluate_parsed",
     "parse_epoch",
+    "parse_market",
+    "parse_position",
+    "parse_risk",
     "plan_id_for",
     "proposal_fields",
     "theta_id_for",
@@ -65,6 +71,26 @@ class NoAdvice(msgspec.Struct, frozen=True, gc=False):
         return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
+class ParsedMarket(msgspec.Struct, frozen=True, gc=False):
+    market: MarketState
+    ts_timestamp: float | None
+
+
+class ParsedPosition(msgspec.Struct, frozen=True, gc=False):
+    """A position hash, parsed once; its age is settled at evaluation time."""
+
+    position: Position  # age_sec 0.0 here
+    age_sec: float | None  # the hash's age_sec, when given
+    created_at: float | None  # epoch seconds, when age_sec is not given
+    snapshot_at: float | None  # ts_epoch
+
+
+# What parsing one hash gives: parsed values, a reason for no advice, or None (absent).
+MarketPart = ParsedMarket | NoAdvice | None
+RiskPart = RiskProposal | NoAdvice | None
+PositionPart = ParsedPosition | NoAdvice | None
+
+
 class _Bad(Exception):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field} {problem}")
@@ -83,6 +109,18 @@ def _text(fields: Hash, name: str) -> str | None:
 
 
 def _number(fields: Hash, name: str, *, required: bool) -> float | None:
+    # Fast path for the common case, a plain number: float() ignores the same
+    # surrounding whitespace that strip() removes, and everything it refuses (absent,
+    # empty, "None", text) takes the checks below, as does a non-finite value.
+    raw = fields.get(name)
+    if raw is not None:
+        try:
+            value = float(raw)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(value):
+                return value
     raw = _text(fields, name)
     if raw is None:
         if required:
@@ -139,20 +177,21 @@ def _market(fields: Hash) -> MarketState:
     return MarketState(sigma, ts, probs[0], probs[1], probs[2])  # type: ignore[arg-type]
 
 
-def _age(fields: Hash, now: float) -> float:
+def _age_info(fields: Hash) -> tuple[float | None, float | None]:
+    """(age_sec, created_at epoch): age is `age_sec` if given, else now - created_at."""
     age = _number(fields, "age_sec", required=False)
     if age is not None:
-        return age
+        return age, None
     raw = _text(fields, "created_at")
     if raw is None:
-        return 0.0
-    return now - parse_epoch(raw)
+        return None, None
+    return None, parse_epoch(raw)
 
 
 _SIDES = {"LONG": "LONG", "SHORT": "SHORT", "FLAT": "FLAT"}
 
 
-def _position(fields: Hash, symbol: str, now: float, needs_quantity: bool) -> Position | NoAdvice:
+def _position(fields: Hash, symbol: str, needs_quantity: bool) -> ParsedPosition | NoAdvice:
     raw_side = _text(fields, "side")
     if raw_side is None:
         raise _Bad("side", "is missing")
@@ -186,19 +225,25 @@ def _position(fields: Hash, symbol: str, now: float, needs_quantity: bool) -> Po
     current_tp = _lenient(fields, "current_tp")
     if current_tp is None:
         current_tp = _lenient(fields, "take_profit")
-    return Position(
-        symbol=symbol,
-        side=side,
-        entry_price=entry,
-        unrealized_pnl=pnl,
-        age_sec=_age(fields, now),
-        current_price=price,
-        peak_price=_lenient(fields, "peak_price"),
-        trough_price=_lenient(fields, "trough_price"),
-        current_sl=current_sl,
-        current_tp=current_tp,
-        quantity=1.0 if quantity is None else quantity,
-        entry_risk_usdt=entry_risk,
+    age_sec, created_at = _age_info(fields)
+    return ParsedPosition(
+        Position(
+            symbol=symbol,
+            side=side,
+            entry_price=entry,
+            unrealized_pnl=pnl,
+            age_sec=0.0,  # set at evaluation time: an age from created_at advances
+            current_price=price,
+            peak_price=_lenient(fields, "peak_price"),
+            trough_price=_lenient(fields, "trough_price"),
+            current_sl=current_sl,
+            current_tp=current_tp,
+            quantity=1.0 if quantity is None else quantity,
+            entry_risk_usdt=entry_risk,
+        ),
+        age_sec,
+        created_at,
+        _number(fields, "ts_epoch", required=False),
     )
 
 
@@ -219,6 +264,99 @@ def _synthetic(symbol: str, now: float) -> Position:
     return Position(symbol=symbol, side="LONG", entry_price=1.0, unrealized_pnl=0.0, age_sec=0.0)
 
 
+def parse_position(fields: Hash | None, symbol: str, *, needs_quantity: bool) -> PositionPart:
+    """Parse a position hash once (when it changes); None when the key is absent."""
+    if fields is None:
+        return None
+    try:
+        return _position(fields, symbol, needs_quantity)
+    except _Bad as bad:
+        return NoAdvice("invalid_position", f"{bad.field} {bad.problem}")
+
+
+def parse_market(fields: Hash | None) -> MarketPart:
+    if fields is None:
+        return None
+    try:
+        return ParsedMarket(_market(fields), _number(fields, "ts_timestamp", required=False))
+    except _Bad as bad:
+        return NoAdvice("invalid_marketstate", f"{bad.field} {bad.problem}")
+
+
+def parse_risk(fields: Hash | None) -> RiskPart:
+    try:
+        return _risk(fields)
+    except _Bad as bad:
+        return NoAdvice("invalid_risk", f"{bad.field} {bad.problem}")
+
+
+def evaluate_parsed(
+    symbol: str,
+    market_part: MarketPart,
+    risk_part: RiskPart,
+    position_part: PositionPart,
+    now: float,
+    *,
+    max_input_age_sec: float,
+    synthetic_positions: bool = False,
+) -> Ready | NoAdvice:
+    """Kernel inputs at `now` from parsed hashes, or why there is no advice.
+
+    The checks run in a fixed order (position, its age, market state, its age, risk), so
+    a symbol with several problems always reports the same one.
+    """
+    stale_at: float | None = None
+    position_age: float | None = None
+    if synthetic_positions:
+        position = _synthetic(symbol, now)
+    else:
+        # position first: no position is the common, quiet reason for no advice
+        if position_part is None:
+            return NoAdvice("no_position", "position key is absent")
+        if type(position_part) is NoAdvice:
+            return position_part
+        assert isinstance(position_part, ParsedPosition)
+        snap = position_part.snapshot_at
+        if snap is not None:
+            position_age = now - snap
+            if position_age > max_input_age_sec:
+                return NoAdvice("stale_position", f"snapshot is {position_age:.0f} s old")
+            stale_at = snap + max_input_age_sec
+        age = position_part.age_sec
+        if age is None:
+            created = position_part.created_at
+            age = 0.0 if created is None else now - created
+        position = msgspec.structs.replace(position_part.position, age_sec=age)
+    if market_part is None:
+        return NoAdvice("missing_marketstate", "market state key is absent")
+    if type(market_part) is NoAdvice:
+        return market_part
+    assert isinstance(market_part, ParsedMarket)
+    market_ts = market_part.ts_timestamp
+    market_age: float | None = None
+    if market_ts is not None:
+        market_age = now - market_ts
+        if market_age > max_input_age_sec:
+            return NoAdvice("stale_marketstate", f"market state is {market_age:.0f} s old")
+        edge = market_ts + max_input_age_sec
+        stale_at = edge if stale_at is None else min(stale_at, edge)
+    if type(risk_part) is NoAdvice:
+        return risk_part
+    risk = risk_part
+    assert risk is None or isinstance(risk, RiskProposal)
+    used_p1 = risk is not None and risk.stop_dist_pct is not None and risk.stop_dist_pct != 0.0
+    return Ready(
+        position=position,
+        market=market_part.market,
+        risk=risk,
+        risk_source="p1" if used_p1 else "fallback",
+        position_source="synthetic" if synthetic_positions else "redis_hash",
+        marketstate_age_sec=market_age,
+        position_snapshot_age_sec=position_age,
+        stale_at=stale_at,
+    )
+
+
 def evaluate(
     inputs: SymbolInputs,
     now: float,
@@ -227,59 +365,19 @@ def evaluate(
     max_input_age_sec: float,
     synthetic_positions: bool = False,
 ) -> Ready | NoAdvice:
-    """Turn one symbol's raw hashes into kernel inputs, or say why there is no advice."""
+    """Turn one symbol's raw hashes into kernel inputs, or say why there is no advice.
+    (The engine parses each hash once when it changes and calls `evaluate_parsed`.)"""
     symbol = inputs.symbol
-    stale_at: float | None = None
-    # position first: no position is the common, quiet reason for no advice
-    position_age: float | None = None
-    if synthetic_positions:
-        position: Position | NoAdvice = _synthetic(symbol, now)
-    else:
-        if inputs.position is None:
-            return NoAdvice("no_position", "position key is absent")
-        try:
-            position = _position(
-                inputs.position, symbol, now, needs_quantity=theta.r_basis == "position"
-            )
-            snap = _number(inputs.position, "ts_epoch", required=False)
-        except _Bad as bad:
-            return NoAdvice("invalid_position", f"{bad.field} {bad.problem}")
-        if isinstance(position, NoAdvice):
-            return position
-        if snap is not None:
-            position_age = now - snap
-            if position_age > max_input_age_sec:
-                return NoAdvice("stale_position", f"snapshot is {position_age:.0f} s old")
-            stale_at = snap + max_input_age_sec
-    if inputs.marketstate is None:
-        return NoAdvice("missing_marketstate", "market state key is absent")
-    try:
-        market = _market(inputs.marketstate)
-        market_ts = _number(inputs.marketstate, "ts_timestamp", required=False)
-    except _Bad as bad:
-        return NoAdvice("invalid_marketstate", f"{bad.field} {bad.problem}")
-    market_age: float | None = None
-    if market_ts is not None:
-        market_age = now - market_ts
-        if market_age > max_input_age_sec:
-            return NoAdvice("stale_marketstate", f"market state is {market_age:.0f} s old")
-        edge = market_ts + max_input_age_sec
-        stale_at = edge if stale_at is None else min(stale_at, edge)
-    try:
-        risk = _risk(inputs.risk)
-    except _Bad as bad:
-        return NoAdvice("invalid_risk", f"{bad.field} {bad.problem}")
-    assert not isinstance(position, NoAdvice)
-    used_p1 = risk is not None and risk.stop_dist_pct is not None and risk.stop_dist_pct != 0.0
-    return Ready(
-        position=position,
-        market=market,
-        risk=risk,
-        risk_source="p1" if used_p1 else "fallback",
-        position_source="synthetic" if synthetic_positions else "redis_hash",
-        marketstate_age_sec=market_age,
-        position_snapshot_age_sec=position_age,
-        stale_at=stale_at,
+    return evaluate_parsed(
+        symbol,
+        parse_market(inputs.marketstate),
+        parse_risk(inputs.risk),
+        None
+        if synthetic_positions
+        else parse_position(inputs.position, symbol, needs_quantity=theta.r_basis == "position"),
+        now,
+        max_input_age_sec=max_input_age_sec,
+        synthetic_positions=synthetic_positions,
     )
 
 

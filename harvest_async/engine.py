@@ -95,6 +95,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
 @dataclass(slots=True, eq=False)
 class _State:
     inputs: SymbolInputs | None = None
+    # the three hashes parsed (once per change of each): market, risk, position
+    parts: tuple[codec.MarketPart, codec.RiskPart, codec.PositionPart] = (None, None, None)
     published: Decision | None = None  # what the proposal hash says now (None: no hash)
     plan_id: str = ""
     hash_may_exist: bool = False  # a hash (ours or a predecessor's) may be in Redis
@@ -115,6 +117,7 @@ class Engine:
         self._states: dict[str, _State] = {}
         self._heap: list[tuple[float, str]] = []
         self._allowed = frozenset(config.symbols) if config.symbols is not None else None
+        self._needs_quantity = config.theta.r_basis == "position"
         # True during the first full pass: first publishes say trigger=startup
         self.starting = True
 
@@ -181,8 +184,27 @@ class Engine:
             state = self._state(inputs.symbol)
         elif state.inputs == inputs:
             return False  # a notification only says "look again"
+        state.parts = self._parse(inputs, state.inputs, state.parts)
         state.inputs = inputs
         return True
+
+    def _parse(
+        self,
+        new: SymbolInputs,
+        old: SymbolInputs | None,
+        parts: tuple[codec.MarketPart, codec.RiskPart, codec.PositionPart],
+    ) -> tuple[codec.MarketPart, codec.RiskPart, codec.PositionPart]:
+        """Parse only the hashes that changed (a change is usually one of the three)."""
+        market, risk, position = parts
+        if old is None or new.marketstate != old.marketstate:
+            market = codec.parse_market(new.marketstate)
+        if old is None or new.risk != old.risk:
+            risk = codec.parse_risk(new.risk)
+        if old is None or new.position != old.position:
+            position = codec.parse_position(
+                new.position, new.symbol, needs_quantity=self._needs_quantity
+            )
+        return market, risk, position
 
     # -- decisions -----------------------------------------------------------------------
     def evaluate(self, symbol: str, now: float) -> Output | None:
@@ -191,9 +213,8 @@ class Engine:
         state = self._states.get(symbol)
         if state is None:
             return None
-        inputs = state.inputs or SymbolInputs(symbol)
         try:
-            result = self._decide(symbol, state, inputs, now)
+            result = self._decide(symbol, state, now)
         except Exception:  # one symbol's bug must never stop the others
             log.exception("internal error computing %s; retracting its proposal", symbol)
             result = NoAdvice("internal_error", "see the service log")
@@ -201,14 +222,15 @@ class Engine:
             return self._no_advice(symbol, state, result, now)
         return result
 
-    def _decide(
-        self, symbol: str, state: _State, inputs: SymbolInputs, now: float
-    ) -> Output | NoAdvice | None:
+    def _decide(self, symbol: str, state: _State, now: float) -> Output | NoAdvice | None:
         cfg = self.config
-        ready = codec.evaluate(
-            inputs,
+        market, risk, position = state.parts
+        ready = codec.evaluate_parsed(
+            symbol,
+            market,
+            risk,
+            position,
             now,
-            theta=cfg.theta,
             max_input_age_sec=cfg.max_input_age_sec,
             synthetic_positions=cfg.synthetic_positions,
         )
