@@ -174,37 +174,41 @@ class Engine:
             state.hash_may_exist = bool(fields)
 
     def observe(self, inputs: SymbolInputs) -> bool:
-        """Store the latest inputs; True if they differ from what the engine had."""
-        if not self.wants(inputs.symbol):
+        """Store the latest inputs; True if they differ from what the engine had.
+
+        Only the hashes that changed are parsed again (a change is usually one of three).
+        """
+        symbol = inputs.symbol
+        if self._allowed is not None and symbol not in self._allowed:
             return False
-        state = self._states.get(inputs.symbol)
+        state = self._states.get(symbol)
+        market_raw, risk_raw, position_raw = inputs.marketstate, inputs.risk, inputs.position
         if state is None:
-            if inputs.position is None and inputs.marketstate is None and inputs.risk is None:
+            if position_raw is None and market_raw is None and risk_raw is None:
                 return False  # nothing here and nothing published: do not track
-            state = self._state(inputs.symbol)
-        elif state.inputs == inputs:
-            return False  # a notification only says "look again"
-        state.parts = self._parse(inputs, state.inputs, state.parts)
+            state = self._state(symbol)
+        old = state.inputs
+        if old is None:
+            market_new = risk_new = position_new = True
+        else:
+            # a notification only says "look again": compare before recomputing
+            market_new = market_raw != old.marketstate
+            risk_new = risk_raw != old.risk
+            position_new = position_raw != old.position
+            if not (market_new or risk_new or position_new):
+                return False
+        market, risk, position = state.parts
+        if market_new:
+            market = codec.parse_market(market_raw)
+        if risk_new:
+            risk = codec.parse_risk(risk_raw)
+        if position_new:
+            position = codec.parse_position(
+                position_raw, symbol, needs_quantity=self._needs_quantity
+            )
+        state.parts = (market, risk, position)
         state.inputs = inputs
         return True
-
-    def _parse(
-        self,
-        new: SymbolInputs,
-        old: SymbolInputs | None,
-        parts: tuple[codec.MarketPart, codec.RiskPart, codec.PositionPart],
-    ) -> tuple[codec.MarketPart, codec.RiskPart, codec.PositionPart]:
-        """Parse only the hashes that changed (a change is usually one of the three)."""
-        market, risk, position = parts
-        if old is None or new.marketstate != old.marketstate:
-            market = codec.parse_market(new.marketstate)
-        if old is None or new.risk != old.risk:
-            risk = codec.parse_risk(new.risk)
-        if old is None or new.position != old.position:
-            position = codec.parse_position(
-                new.position, new.symbol, needs_quantity=self._needs_quantity
-            )
-        return market, risk, position
 
     # -- decisions -----------------------------------------------------------------------
     def evaluate(self, symbol: str, now: float) -> Output | None:

@@ -1,0 +1,98 @@
+"""The msgspec fast paths of the codec must agree exactly with the field-by-field parser."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harvest_async import codec
+from harvest_async.codec import NoAdvice, ParsedMarket, ParsedPosition
+
+NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-(10**6), 10**6).map(str),
+    st.sampled_from(["0", "-0", "0.0", "-0.0", " 1.5", "1_000", "1e400", "nan", "inf", "", "None"]),
+    st.sampled_from(
+        ["0.5", "0.01", "100.0", "-3.25", "2026-11-26T08:00:00Z", "junk", "1767225600"]
+    ),
+)
+POSITION_FIELDS = [
+    "side", "entry_price", "unrealized_pnl", "current_price", "mark_price", "quantity",
+    "position_amt", "ts_epoch", "stop_loss", "take_profit", "created_at", "age_sec",
+    "current_sl", "current_tp", "peak_price", "trough_price", "entry_risk_usdt",
+]  # fmt: skip
+MARKET_FIELDS = ["sigma", "ts", "p_trend", "p_mr", "p_chop", "ts_timestamp"]
+SIDES = st.sampled_from(["LONG", "SHORT", "FLAT", "long", " SHORT", "", "BUY"])
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, with floats compared bit for bit (sign of zero and NaN included)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return repr(a) == repr(b)
+    if isinstance(a, ParsedPosition | ParsedMarket) and type(a) is type(b):
+        return all(_same(getattr(a, f), getattr(b, f)) for f in a.__struct_fields__)
+    if hasattr(a, "__struct_fields__") and type(a) is type(b):
+        return all(_same(getattr(a, f), getattr(b, f)) for f in a.__struct_fields__)
+    return a == b
+
+
+def _slow_position(fields: dict[str, str], needs_quantity: bool) -> object:
+    try:
+        return codec._position(fields, "SYM", needs_quantity)
+    except codec._Bad as bad:
+        return NoAdvice("invalid_position", f"{bad.field} {bad.problem}")
+
+
+def _slow_market(fields: dict[str, str]) -> object:
+    try:
+        return ParsedMarket(
+            codec._market(fields), codec._number(fields, "ts_timestamp", required=False)
+        )
+    except codec._Bad as bad:
+        return NoAdvice("invalid_marketstate", f"{bad.field} {bad.problem}")
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    side=SIDES,
+    values=st.dictionaries(st.sampled_from(POSITION_FIELDS[1:]), NUMBERS, max_size=16),
+    base=st.booleans(),
+    needs_quantity=st.booleans(),
+)
+def test_position_fast_path_matches_slow(
+    side: str, values: dict[str, str], base: bool, needs_quantity: bool
+) -> None:
+    fields = {"entry_price": "100.5", "unrealized_pnl": "3.5"} if base else {}
+    fields.update(values)
+    fields["side"] = side
+    got = codec.parse_position(fields, "SYM", needs_quantity=needs_quantity)
+    assert _same(got, _slow_position(fields, needs_quantity))
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    values=st.dictionaries(st.sampled_from(MARKET_FIELDS), NUMBERS, max_size=6), base=st.booleans()
+)
+def test_market_fast_path_matches_slow(values: dict[str, str], base: bool) -> None:
+    fields = (
+        {"sigma": "0.01", "ts": "0.35", "p_trend": "0.5", "p_mr": "0.2", "p_chop": "0.3"}
+        if base
+        else {}
+    )
+    fields.update(values)
+    assert _same(codec.parse_market(fields), _slow_market(fields))
+
+
+def test_fast_path_is_taken_for_clean_input() -> None:
+    market = codec._market_fast(
+        {"sigma": "0.01", "ts": "0.35", "p_trend": "0.5", "p_mr": "0.2", "p_chop": "0.3"}
+    )
+    assert market is not None and math.isclose(market.market.sigma, 0.01)
+    position = codec._position_fast(
+        {"side": "LONG", "entry_price": "100", "unrealized_pnl": "2", "quantity": "0.5"},
+        "SYM",
+        False,
+    )
+    assert isinstance(position, ParsedPosition) and position.position.quantity == 0.5
