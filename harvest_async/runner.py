@@ -24,7 +24,9 @@ __all__ = ["ChangeSource", "Changed", "Gap", "InputReader", "Runner", "Sink"]
 
 log = logging.getLogger(__name__)
 
-FETCH_CHUNK = 1000
+# symbols per fetch + evaluate + write round; smaller chunks leave less transient garbage
+# after a burst (1,000 kept ~0.6 KiB more RSS per tracked symbol) and shorter EXECs
+FETCH_CHUNK = 250
 # resyncs that need not re-read the proposal hashes: startup adopts them itself, and the
 # timers' reconciles follow no gap
 _NO_VERIFY = frozenset({"startup", "periodic reconcile", "poll"})
