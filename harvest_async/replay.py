@@ -57,6 +57,7 @@ from harvest_async.recording import (
     open_output,
 )
 from harvest_async.redis_io import REDIS_ERRORS
+from harvest_async.runner import FETCH_CHUNK  # a resync observes and evaluates per chunk
 from harvest_async.service import engine_config
 
 __all__ = [
@@ -78,7 +79,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FETCH_CHUNK = 1000  # as runner.FETCH_CHUNK: a resync observes and evaluates per chunk
 _KIND_INDEX = {"marketstate": 0, "risk": 1, "position": 2}
 _INF = math.inf
 
