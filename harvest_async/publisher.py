@@ -343,6 +343,10 @@ class RedisSink:
             try:
                 await self._transaction(outputs)
                 return
+            except ResponseError as exc:
+                # Redis answered and refused (WRONGTYPE on the stream key, OOM, READONLY
+                # after a failover): an outage to report and retry, never a crash
+                raise RedisUnavailable(f"Redis refused the proposal write: {exc}") from exc
             except REDIS_ERRORS as exc:
                 failure: BaseException = exc
             # EXEC may or may not have run. Find out before anyone retries.

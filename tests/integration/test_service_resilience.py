@@ -349,6 +349,34 @@ async def test_a_key_of_another_type_is_bad_input_not_a_crash(redis_url: str) ->
     assert entries[1]["reason"].startswith("invalid_marketstate: sigma")
 
 
+async def test_an_audit_stream_of_another_type_is_an_outage_not_a_crash(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # an operator wrote a string where the audit stream lives: XADD fails inside EXEC
+    async with connected(redis_url) as client:
+        await client.set(KEYS.stream, "not a stream")
+        async with running(make_settings(redis_url)):
+            await put_inputs(client, pnl=5.0)
+            await wait_for(
+                lambda: _logged(caplog, "refused the proposal write"), "the refusal logged"
+            )
+            await client.delete(KEYS.stream)  # fixed: the service carries on by itself
+
+            async def audited() -> list[dict[str, str]]:
+                return [f for _id, f in await client.xrange(KEYS.stream)]
+
+            # MULTI/EXEC does not roll back: the hash may already show the proposal, but
+            # the service keeps retrying until its audit entry is written too
+            entries = await wait_for(audited, "the audit entry after the fix")
+            await wait_action(client, "PARTIAL_25")
+    assert entries and entries[-1]["event"] == "publish"
+    assert entries[-1]["harvest_action"] == "PARTIAL_25"
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in r.getMessage() for r in caplog.records)
+
+
 # -- uncertain writes ----------------------------------------------------------------------
 
 
