@@ -119,7 +119,7 @@ def run_child(path: Path, mode: str) -> dict[str, float]:
 _SPLIT = (
     (("replay.py", "run"), "whole replay (cProfile adds overhead)"),
     (("engine.py", "evaluate"), "Engine.evaluate (codec + kernel + gate + proposal)"),
-    (("codec.py", "evaluate"), "↳ codec.evaluate (hash fields -> kernel inputs)"),
+    (("codec.py", "evaluate_parsed"), "↳ codec.evaluate_parsed (parsed hashes -> kernel inputs)"),
     (("kernel.py", "compute"), "↳ kernel.compute"),
     (("codec.py", "proposal_fields"), "↳ codec.proposal_fields (publishes only)"),
     (("engine.py", "observe"), "Engine.observe"),
