@@ -59,7 +59,8 @@ def test_ready_watchdog_stopping(redis_url: str, tmp_path: Path) -> None:
         assert ready, f"no READY=1 within 15 s; got {messages}"
         assert "STATUS=publishing" in ready[0]
 
-        # the watchdog keeps being pinged, faster than WATCHDOG_USEC / 2
+        # the watchdog keeps being pinged (every WATCHDOG_USEC / 3), always well inside
+        # WATCHDOG_USEC; the margin allows for a loaded CI machine's scheduling jitter
         window = 1.0
         pings_at: list[float] = []
         end = time.monotonic() + window
@@ -70,7 +71,7 @@ def test_ready_watchdog_stopping(redis_url: str, tmp_path: Path) -> None:
                     pings_at.append(time.monotonic())
         assert len(pings_at) >= 3, f"{len(pings_at)} WATCHDOG=1 in {window} s"
         gaps = [b - a for a, b in itertools.pairwise(pings_at)]
-        assert max(gaps) < WATCHDOG_USEC / 1e6 / 2, gaps
+        assert max(gaps) < WATCHDOG_USEC / 1e6 * 0.8, gaps
         assert any(m.startswith("STATUS=") and "symbols" in m for m in messages)
 
         proc.send_signal(signal.SIGTERM)
