@@ -380,7 +380,7 @@ async def test_replay_into_writes_the_recorded_changes(redis_url: str) -> None:
             EXAMPLES / "s1_increasing_pnl.jsonl", client, KEYS, speed=100.0, retime=True
         )
         elapsed = time.time() - before
-        assert 2.0 <= elapsed < 4.0  # 220 s recorded at 100x
+        assert 2.0 <= elapsed < 8.0  # 220 s recorded at 100x (upper bound: slack for CI load)
         fields = await client.hgetall(KEYS.position("BTCUSDT"))
         assert fields["unrealized_pnl"] == "14.0"
         # retimed: the snapshot time is "now", so a live service does not see it stale

@@ -349,7 +349,7 @@ async def test_no_position_retracts_at_once_despite_the_floor(
         await wait_absent(client)
         elapsed = time.perf_counter() - sent
         entries = retracts(await audit(client))
-    assert elapsed < 0.5
+    assert elapsed < 5.0  # far inside the 10 s floor that would hold back a publish
     assert len(entries) == 1
     assert entries[0]["reason"].startswith(name)
     assert {"event", "symbol", "reason", "seq", "ts_epoch"} <= set(entries[0])
