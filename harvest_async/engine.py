@@ -428,21 +428,26 @@ class Engine:
                 self.observer.on_retract(out)
                 log.info("retract %s reason=%s", out.symbol, out.reason)
                 if state.inputs is None or state.inputs.position is None:
-                    self._forget(out.symbol, state)
+                    self._forget(out.symbol, state, None)
 
-    def forget_absent(self, symbol: str) -> None:
-        """Drop a symbol with no inputs and nothing published (bounded memory under '*')."""
+    def forget_absent(self, symbol: str, now: float | None = None) -> None:
+        """Drop a symbol with no position and nothing published (bounded memory under '*').
+
+        One that published within the floor window is kept until `now` is past it: the
+        floor must still hold back a publish if its position comes straight back."""
         if self.config.synthetic_positions:
             return  # no position key is the normal case there, not a reason to forget
         state = self._states.get(symbol)
         if state is not None and state.published is None and not state.hash_may_exist:
             inputs = state.inputs
             if inputs is None or inputs.position is None:
-                self._forget(symbol, state)
+                self._forget(symbol, state, now)
 
-    def _forget(self, symbol: str, state: _State) -> None:
+    def _forget(self, symbol: str, state: _State, now: float | None) -> None:
         # The seq floor is time based, so forgetting the counter is safe.
-        if state.last_publish_at is not None and self.config.gate.floor_sec > 0:
+        last = state.last_publish_at
+        floor = self.config.gate.floor_sec
+        if last is not None and floor > 0 and (now is None or now < last + floor):
             return  # keep the floor's memory of the last publish
         self._states.pop(symbol, None)
 

@@ -221,7 +221,7 @@ class _Replayer:
                 engine.observe(inputs)
                 changed.append(symbol)
                 if inputs.position is None:
-                    engine.forget_absent(symbol)
+                    engine.forget_absent(symbol, now)
             changed.extend(engine.due(now))
             self._evaluate(changed, now)
         self.next_reconcile = now + self.reconcile_every
@@ -247,7 +247,7 @@ class _Replayer:
             if engine.observe(inputs):
                 changed.append(symbol)
             if inputs.position is None:
-                engine.forget_absent(symbol)
+                engine.forget_absent(symbol, now)
         pending.clear()
         due = engine.due(now)
         if due:

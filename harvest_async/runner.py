@@ -242,11 +242,12 @@ class Runner:
             chunk = symbols[start : start + FETCH_CHUNK]
             inputs = await self.reader.fetch(chunk)
             changed = []
+            now = self.clock.now()
             for item in inputs:
                 if self.engine.observe(item) or force:
                     changed.append(item.symbol)
                 if item.position is None:
-                    self.engine.forget_absent(item.symbol)
+                    self.engine.forget_absent(item.symbol, now)
             changed.extend(self.engine.due(self.clock.now()))
             await self._evaluate_and_write(changed, seen)
 

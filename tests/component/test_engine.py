@@ -310,6 +310,23 @@ def test_publishes_immediately_after_retraction_outside_floor() -> None:
     assert isinstance(again, PublishOut) and again.seq > retract.seq
 
 
+def test_a_closed_symbol_is_forgotten_once_its_floor_window_has_passed() -> None:
+    # under SYMBOLS='*' a symbol whose position closed must not be kept forever
+    e, _ = started("A", "B")
+    e.observe(inp("A", position=None))
+    e.forget_absent("A", T0 + 1)  # still published: kept
+    retract = e.evaluate("A", T0 + 1)
+    assert isinstance(retract, RetractOut)
+    e.confirm([retract])
+    assert "A" in e.symbols()  # the floor's memory of its last publish (T0) is kept
+    e.forget_absent("A", T0 + FLOOR - 1)
+    assert "A" in e.symbols()
+    e.forget_absent("A", T0 + FLOOR)
+    assert e.symbols() == ["B"]
+    e.forget_absent("B", T0 + 10 * FLOOR)  # B still has its position: kept
+    assert e.symbols() == ["B"]
+
+
 # -- startup adoption -------------------------------------------------------------------
 
 
