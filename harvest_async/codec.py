@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from datetime import UTC, datetime
 
 import msgspec
@@ -30,6 +31,7 @@ __all__ = [
     "plan_id_for",
     "proposal_fields",
     "theta_id_for",
+    "trim",
 ]
 
 Hash = dict[str, str]
@@ -516,6 +518,43 @@ def evaluate(
         max_input_age_sec=max_input_age_sec,
         synthetic_positions=synthetic_positions,
     )
+
+
+# The input fields the codec reads. The readers (live and replay) keep only these: less
+# memory per symbol, and a rewrite of an ignored field (buffer_size, mu, ...) is no change.
+_USED = {
+    "marketstate": frozenset({"sigma", "ts", "p_trend", "p_mr", "p_chop", "ts_timestamp"}),
+    "risk": frozenset({"stop_dist_pct", "proposed_sl", "proposed_tp"}),
+    "position": frozenset(
+        {
+            "side", "entry_price", "unrealized_pnl", "current_price", "mark_price", "quantity",
+            "position_amt", "ts_epoch", "stop_loss", "take_profit", "created_at", "age_sec",
+            "current_sl", "current_tp", "peak_price", "trough_price", "entry_risk_usdt",
+        }
+    ),
+}  # fmt: skip
+
+
+_CANONICAL = {kind: {sys.intern(n): sys.intern(n) for n in names} for kind, names in _USED.items()}
+
+# A reply that is not a hash (WRONGTYPE: another type was written under the key) becomes
+# a value the codec rejects in a field it requires, so the symbol is retracted as invalid.
+_NOT_A_HASH_FIELD = {"marketstate": "sigma", "risk": "stop_dist_pct", "position": "side"}
+
+
+def trim(kind: str, fields: dict[str, str] | Exception) -> dict[str, str] | None:
+    if isinstance(fields, Exception):
+        return {_NOT_A_HASH_FIELD[kind]: f"<not a hash: {fields}>"}
+    if not fields:
+        return None
+    # keys from the canonical (interned) names: the parser makes a new string per key
+    # and reply, which would cost ~1 KiB per tracked symbol in copies of "unrealized_pnl"
+    names = _CANONICAL[kind]
+    out = {names[k]: v for k, v in fields.items() if k in names}
+    side = out.get("side")
+    if side is not None and len(side) < 8:
+        out["side"] = sys.intern(side)  # LONG / SHORT / FLAT: shared, not one per symbol
+    return out
 
 
 def theta_id_for(theta: Theta) -> str:

@@ -31,7 +31,13 @@ from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.codec import SymbolInputs
 from harvest_async.config import Settings
 from harvest_async.models import ACTIONS
-from harvest_async.redis_io import REDIS_ERRORS, client_for, describe_url, is_auth_error
+from harvest_async.redis_io import (
+    REDIS_ERRORS,
+    client_for,
+    describe_url,
+    is_auth_error,
+    scan_symbols,
+)
 from harvest_async.sources import notify_flags_cover, read_notify_flags
 
 __all__ = ["CHECK_NAMES", "Check", "Report", "render_text", "run_doctor"]
@@ -300,14 +306,7 @@ async def _check_notifications(
 
 # -- inputs ------------------------------------------------------------------------------------
 async def _scan(client: aioredis.Redis, prefix: str) -> list[str]:
-    pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
-    found: list[str] = []
-    async for key in client.scan_iter(match=pattern, count=1000):
-        if len(key) > len(prefix):
-            found.append(key[len(prefix) :])
-            if len(found) >= _SCAN_LIMIT:
-                break
-    return found
+    return await scan_symbols(client, prefix, _SCAN_LIMIT)
 
 
 async def _hgetall_many(client: aioredis.Redis, keys: Sequence[str]) -> list[dict[str, str]]:

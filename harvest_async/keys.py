@@ -46,7 +46,7 @@ class Keys:
     def keyspace_patterns(self) -> list[str]:
         """One PSUBSCRIBE pattern per input prefix (glob chars in prefixes escaped)."""
         base = self.keyspace_channel_prefix()
-        return [base + _glob_escape(p) + "*" for p in self.input_prefixes().values()]
+        return [base + glob_escape(p) + "*" for p in self.input_prefixes().values()]
 
     def liveness_channel(self, instance: str) -> str:
         return self.keyspace_channel_prefix() + self.liveness(instance)
@@ -62,7 +62,8 @@ class Keys:
         return best
 
 
-def _glob_escape(text: str) -> str:
+def glob_escape(text: str) -> str:
+    """`text` as a literal in a Redis glob pattern (SCAN MATCH, PSUBSCRIBE)."""
     out = []
     for ch in text:
         if ch in "*?[]\\":

@@ -31,52 +31,15 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from harvest_async import __version__
-from harvest_async.codec import PROPOSAL_FIELDS, Hash, SymbolInputs, iso_utc
+from harvest_async.codec import PROPOSAL_FIELDS, Hash, SymbolInputs, iso_utc, trim
 from harvest_async.engine import Output, PublishOut
 from harvest_async.errors import RedisUnavailable, WriteUncertain
 from harvest_async.keys import Keys
-from harvest_async.redis_io import REDIS_ERRORS
+from harvest_async.redis_io import REDIS_ERRORS, scan_symbols
 
 __all__ = ["LivenessWriter", "RedisInputReader", "RedisSink"]
 
 log = logging.getLogger(__name__)
-
-# Only these fields are kept from the input hashes: less memory per symbol, and a
-# rewrite of an ignored field (buffer_size, mu, ...) is not a change.
-_USED = {
-    "marketstate": frozenset({"sigma", "ts", "p_trend", "p_mr", "p_chop", "ts_timestamp"}),
-    "risk": frozenset({"stop_dist_pct", "proposed_sl", "proposed_tp"}),
-    "position": frozenset(
-        {
-            "side", "entry_price", "unrealized_pnl", "current_price", "mark_price", "quantity",
-            "position_amt", "ts_epoch", "stop_loss", "take_profit", "created_at", "age_sec",
-            "current_sl", "current_tp", "peak_price", "trough_price", "entry_risk_usdt",
-        }
-    ),
-}  # fmt: skip
-
-
-_CANONICAL = {kind: {sys.intern(n): sys.intern(n) for n in names} for kind, names in _USED.items()}
-
-# A reply that is not a hash (WRONGTYPE: another type was written under the key) becomes
-# a value the codec rejects in a field it requires, so the symbol is retracted as invalid.
-_NOT_A_HASH_FIELD = {"marketstate": "sigma", "risk": "stop_dist_pct", "position": "side"}
-
-
-def trim(kind: str, fields: dict[str, str] | Exception) -> dict[str, str] | None:
-    if isinstance(fields, Exception):
-        return {_NOT_A_HASH_FIELD[kind]: f"<not a hash: {fields}>"}
-    if not fields:
-        return None
-    # keys from the canonical (interned) names: the parser makes a new string per key
-    # and reply, which would cost ~1 KiB per tracked symbol in copies of "unrealized_pnl"
-    names = _CANONICAL[kind]
-    out = {names[k]: v for k, v in fields.items() if k in names}
-    side = out.get("side")
-    if side is not None and len(side) < 8:
-        out["side"] = sys.intern(side)  # LONG / SHORT / FLAT: shared, not one per symbol
-    return out
-
 
 # -- the hot path's wire -----------------------------------------------------------------
 #
@@ -270,16 +233,10 @@ class RedisInputReader:
         return out
 
     async def _scan_symbols(self, prefix: str) -> set[str]:
-        found: set[str] = set()
-        pattern = _glob_escape(prefix) + "*"
         try:
-            async for key in self.client.scan_iter(match=pattern, count=1000):
-                symbol = key[len(prefix) :]
-                if symbol:
-                    found.add(symbol)
+            return set(await scan_symbols(self.client, prefix))
         except REDIS_ERRORS as exc:
             raise RedisUnavailable(f"scanning {prefix}*: {exc}") from exc
-        return found
 
     async def discover(self) -> list[str]:
         # proposals too: one whose position key vanished must be retracted
@@ -448,7 +405,3 @@ class LivenessWriter:
             await self.client.delete(self.key)
         except REDIS_ERRORS as exc:
             log.debug("liveness clear failed: %s", exc)
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

@@ -27,11 +27,10 @@ import redis.asyncio as aioredis
 
 from harvest_async import __version__
 from harvest_async.clock import Clock, SystemClock
-from harvest_async.codec import Hash
+from harvest_async.codec import Hash, trim
 from harvest_async.config import Settings
 from harvest_async.errors import RedisUnavailable
-from harvest_async.keys import Keys
-from harvest_async.publisher import trim
+from harvest_async.keys import Keys, glob_escape
 from harvest_async.recording import (
     FORMAT,
     KINDS,
@@ -80,10 +79,6 @@ def _hash(kind: str, reply: Any) -> Hash | None:
     return reply or None
 
 
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
-
-
 class Recorder:
     """Reads inputs from Redis and writes what changed. Driven by `record()`."""
 
@@ -125,9 +120,7 @@ class Recorder:
         found: set[str] = set(self.known)
         try:
             for prefix in self.keys.input_prefixes().values():
-                async for key in self.client.scan_iter(
-                    match=_glob_escape(prefix) + "*", count=1000
-                ):
+                async for key in self.client.scan_iter(match=glob_escape(prefix) + "*", count=1000):
                     hit = self.keys.classify(key)
                     if hit is not None:
                         found.add(hit[1])

@@ -12,8 +12,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from harvest_async.errors import RedisUnavailable
+from harvest_async.keys import glob_escape
 
-__all__ = ["REDIS_ERRORS", "client_for", "describe_url", "is_auth_error", "translate"]
+__all__ = [
+    "REDIS_ERRORS",
+    "client_for",
+    "describe_url",
+    "is_auth_error",
+    "scan_symbols",
+    "translate",
+]
 
 T = TypeVar("T")
 
@@ -70,6 +78,17 @@ def is_auth_error(text: str) -> bool:
     """Whether a Redis error message means our credentials were refused."""
     lowered = text.lower()
     return any(marker in lowered for marker in _AUTH_MARKERS)
+
+
+async def scan_symbols(client: aioredis.Redis, prefix: str, limit: int | None = None) -> list[str]:
+    """The non-empty suffixes of the keys starting with `prefix` (SCAN, not KEYS)."""
+    found: list[str] = []
+    async for key in client.scan_iter(match=glob_escape(prefix) + "*", count=1000):
+        if len(key) > len(prefix):
+            found.append(key[len(prefix) :])
+            if limit is not None and len(found) >= limit:
+                break
+    return found
 
 
 def describe_url(url: str) -> str:

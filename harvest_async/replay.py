@@ -40,11 +40,10 @@ from typing import IO, Any
 import msgspec
 
 from harvest_async.clock import Clock, SystemClock
-from harvest_async.codec import PROPOSAL_FIELDS, Hash, SymbolInputs
+from harvest_async.codec import PROPOSAL_FIELDS, Hash, SymbolInputs, trim
 from harvest_async.config import Settings
 from harvest_async.engine import Engine, EngineConfig, Output, PublishOut, RetractOut
 from harvest_async.errors import RedisUnavailable
-from harvest_async.publisher import trim
 from harvest_async.recording import (
     Delete,
     End,

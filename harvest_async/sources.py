@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 
 from harvest_async.clock import monotonic
 from harvest_async.errors import RedisUnavailable
-from harvest_async.keys import Keys
+from harvest_async.keys import Keys, glob_escape
 from harvest_async.redis_io import REDIS_ERRORS, client_for, describe_url
 from harvest_async.runner import Changed, Event, Gap
 
@@ -141,7 +141,7 @@ class KeyspaceSource:
         try:
             try:
                 flags = await read_notify_flags(client)
-                patterns = [*self.keys.keyspace_patterns(), _escape(self._liveness_channel)]
+                patterns = [*self.keys.keyspace_patterns(), glob_escape(self._liveness_channel)]
                 await conn.connect()
                 await conn.send_command("PSUBSCRIBE", *patterns)
                 for _ in patterns:
@@ -264,7 +264,3 @@ class KeyspaceSource:
                 with anyio.CancelScope(shield=True):
                     with contextlib.suppress(*REDIS_ERRORS):
                         await client.aclose()
-
-
-def _escape(text: str) -> str:
-    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

@@ -30,8 +30,8 @@ import redis.asyncio as aioredis
 from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings
 from harvest_async.errors import RedisUnavailable
-from harvest_async.keys import Keys
-from harvest_async.redis_io import REDIS_ERRORS, client_for, describe_url
+from harvest_async.keys import Keys, glob_escape
+from harvest_async.redis_io import REDIS_ERRORS, client_for, describe_url, scan_symbols
 from harvest_async.sources import notify_flags_cover, read_notify_flags
 
 __all__ = ["Terminal", "WatchModel", "Watcher", "render", "run_watch", "use_color"]
@@ -369,10 +369,7 @@ class Watcher:
     async def _names(self) -> list[str]:
         if self.symbols is not None:
             return list(self.symbols)
-        prefix = self.keys.harvest_prefix
-        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
-        found = [k[len(prefix) :] async for k in self.client.scan_iter(match=pattern, count=1000)]
-        return sorted(s for s in found if s)
+        return sorted(await scan_symbols(self.client, self.keys.harvest_prefix))
 
     async def _read(self, symbols: Sequence[str]) -> list[dict[str, str]]:
         out: list[dict[str, str]] = []
@@ -477,8 +474,7 @@ class Watcher:
             flags = await read_notify_flags(sub)
             base = self.keys.keyspace_channel_prefix()
             prefix = self.keys.harvest_prefix
-            escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
-            await pubsub.psubscribe(base + escaped + "*")
+            await pubsub.psubscribe(base + glob_escape(prefix) + "*")
             usable, missing = notify_flags_cover(flags or "")
             if flags is None or (usable and "g" not in missing):
                 self.model.mode = "notify"
