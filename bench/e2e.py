@@ -45,11 +45,11 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from harvest_async import __version__
-from harvest_async.codec import PROPOSAL_FIELDS
-from harvest_async.keys import Keys
-from harvest_async.publisher import _pairs, _Wire
-from harvest_async.redis_server import EmbeddedRedis, find_redis_servers
-from harvest_async.simulate import Simulator, symbols_for
+from harvest_async.core.codec import PROPOSAL_FIELDS
+from harvest_async.core.keys import Keys
+from harvest_async.redis_io.publisher import _pairs, _Wire
+from harvest_async.tools.embedded_server import EmbeddedRedis, find_redis_servers
+from harvest_async.tools.simulate import Simulator, symbols_for
 
 KEYS = Keys()
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -26,9 +26,10 @@ from typing import Any
 
 import msgspec
 
-from harvest_async import __version__, whatif
-from harvest_async.kernel import compute
-from harvest_async.models import MarketState, Position, RiskProposal, Theta
+from harvest_async import __version__
+from harvest_async.core.kernel import compute
+from harvest_async.core.models import MarketState, Position, RiskProposal, Theta
+from harvest_async.tools import compute as whatif
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS_PATH = ROOT / "tests" / "data" / "kernel_vectors_public.json"

@@ -3,8 +3,8 @@
 It only proposes; it never trades.
 """
 
-from harvest_async.kernel import KernelInputError, compute
-from harvest_async.models import Decision, MarketState, Position, RiskProposal, Theta
+from harvest_async.core.kernel import KernelInputError, compute
+from harvest_async.core.models import Decision, MarketState, Position, RiskProposal, Theta
 
 __version__ = "0.1.0"
 

@@ -1,3 +1,3 @@
-from harvest_async.cli import main
+from harvest_async.cli.main import main
 
 raise SystemExit(main())

@@ -16,9 +16,9 @@ from typing import Literal
 
 import msgspec
 
-from harvest_async.kernel import KernelInputError, validate_theta
-from harvest_async.keys import Keys
-from harvest_async.models import Theta
+from harvest_async.core.kernel import KernelInputError, validate_theta
+from harvest_async.core.keys import Keys
+from harvest_async.core.models import Theta
 
 __all__ = ["ConfigError", "Settings", "load_env_file", "load_theta_file", "settings_from_env"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from harvest_async.redis_server import (
+from harvest_async.tools.embedded_server import (
     EmbeddedRedis,
     RedisServerError,
     ServerBinary,

@@ -6,12 +6,12 @@ import random
 
 import pytest
 
-from harvest_async import engine as engine_mod
-from harvest_async.codec import SymbolInputs
-from harvest_async.engine import Engine, EngineConfig, Output, PublishOut, RetractOut
-from harvest_async.gate import GateConfig
-from harvest_async.kernel import compute
-from harvest_async.models import Theta
+from harvest_async.core import engine as engine_mod
+from harvest_async.core.codec import SymbolInputs
+from harvest_async.core.engine import Engine, EngineConfig, Output, PublishOut, RetractOut
+from harvest_async.core.gate import GateConfig
+from harvest_async.core.kernel import compute
+from harvest_async.core.models import Theta
 
 T0 = 1_700_000_000.0
 FLOOR = 10.0

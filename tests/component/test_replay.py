@@ -24,12 +24,12 @@ import pytest
 from anyio.abc import TaskStatus
 
 from harvest_async.clock import FakeClock
-from harvest_async.codec import Hash, SymbolInputs
 from harvest_async.config import settings_from_env
-from harvest_async.engine import Engine, EngineConfig, Output, PublishOut
-from harvest_async.gate import GateConfig
-from harvest_async.publisher import trim
-from harvest_async.recording import (
+from harvest_async.core.codec import Hash, SymbolInputs
+from harvest_async.core.engine import Engine, EngineConfig, Output, PublishOut
+from harvest_async.core.gate import GateConfig
+from harvest_async.redis_io.publisher import trim
+from harvest_async.replay.format import (
     FORMAT,
     VERSION,
     Delete,
@@ -43,9 +43,9 @@ from harvest_async.recording import (
     read_all,
     write_recording,
 )
-from harvest_async.replay import compare, engine_config_for, replay, replay_to_file
-from harvest_async.runner import Changed, Event, Gap, Runner
-from harvest_async.simulate import Simulator, symbols_for
+from harvest_async.replay.replayer import compare, engine_config_for, replay, replay_to_file
+from harvest_async.service.runner import Changed, Event, Gap, Runner
+from harvest_async.tools.simulate import Simulator, symbols_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "recordings"
@@ -478,7 +478,7 @@ def test_memory_is_bounded_by_symbols_not_changes(tmp_path: Path) -> None:
     write_recording(path, start=T0, initial=initial, changes=changes, end_at=T0 + 400)
     outputs: list[Output] = []
     engines: list[Engine] = []
-    import harvest_async.replay as replay_mod
+    import harvest_async.replay.replayer as replay_mod
 
     original = replay_mod.Engine
 

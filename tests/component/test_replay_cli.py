@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harvest_async import cli
-from harvest_async.replay import CSV_COLUMNS
+from harvest_async.cli import main as cli
+from harvest_async.replay.replayer import CSV_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "recordings"

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from harvest_async import cli
-from harvest_async import plot as plot_mod
+from harvest_async.cli import main as cli
 from harvest_async.config import settings_from_env
-from harvest_async.recording import write_recording
-from harvest_async.replay import engine_config_for, replay_to_file
-from harvest_async.simulate import Simulator, symbols_for
+from harvest_async.replay import plot as plot_mod
+from harvest_async.replay.format import write_recording
+from harvest_async.replay.replayer import engine_config_for, replay_to_file
+from harvest_async.tools.simulate import Simulator, symbols_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "recordings"
@@ -74,7 +74,7 @@ def test_missing_matplotlib_gives_a_clear_error(
 
 
 def test_plot_module_does_not_import_matplotlib_at_import_time() -> None:
-    assert "import matplotlib" not in (ROOT / "harvest_async" / "plot.py").read_text()
+    assert "import matplotlib" not in (ROOT / "harvest_async" / "replay" / "plot.py").read_text()
     assert builtins  # (the module imports it with importlib only when drawing)
 
 

@@ -15,11 +15,11 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from harvest_async.clock import FakeClock
-from harvest_async.codec import Hash, SymbolInputs
-from harvest_async.engine import Engine, EngineConfig, Output, PublishOut, RetractOut
+from harvest_async.core.codec import Hash, SymbolInputs
+from harvest_async.core.engine import Engine, EngineConfig, Output, PublishOut, RetractOut
+from harvest_async.core.gate import GateConfig
 from harvest_async.errors import RedisUnavailable
-from harvest_async.gate import GateConfig
-from harvest_async.runner import Changed, Event, Gap, Runner
+from harvest_async.service.runner import Changed, Event, Gap, Runner
 
 T0 = 1_700_000_000.0
 FLOOR = 10.0

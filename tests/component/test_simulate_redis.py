@@ -10,9 +10,9 @@ import fakeredis
 import pytest
 
 from harvest_async.clock import SystemClock
+from harvest_async.core.keys import Keys
 from harvest_async.errors import RedisUnavailable
-from harvest_async.keys import Keys
-from harvest_async.simulate import InputWrite, Simulator, run_simulator, symbols_for
+from harvest_async.tools.simulate import InputWrite, Simulator, run_simulator, symbols_for
 
 KEYS = Keys(
     marketstate_prefix="s:ms:",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from harvest_async.demo import DEMO_PREFIX
+from harvest_async.tools.demo import DEMO_PREFIX
 
 
 def run_demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

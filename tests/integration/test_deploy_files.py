@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from harvest_async.config import Settings, load_env_file, settings_from_env
-from harvest_async.metrics import METRIC_NAMES
-from harvest_async.models import Theta
+from harvest_async.core.models import Theta
+from harvest_async.service.metrics import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "harvest-async.service"

@@ -21,13 +21,13 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from harvest_async import codec
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.doctor import Check, Report, render_text, run_doctor
-from harvest_async.keys import Keys
-from harvest_async.redis_server import EmbeddedRedis
-from harvest_async.runner import Runner
-from harvest_async.service import serve
+from harvest_async.core import codec
+from harvest_async.core.keys import Keys
+from harvest_async.service.app import serve
+from harvest_async.service.runner import Runner
+from harvest_async.tools.doctor import Check, Report, render_text, run_doctor
+from harvest_async.tools.embedded_server import EmbeddedRedis
 
 KEYS = Keys()
 

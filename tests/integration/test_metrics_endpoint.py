@@ -13,11 +13,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from harvest_async.config import settings_from_env
-from harvest_async.keys import Keys
-from harvest_async.metrics import METRIC_NAMES
-from harvest_async.runner import Runner
-from harvest_async.service import serve
-from harvest_async.simulate import Simulator
+from harvest_async.core.keys import Keys
+from harvest_async.service.app import serve
+from harvest_async.service.metrics import METRIC_NAMES
+from harvest_async.service.runner import Runner
+from harvest_async.tools.simulate import Simulator
 
 KEYS = Keys()
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"]
@@ -127,7 +127,7 @@ async def test_metrics_endpoint_serves_every_listed_metric(redis_url: str) -> No
 
 def test_metrics_listen_on_loopback_only() -> None:
     """The endpoint's socket is bound to 127.0.0.1; other local addresses are refused."""
-    from harvest_async.metrics import Metrics, serve_metrics
+    from harvest_async.service.metrics import Metrics, serve_metrics
 
     server = serve_metrics(Metrics(process_metrics=False).registry, 0)
     try:
@@ -146,7 +146,7 @@ def test_metrics_listen_on_loopback_only() -> None:
 
 
 async def test_metrics_port_in_use_is_one_clear_error(redis_url: str) -> None:
-    from harvest_async.cli_errors import CliError
+    from harvest_async.cli.exits import CliError
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
-from harvest_async.redis_server import EmbeddedRedis
+from harvest_async.tools.embedded_server import EmbeddedRedis
 
 # what the 'A' alias of notify-keyspace-events stands for (Redis 7 / Valkey 8)
 _ALL_EVENT_CLASSES = "g$lshzxetd"

@@ -17,12 +17,12 @@ from typing import IO, Any
 import pytest
 import redis
 
-from harvest_async import codec
-from harvest_async.codec import SymbolInputs
-from harvest_async.kernel import KernelInputError, compute
-from harvest_async.keys import Keys
-from harvest_async.models import Theta
-from harvest_async.publisher import trim
+from harvest_async.core import codec
+from harvest_async.core.codec import SymbolInputs
+from harvest_async.core.kernel import KernelInputError, compute
+from harvest_async.core.keys import Keys
+from harvest_async.core.models import Theta
+from harvest_async.redis_io.publisher import trim
 
 KEYS = Keys()
 

@@ -22,13 +22,13 @@ import anyio.lowlevel
 import pytest
 import redis.asyncio as aioredis
 
-from harvest_async import codec
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.engine import PublishOut, RetractOut
-from harvest_async.keys import Keys
-from harvest_async.models import Theta
-from harvest_async.runner import Runner
-from harvest_async.service import serve
+from harvest_async.core import codec
+from harvest_async.core.engine import PublishOut, RetractOut
+from harvest_async.core.keys import Keys
+from harvest_async.core.models import Theta
+from harvest_async.service.app import serve
+from harvest_async.service.runner import Runner
 
 T = TypeVar("T")
 KEYS = Keys()

@@ -26,19 +26,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from harvest_async import codec
-from harvest_async.codec import SymbolInputs
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.engine import Engine, EngineConfig, Output
+from harvest_async.core import codec
+from harvest_async.core.codec import SymbolInputs
+from harvest_async.core.engine import Engine, EngineConfig, Output
+from harvest_async.core.kernel import KernelInputError, compute
+from harvest_async.core.keys import Keys
+from harvest_async.core.models import Theta
 from harvest_async.errors import RedisUnavailable, WriteUncertain
-from harvest_async.kernel import KernelInputError, compute
-from harvest_async.keys import Keys
-from harvest_async.models import Theta
-from harvest_async.publisher import RedisSink, trim
-from harvest_async.redis_io import client_for
-from harvest_async.redis_server import EmbeddedRedis
-from harvest_async.runner import Runner
-from harvest_async.service import serve
+from harvest_async.redis_io.client import client_for
+from harvest_async.redis_io.publisher import RedisSink, trim
+from harvest_async.service.app import serve
+from harvest_async.service.runner import Runner
+from harvest_async.tools.embedded_server import EmbeddedRedis
 
 T = TypeVar("T")
 KEYS = Keys()
@@ -743,7 +743,7 @@ def test_fuzzed_input_hashes_never_crash_it_nor_get_published(redis_url: str) ->
 async def test_a_read_that_gets_no_reply_times_out(redis_url: str) -> None:
     """The hot path's deadline: a paused server makes a fetch fail after the timeout
     (and the next one works on a new connection)."""
-    from harvest_async.publisher import RedisInputReader
+    from harvest_async.redis_io.publisher import RedisInputReader
 
     client = client_for(redis_url)
     admin = aioredis.Redis.from_url(redis_url)

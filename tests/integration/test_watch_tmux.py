@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from harvest_async import codec
-from harvest_async.keys import Keys
-from harvest_async.watch import WatchModel, render
+from harvest_async.core import codec
+from harvest_async.core.keys import Keys
+from harvest_async.tools.watch import WatchModel, render
 
 KEYS = Keys()
 TMUX = shutil.which("tmux")

@@ -29,7 +29,7 @@ BLOCKED_TOP = [
     "logging",
 ]
 # harvest_async modules allowed besides the package itself.
-ALLOWED_OWN = ["harvest_async.kernel", "harvest_async.models"]
+ALLOWED_OWN = ["harvest_async.core", "harvest_async.core.kernel", "harvest_async.core.models"]
 # msgspec imports typing_extensions when it is installed (an optional, pure typing helper).
 ALLOWED_THIRD_PARTY = ["msgspec", "typing_extensions"]
 
@@ -63,10 +63,10 @@ SCRIPT = textwrap.dedent(
     sys.meta_path.insert(0, Blocker())
     before = set(sys.modules)
 
-    import harvest_async.kernel
-    import harvest_async.models
-    from harvest_async.kernel import compute
-    from harvest_async.models import MarketState, Position, RiskProposal, Theta
+    import harvest_async.core.kernel
+    import harvest_async.core.models
+    from harvest_async.core.kernel import compute
+    from harvest_async.core.models import MarketState, Position, RiskProposal, Theta
 
     d = compute(
         Position(symbol="BTCUSDT", side="LONG", entry_price=100.0, unrealized_pnl=5.0,
@@ -116,7 +116,7 @@ def test_kernel_runs_with_io_modules_blocked() -> None:
     assert result["R_net"] == 2.45
     new = result["new"]
     assert isinstance(new, list)
-    assert "harvest_async.kernel" in new
+    assert "harvest_async.core.kernel" in new
     assert _outside_allowed(new) == []
     assert not [m for m in new if m.partition(".")[0] in BLOCKED_TOP]
 
@@ -125,18 +125,29 @@ def test_package_init_imports_only_kernel_and_models() -> None:
     new = _run()["new"]
     assert isinstance(new, list)
     own = sorted(m for m in new if m.partition(".")[0] == "harvest_async")
-    assert own == ["harvest_async", "harvest_async.kernel", "harvest_async.models"]
+    assert own == [
+        "harvest_async",
+        "harvest_async.core",
+        "harvest_async.core.kernel",
+        "harvest_async.core.models",
+    ]
 
 
 def test_blocker_really_blocks() -> None:
     """The harness itself works: importing a blocked module fails inside it."""
-    script = SCRIPT + "\nimport harvest_async.whatif\n"
+    script = SCRIPT + "\nimport harvest_async.tools.compute\n"
     proc = subprocess.run(
-        [sys.executable, "-c", script, "redis,socket", "harvest_async.kernel,harvest_async.models"],
+        [
+            sys.executable,
+            "-c",
+            script,
+            "redis,socket",
+            "harvest_async.core,harvest_async.core.kernel,harvest_async.core.models",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert proc.returncode != 0
-    assert "calc-only: import of 'harvest_async.whatif' is blocked" in proc.stderr
+    assert "calc-only: import of 'harvest_async.tools' is blocked" in proc.stderr

@@ -7,8 +7,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harvest_async import codec
-from harvest_async.codec import NoAdvice, ParsedMarket, ParsedPosition
+from harvest_async.core import codec
+from harvest_async.core.codec import NoAdvice, ParsedMarket, ParsedPosition
 
 NUMBERS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),

@@ -12,9 +12,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from harvest_async import whatif
-from harvest_async.cli import build_parser, main
-from harvest_async.models import Theta
+from harvest_async.cli.main import build_parser, main
+from harvest_async.core.models import Theta
+from harvest_async.tools import compute as whatif
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kernel_vectors_public.json"
 VECTORS: list[dict[str, Any]] = json.loads(DATA.read_bytes())
@@ -244,7 +244,7 @@ def test_subprocess_bad_argument_is_exit_2() -> None:
 def test_compute_does_not_import_redis_or_anyio() -> None:
     script = (
         "import sys, io\n"
-        "from harvest_async.cli import main\n"
+        "from harvest_async.cli.main import main\n"
         "sys.stdin = io.TextIOWrapper(io.BytesIO(b''))\n"
         "assert main(['compute']) == 0\n"
         "bad = [m for m in ('redis', 'anyio', 'hiredis', 'uvloop', 'prometheus_client')"

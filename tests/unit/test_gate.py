@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harvest_async.gate import Defer, GateConfig, Publish, Skip, decide, is_material
-from harvest_async.models import ACTIONS, Decision, KComponents
+from harvest_async.core.gate import Defer, GateConfig, Publish, Skip, decide, is_material
+from harvest_async.core.models import ACTIONS, Decision, KComponents
 
 T0 = 1_700_000_000.0
 CFG = GateConfig()  # floor 10 s, heartbeat 60 s, change_eps 0.001, r_eps 0.05

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harvest_async.kernel import KernelInputError, compute
-from harvest_async.models import Decision, MarketState, Position, RiskProposal, Theta
+from harvest_async.core.kernel import KernelInputError, compute
+from harvest_async.core.models import Decision, MarketState, Position, RiskProposal, Theta
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

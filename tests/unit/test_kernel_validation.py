@@ -8,8 +8,8 @@ import math
 import msgspec
 import pytest
 
-from harvest_async.kernel import KernelInputError, compute, tranche_weights, validate_theta
-from harvest_async.models import MarketState, Position, RiskProposal, Theta
+from harvest_async.core.kernel import KernelInputError, compute, tranche_weights, validate_theta
+from harvest_async.core.models import MarketState, Position, RiskProposal, Theta
 
 THIRD = 1.0 / 3.0
 BAD_FLOATS = [math.nan, math.inf, -math.inf]

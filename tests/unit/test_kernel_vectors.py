@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from harvest_async.kernel import compute
-from harvest_async.models import Decision, MarketState, Position, RiskProposal, Theta
+from harvest_async.core.kernel import compute
+from harvest_async.core.models import Decision, MarketState, Position, RiskProposal, Theta
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kernel_vectors_public.json"
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "spec" / "kernel_vectors_public.json"

@@ -8,9 +8,15 @@ import urllib.request
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-from harvest_async.engine import PublishOut, RetractOut
-from harvest_async.metrics import ACTION_CODES, METRIC_NAMES, Metrics, combine, serve_metrics
-from harvest_async.models import Decision, KComponents, Theta
+from harvest_async.core.engine import PublishOut, RetractOut
+from harvest_async.core.models import Decision, KComponents, Theta
+from harvest_async.service.metrics import (
+    ACTION_CODES,
+    METRIC_NAMES,
+    Metrics,
+    combine,
+    serve_metrics,
+)
 
 T0 = 1_700_000_000.0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from harvest_async.recording import (
+from harvest_async.replay.format import (
     FORMAT,
     VERSION,
     Delete,
@@ -23,7 +23,7 @@ from harvest_async.recording import (
     read_all,
     write_recording,
 )
-from harvest_async.simulate import InputWrite
+from harvest_async.tools.simulate import InputWrite
 
 T0 = 1_767_225_600.0
 POS = {"side": "LONG", "entry_price": "100", "unrealized_pnl": "1.0", "quantity": "1"}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from harvest_async.codec import parse_epoch
-from harvest_async.replay import shift_times
+from harvest_async.core.codec import parse_epoch
+from harvest_async.replay.replayer import shift_times
 
 
 def test_each_time_field_keeps_its_format() -> None:

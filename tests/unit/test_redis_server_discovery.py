@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harvest_async import redis_server
-from harvest_async.redis_server import (
+from harvest_async.tools import embedded_server as redis_server
+from harvest_async.tools.embedded_server import (
     EmbeddedRedis,
     RedisServerError,
     ServerBinary,

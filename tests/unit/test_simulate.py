@@ -9,12 +9,12 @@ from collections import Counter
 import msgspec
 import pytest
 
-from harvest_async import codec
-from harvest_async.codec import NoAdvice, SymbolInputs
-from harvest_async.kernel import compute
-from harvest_async.models import ACTIONS, Theta
-from harvest_async.publisher import trim
-from harvest_async.simulate import KINDS, TTL_SEC, InputWrite, Simulator, symbols_for
+from harvest_async.core import codec
+from harvest_async.core.codec import NoAdvice, SymbolInputs
+from harvest_async.core.kernel import compute
+from harvest_async.core.models import ACTIONS, Theta
+from harvest_async.redis_io.publisher import trim
+from harvest_async.tools.simulate import KINDS, TTL_SEC, InputWrite, Simulator, symbols_for
 
 START = 1_700_000_000.0
 MAX_AGE = 300.0

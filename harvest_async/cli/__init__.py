@@ -1,0 +1,1 @@
+"""The `harvest-async` command line: argparse wiring and exit codes, nothing else."""

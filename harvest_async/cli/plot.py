@@ -1,0 +1,77 @@
+"""`harvest-async plot`: a timeline as a picture (optional extra: harvest-async[plot])."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from harvest_async.cli.exits import EXIT_ERROR, EXIT_USAGE, CliError
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "plot",
+        help="draw a replay timeline per symbol (needs harvest-async[plot])",
+        description=(
+            "Per symbol: R_net with the T1/T2/T3 triggers, the proposed stop moves, the kill "
+            "score with its threshold, and the action as colour bands (NONE green, PARTIAL "
+            "yellow/orange, FULL_CLOSE red, no advice grey). TIMELINE is the output of "
+            "`harvest-async replay` (JSON lines or CSV)."
+        ),
+    )
+    p.add_argument("timeline", metavar="TIMELINE", help="replay output (.jsonl or .csv, .gz ok)")
+    p.add_argument(
+        "-o",
+        "--out",
+        metavar="FILE",
+        help="picture to write: .png, .svg or .pdf (default: TIMELINE with .png)",
+    )
+    p.add_argument(
+        "--symbols",
+        nargs="+",
+        metavar="SYM",
+        help="symbols to draw (space or comma separated; default: all)",
+    )
+    p.add_argument("--theta", metavar="FILE", help="tunables for the T1/T2/T3 and kill lines")
+    p.add_argument("--title", help="a title above the plots")
+    p.set_defaults(handler=handle)
+
+
+def _default_out(timeline: str) -> str:
+    name = timeline.removesuffix(".gz")
+    for ext in (".jsonl", ".csv", ".json"):
+        if name.endswith(ext):
+            return name[: -len(ext)] + ".png"
+    return name + ".png"
+
+
+def handle(args: argparse.Namespace) -> int:
+    from harvest_async.config import ConfigError, build_theta, load_theta_file
+    from harvest_async.replay.plot import (
+        PlotUnavailable,
+        TimelineError,
+        load_timeline,
+        plot_timeline,
+    )
+
+    theta = None
+    if args.theta is not None:
+        try:
+            theta = build_theta(load_theta_file(args.theta, variable="--theta"), variable="--theta")
+        except ConfigError as exc:
+            raise CliError(f"plot: {exc}", EXIT_USAGE) from exc
+    symbols = None
+    if args.symbols:
+        symbols = [s.strip() for item in args.symbols for s in item.split(",") if s.strip()]
+    out = args.out or _default_out(args.timeline)
+    try:
+        series = load_timeline(args.timeline)
+        drawn = plot_timeline(series, out, symbols=symbols, theta=theta, title=args.title)
+    except PlotUnavailable as exc:
+        raise CliError(str(exc), EXIT_ERROR) from exc
+    except TimelineError as exc:
+        raise CliError(f"plot: {exc}", EXIT_ERROR) from exc
+    except ValueError as exc:
+        raise CliError(f"plot: {exc}", EXIT_USAGE) from exc
+    print(f"plotted {len(drawn)} symbol(s) to {out}")
+    return 0

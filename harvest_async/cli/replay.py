@@ -1,0 +1,225 @@
+"""`harvest-async replay`: a recording through the live engine on a virtual clock, a
+comparison of two sets of tunables, or a rehearsal into a Redis."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from harvest_async.cli.common import add_config_args, run_async, settings_from_args
+from harvest_async.cli.exits import EXIT_ERROR, EXIT_USAGE, CliError
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "replay",
+        help="replay a recording through the engine (or into a Redis)",
+        description=(
+            "Run a recording through the same engine and publish rules as the live service, on "
+            "a virtual clock that follows the recorded timestamps, and write every publish and "
+            "retraction as the audit stream would carry it. Deterministic: the same file and "
+            "configuration give byte-identical output. The decision settings "
+            "(PUBLISH_INTERVAL_SEC, MAX_PUBLISH_AGE_SEC, CHANGE_EPS_PCT, R_EPS, "
+            "MAX_INPUT_AGE_SEC, POSITION_SOURCE, THETA_*) come from the environment, "
+            "--env-file and the flags, as for `run`."
+        ),
+    )
+    p.add_argument("recording", metavar="FILE", help="a recording (.jsonl, or .jsonl.gz)")
+    p.add_argument(
+        "--out",
+        "-o",
+        metavar="FILE",
+        help="write here (default: stdout); the file appears only if the whole replay worked",
+    )
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "csv", "text"),
+        help="output format: jsonl (default) or csv; with --compare: text (default) or jsonl",
+    )
+    p.add_argument("--theta", metavar="FILE", help="tunables file (TOML or JSON), as THETA_FILE")
+    p.add_argument(
+        "--compare",
+        metavar="THETA_FILE",
+        help="replay twice, current tunables vs this file's, and summarise the differences",
+    )
+    p.add_argument(
+        "--into",
+        metavar="REDIS_URL",
+        help="write the recorded changes into this Redis instead (rehearsals, load tests)",
+    )
+    p.add_argument(
+        "--speed",
+        type=_speed,
+        default=1.0,
+        metavar="X",
+        help="with --into: recorded pace times X (default 1; 0 = as fast as possible)",
+    )
+    p.add_argument(
+        "--keep-times",
+        action="store_true",
+        help="with --into: write timestamps as recorded (default: shift them to now, so a "
+        "live service does not find the inputs stale)",
+    )
+    progress = p.add_mutually_exclusive_group()
+    progress.add_argument(
+        "--progress", dest="progress", action="store_true", default=None, help="force the bar"
+    )
+    progress.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
+    add_config_args(p, service=False)
+    p.add_argument("--publish-interval", metavar="SEC", help="overrides PUBLISH_INTERVAL_SEC")
+    p.add_argument("--max-publish-age", metavar="SEC", help="overrides MAX_PUBLISH_AGE_SEC")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    import os
+
+    from harvest_async.replay.format import RecordingError
+
+    if not os.path.isfile(args.recording):
+        raise CliError(f"replay: no such file {args.recording!r}", EXIT_USAGE)
+    modes = [name for name in ("compare", "into") if getattr(args, name) is not None]
+    if len(modes) > 1:
+        raise CliError("replay: --compare and --into cannot be combined", EXIT_USAGE)
+    extra: dict[str, str] = {}
+    if args.theta is not None:
+        extra["THETA_FILE"] = args.theta
+    if args.into is not None:
+        if not args.into.startswith(("redis://", "rediss://", "unix://")):
+            raise CliError(
+                f"replay: --into must be a redis://, rediss:// or unix:// URL, got {args.into!r}",
+                EXIT_USAGE,
+            )
+        extra["REDIS_URL"] = args.into
+    settings = settings_from_args(args, extra)
+    try:
+        if args.into is not None:
+            return _into(args, settings)
+        if args.compare is not None:
+            return _compare(args, settings)
+        return _replay(args, settings)
+    except RecordingError as exc:
+        if args.into is not None:
+            what = "stopped; the changes before that line were written"
+        elif args.out is None or args.out == "-":
+            what = "stopped; the output above is incomplete"
+        else:
+            what = f"stopped; {args.out} was not written"
+        raise CliError(f"replay: {exc} ({what})", EXIT_ERROR) from exc
+
+
+def _replay(args: argparse.Namespace, settings: Any) -> int:
+    from harvest_async.replay.replayer import engine_config_for, replay_to_file
+
+    fmt = args.format or "jsonl"
+    if fmt == "text":
+        raise CliError("replay: --format text is for --compare; use jsonl or csv", EXIT_USAGE)
+    stats = replay_to_file(
+        args.recording,
+        engine_config_for(settings),
+        args.out,
+        fmt=fmt,
+        show_progress=args.progress,
+    )
+    note = "" if stats.complete else " (no end marker: the recording may be cut short)"
+    print(
+        f"replayed {stats.changes} changes ({stats.end - stats.start:.1f} s recorded, "
+        f"{stats.symbols} symbols): {stats.publishes} publishes, {stats.retracts} "
+        f"retractions{note}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _compare(args: argparse.Namespace, settings: Any) -> int:
+    import msgspec
+
+    from harvest_async.config import ConfigError, build_theta, load_theta_file
+    from harvest_async.replay.replayer import (
+        atomic_output,
+        compare,
+        engine_config_for,
+        format_comparison,
+    )
+
+    fmt = args.format or "text"
+    if fmt == "csv":
+        raise CliError("replay: --compare writes text or jsonl, not csv", EXIT_USAGE)
+    try:
+        other = load_theta_file(args.compare, variable="--compare")
+        theta_b = build_theta(
+            {**msgspec.structs.asdict(settings.theta), **other}, variable="--compare"
+        )
+    except ConfigError as exc:
+        raise CliError(f"replay: {exc}", EXIT_USAGE) from exc
+    config_a = engine_config_for(settings)
+    config_b = msgspec.structs.replace(config_a, theta=theta_b)
+    rows, stats = compare(args.recording, config_a, config_b)
+    if fmt == "jsonl":
+        data = b"".join(msgspec.json.encode(row) + b"\n" for row in rows)
+    else:
+        label_b = f"{args.compare} ({_describe(other)})"
+        data = format_comparison(rows, "current tunables", label_b, stats).encode()
+    if args.out is None or args.out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        with atomic_output(args.out) as stream:
+            stream.write(data)
+    return 0
+
+
+def _describe(values: dict[str, object]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(values.items())) or "no changes"
+
+
+def _into(args: argparse.Namespace, settings: Any) -> int:
+    from harvest_async.redis_io.client import client_for, describe_url
+    from harvest_async.replay.replayer import replay_into
+
+    url = args.into
+
+    async def main() -> Any:
+        from harvest_async.service.app import check_redis
+
+        await check_redis(settings)
+        client = client_for(
+            settings.redis_url, settings.redis_password, name="harvest-async-replay"
+        )
+        try:
+            return await replay_into(
+                args.recording,
+                client,
+                settings.keys,
+                speed=args.speed,
+                retime=not args.keep_times,
+            )
+        finally:
+            await client.aclose()
+
+    stats = run_async(main)
+    shifted = (
+        "timestamps as recorded"
+        if args.keep_times
+        else f"timestamps shifted by {stats.offset:+.0f} s"
+    )
+    print(
+        f"wrote {stats.changes} changes ({stats.snapshots} snapshots, {stats.transactions} "
+        f"transactions, {len(stats.keys)} keys) into {describe_url(url)} in "
+        f"{stats.seconds:.1f} s ({stats.recorded_seconds:.1f} s recorded, speed "
+        f"{args.speed:g}); {shifted}"
+    )
+    return 0

@@ -1,0 +1,150 @@
+"""`harvest-async simulate`: synthetic inputs (prices, regimes, positions) into Redis."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from harvest_async.cli.common import run_async, settings_from_args
+from harvest_async.cli.exits import EXIT_USAGE, CliError
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "simulate",
+        help="write synthetic inputs (prices, regimes, positions) into Redis",
+        description=(
+            "A synthetic input producer: random-walk prices, regime shifts, risk proposals "
+            "and positions opening and closing, written as the three input hashes the way "
+            "the real producers do (HSET with TTLs, FLAT hash or DEL on close). Honours the "
+            "key prefixes (MARKETSTATE_PREFIX, ...) of the environment or --env-file."
+        ),
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--symbols",
+        dest="symbol_count",
+        type=_positive_int,
+        metavar="N",
+        help="simulate N symbols (BTCUSDT, ETHUSDT, ...); default: SYMBOLS if it is a "
+        "list, else 10",
+    )
+    which.add_argument("--symbol-list", metavar="A,B,...", help="simulate these symbols")
+    p.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=100.0,
+        metavar="EVENTS_PER_S",
+        help="input changes per second (default 100)",
+    )
+    p.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="stop after S seconds (default: run until SIGINT/SIGTERM)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--env-file", metavar="FILE", help="KEY=VALUE file read before the environment")
+    p.add_argument("--redis-url", metavar="URL", help="overrides REDIS_URL")
+    p.add_argument("--log-level", metavar="LEVEL", help="overrides LOG_LEVEL")
+    p.add_argument("--log-format", choices=("text", "json"), help="overrides LOG_FORMAT")
+    p.set_defaults(handler=handle)
+
+
+def _symbols(args: argparse.Namespace, configured: tuple[str, ...] | None) -> list[str]:
+    from harvest_async.tools.simulate import symbols_for
+
+    if args.symbol_list is not None:
+        symbols = [s.strip() for s in args.symbol_list.split(",") if s.strip()]
+        if not symbols:
+            raise CliError("simulate: --symbol-list is empty", EXIT_USAGE)
+        return list(dict.fromkeys(symbols))
+    if args.symbol_count is not None:
+        return symbols_for(args.symbol_count)
+    if configured is not None:
+        return list(configured)
+    return symbols_for(10)
+
+
+def handle(args: argparse.Namespace) -> int:
+    import signal
+
+    import anyio
+
+    from harvest_async.clock import SystemClock, monotonic
+    from harvest_async.redis_io.client import client_for, describe_url, translate
+    from harvest_async.tools.simulate import Simulator, run_simulator
+
+    settings = settings_from_args(args)
+    symbols = _symbols(args, settings.symbols)
+    clock = SystemClock()
+
+    async def main() -> int:
+        client = client_for(settings.redis_url, settings.redis_password, name="harvest-simulate")
+        written = 0
+        started = monotonic()
+        try:
+            await translate(
+                client.ping, f"cannot reach Redis at {describe_url(settings.redis_url)}"
+            )
+            sim = Simulator(symbols, seed=args.seed, start=clock.now())
+            print(
+                f"simulating {len(symbols)} symbols at {args.rate:g} changes/s into "
+                f"{describe_url(settings.redis_url)}"
+                + (f" for {args.duration:g} s" if args.duration else " (Ctrl-C stops)"),
+                flush=True,
+            )
+            async with anyio.create_task_group() as tg:
+
+                async def _stop_on_signal() -> None:
+                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for _ in signals:
+                            tg.cancel_scope.cancel()
+                            return
+
+                def _count(n: int) -> None:
+                    nonlocal written
+                    written += n
+
+                async def _run() -> None:
+                    await run_simulator(
+                        client,
+                        settings.keys,
+                        sim,
+                        rate=args.rate,
+                        duration=args.duration,
+                        clock=clock,
+                        on_write=_count,
+                    )
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(_stop_on_signal)
+                tg.start_soon(_run)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+        print(f"wrote {written} hash changes in {monotonic() - started:.1f} s", flush=True)
+        return 0
+
+    return run_async(main)

@@ -1,0 +1,458 @@
+"""The engine: per-symbol state, kernel, publish rules and timers. No I/O, no clock.
+
+The same `Engine` runs live (driven by `runner.Runner` from Redis notifications) and in
+replay (driven by `recording` on a virtual clock): callers feed it input snapshots with
+`observe`, ask it what to write with `evaluate`/`due`, and tell it what was written with
+`confirm`. Nothing here imports redis or reads time; `now` is always passed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from time import perf_counter  # a duration for metrics, not a time of day
+from typing import Protocol
+
+import msgspec
+
+from harvest_async.core import codec, gate
+from harvest_async.core.codec import Hash, NoAdvice, Ready, SymbolInputs
+from harvest_async.core.kernel import KernelInputError, compute
+from harvest_async.core.models import Decision, KComponents, Theta
+
+__all__ = ["Engine", "EngineConfig", "Observer", "Output", "PublishOut", "RetractOut"]
+
+log = logging.getLogger(__name__)
+
+
+class PublishOut(msgspec.Struct, frozen=True, gc=False):
+    symbol: str
+    fields: Hash  # the whole proposal hash (also the audit entry's fields)
+    decision: Decision
+    plan_id: str
+    seq: int
+    at: float
+    trigger: str
+    material: bool
+
+    def audit_fields(self) -> Hash:
+        return {"event": "publish", **self.fields}
+
+
+class RetractOut(msgspec.Struct, frozen=True, gc=False):
+    symbol: str
+    reason: str
+    seq: int
+    at: float
+
+    def audit_fields(self) -> Hash:
+        return {
+            "event": "retract",
+            "symbol": self.symbol,
+            "reason": self.reason,
+            "seq": str(self.seq),
+            "ts_epoch": repr(round(self.at, 6)),
+        }
+
+
+Output = PublishOut | RetractOut
+
+
+class Observer(Protocol):
+    """Hooks for metrics; the engine calls them synchronously."""
+
+    def on_publish(self, out: PublishOut) -> None: ...
+    def on_retract(self, out: RetractOut) -> None: ...
+    def on_invalid(self, symbol: str, reason: str) -> None: ...
+    def on_compute(self, seconds: float) -> None: ...
+
+
+class _NullObserver:
+    def on_publish(self, out: PublishOut) -> None:
+        pass
+
+    def on_retract(self, out: RetractOut) -> None:
+        pass
+
+    def on_invalid(self, symbol: str, reason: str) -> None:
+        pass
+
+    def on_compute(self, seconds: float) -> None:
+        pass
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
+    theta: Theta = Theta()
+    gate: gate.GateConfig = gate.GateConfig()
+    max_input_age_sec: float = 300.0
+    synthetic_positions: bool = False
+    symbols: tuple[str, ...] | None = None  # None: every symbol that shows up
+
+
+@dataclass(slots=True, eq=False)
+class _State:
+    inputs: SymbolInputs | None = None
+    # the three hashes parsed (once per change of each): market, risk, position
+    parts: tuple[codec.MarketPart, codec.RiskPart, codec.PositionPart] = (None, None, None)
+    published: Decision | None = None  # what the proposal hash says now (None: no hash)
+    plan_id: str = ""
+    hash_may_exist: bool = False  # a hash (ours or a predecessor's) may be in Redis
+    last_publish_at: float | None = None
+    seq: int = 0
+    status: str = "new"  # "ok" or a NoAdvice reason; logged when it changes
+    due: float | None = None
+    heap_at: float | None = None
+    started: bool = False  # published at least once by this process
+    adopt: Hash | None = field(default=None)  # an existing hash to adopt on first evaluation
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, observer: Observer | None = None) -> None:
+        self.config = config
+        self.observer: Observer = observer or _NullObserver()
+        self.theta_id = codec.theta_id_for(config.theta)
+        self._states: dict[str, _State] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._allowed = frozenset(config.symbols) if config.symbols is not None else None
+        self._needs_quantity = config.theta.r_basis == "position"
+        # True during the first full pass: first publishes say trigger=startup
+        self.starting = True
+
+    # -- queries -------------------------------------------------------------------------
+    def symbols(self) -> list[str]:
+        return list(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def wants(self, symbol: str) -> bool:
+        return self._allowed is None or symbol in self._allowed
+
+    def published(self, symbol: str) -> Decision | None:
+        state = self._states.get(symbol)
+        return state.published if state else None
+
+    def status(self, symbol: str) -> str | None:
+        state = self._states.get(symbol)
+        return state.status if state else None
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    # -- inputs --------------------------------------------------------------------------
+    def note_existing(self, symbol: str, fields: Hash) -> None:
+        """A proposal hash found in Redis at startup: adopt it if it still matches."""
+        if not self.wants(symbol):
+            return
+        state = self._state(symbol)
+        state.hash_may_exist = True
+        state.adopt = fields
+        with contextlib.suppress(ValueError):
+            state.seq = max(state.seq, int(fields.get("seq", "0")))
+
+    def check_published(self, symbol: str, fields: Hash | None) -> None:
+        """The proposal hash as read at a resync after a gap (None: no hash).
+
+        If it is not what this engine last wrote (the server restarted and lost it, or
+        someone deleted or replaced it), forget the published decision, so that the next
+        evaluation writes it again instead of finding nothing material to publish.
+        """
+        if not self.wants(symbol):
+            return
+        state = self._states.get(symbol)
+        if state is None:
+            if fields:
+                self._state(symbol).hash_may_exist = True  # not ours: retract or replace
+            return
+        if state.published is not None and (fields is None or fields.get("seq") != str(state.seq)):
+            log.info("%s: the proposal in Redis is not the last one written; rewriting", symbol)
+            state.published = None
+        if state.published is None:
+            state.hash_may_exist = bool(fields)
+
+    def observe(self, inputs: SymbolInputs) -> bool:
+        """Store the latest inputs; True if they differ from what the engine had.
+
+        Only the hashes that changed are parsed again (a change is usually one of three).
+        """
+        symbol = inputs.symbol
+        if self._allowed is not None and symbol not in self._allowed:
+            return False
+        state = self._states.get(symbol)
+        market_raw, risk_raw, position_raw = inputs.marketstate, inputs.risk, inputs.position
+        if state is None:
+            if position_raw is None and market_raw is None and risk_raw is None:
+                return False  # nothing here and nothing published: do not track
+            state = self._state(symbol)
+        old = state.inputs
+        if old is None:
+            market_new = risk_new = position_new = True
+        else:
+            # a notification only says "look again": compare before recomputing
+            market_new = market_raw != old.marketstate
+            risk_new = risk_raw != old.risk
+            position_new = position_raw != old.position
+            if not (market_new or risk_new or position_new):
+                return False
+        market, risk, position = state.parts
+        if market_new:
+            market = codec.parse_market(market_raw)
+        if risk_new:
+            risk = codec.parse_risk(risk_raw)
+        if position_new:
+            position = codec.parse_position(
+                position_raw, symbol, needs_quantity=self._needs_quantity
+            )
+        state.parts = (market, risk, position)
+        state.inputs = inputs
+        return True
+
+    # -- decisions -----------------------------------------------------------------------
+    def evaluate(self, symbol: str, now: float) -> Output | None:
+        """Recompute one symbol and apply the publish rules. Does not change what is
+        considered published: call `confirm` once the output is written."""
+        state = self._states.get(symbol)
+        if state is None:
+            return None
+        try:
+            result = self._decide(symbol, state, now)
+        except Exception:  # one symbol's bug must never stop the others
+            log.exception("internal error computing %s; retracting its proposal", symbol)
+            result = NoAdvice("internal_error", "see the service log")
+        if isinstance(result, NoAdvice):
+            return self._no_advice(symbol, state, result, now)
+        return result
+
+    def _decide(self, symbol: str, state: _State, now: float) -> Output | NoAdvice | None:
+        cfg = self.config
+        market, risk, position = state.parts
+        ready = codec.evaluate_parsed(
+            symbol,
+            market,
+            risk,
+            position,
+            now,
+            max_input_age_sec=cfg.max_input_age_sec,
+            synthetic_positions=cfg.synthetic_positions,
+        )
+        if isinstance(ready, NoAdvice):
+            return ready
+        started = perf_counter()
+        try:
+            decision = compute(ready.position, ready.market, ready.risk, cfg.theta)
+        except KernelInputError as exc:
+            return NoAdvice("invalid_input", str(exc))
+        self.observer.on_compute(perf_counter() - started)
+        self._set_status(symbol, state, "ok", "inputs valid again")
+        if state.adopt is not None:
+            adopted = self._try_adopt(state, decision, now)
+            state.adopt = None
+            if adopted:
+                assert state.last_publish_at is not None
+                heartbeat_at = state.last_publish_at + cfg.gate.heartbeat_sec
+                self._schedule(symbol, state, self._later(state, ready, heartbeat_at))
+                return None
+        verdict = gate.decide(state.published, state.last_publish_at, decision, now, cfg.gate)
+        if isinstance(verdict, gate.Defer):
+            self._schedule(symbol, state, self._later(state, ready, verdict.until))
+            return None
+        if isinstance(verdict, gate.Skip):
+            self._schedule(symbol, state, self._later(state, ready, verdict.next_check))
+            return None
+        trigger = verdict.trigger
+        if not state.started and self.starting:
+            trigger = "startup"
+        plan_id = (
+            codec.plan_id_for(symbol, decision, self.theta_id, cfg.gate.change_eps)
+            if verdict.material or not state.plan_id
+            else state.plan_id
+        )
+        seq = self._next_seq(state, now)
+        fields = codec.proposal_fields(
+            symbol,
+            ready,
+            decision,
+            now=now,
+            plan_id=plan_id,
+            seq=seq,
+            trigger=trigger,
+            theta_id=self.theta_id,
+        )
+        # until confirmed, re-check at the heartbeat (or staleness) like any published symbol
+        self._schedule(symbol, state, self._later(state, ready, now + cfg.gate.heartbeat_sec))
+        return PublishOut(symbol, fields, decision, plan_id, seq, now, trigger, verdict.material)
+
+    def _later(self, state: _State, ready: Ready, when: float | None) -> float | None:
+        stale = ready.stale_at
+        if stale is not None and (when is None or stale < when):
+            return stale + 1e-6  # just past the limit, so the check sees it stale
+        return when
+
+    def _try_adopt(self, state: _State, decision: Decision, now: float) -> bool:
+        fields = state.adopt
+        assert fields is not None
+        try:
+            at = float(fields["ts_epoch"])
+            previous = Decision(
+                harvest_action=fields["harvest_action"],  # type: ignore[arg-type]
+                new_sl_proposed=None
+                if fields["new_sl_proposed"] == "None"
+                else float(fields["new_sl_proposed"]),
+                R_net=float(fields["R_net"]),
+                risk_unit=0.0,
+                cost_est=0.0,
+                kill_score=float(fields["kill_score"]),
+                reason_codes=(),
+                k_components=KComponents(0.0, 0.0, 0.0, 0.0),
+                tranche_weights=(0.0, 0.0, 0.0),
+            )
+            plan_id = fields["plan_id"]
+            same_theta = fields.get("theta_id") == self.theta_id
+        except (KeyError, ValueError):
+            return False  # not our format (e.g. the original publisher's): replace it
+        fresh = 0.0 <= now - at < self.config.gate.heartbeat_sec
+        if not (fresh and same_theta) or gate.is_material(previous, decision, self.config.gate):
+            return False
+        state.published = previous
+        state.plan_id = plan_id
+        state.last_publish_at = at
+        log.info("adopted existing proposal for %s (plan_id=%s)", fields.get("symbol"), plan_id)
+        return True
+
+    def _no_advice(self, symbol: str, state: _State, why: NoAdvice, now: float) -> Output | None:
+        if why.invalid:
+            if state.status != why.reason:
+                self.observer.on_invalid(symbol, why.reason)
+            self._set_status(symbol, state, why.reason, why.detail, level=logging.WARNING)
+        else:
+            self._set_status(symbol, state, why.reason, why.detail)
+        state.adopt = None
+        self._schedule(symbol, state, None)
+        if state.published is None and not state.hash_may_exist:
+            return None
+        return RetractOut(symbol, why.text(), self._next_seq(state, now), now)
+
+    def _set_status(
+        self, symbol: str, state: _State, status: str, detail: str, level: int = logging.INFO
+    ) -> None:
+        if state.status == status:
+            return
+        if state.status != "new" or status != "ok":
+            log.log(level, "%s: %s -> %s (%s)", symbol, state.status, status, detail)
+        state.status = status
+
+    def _next_seq(self, state: _State, now: float) -> int:
+        # Millisecond time as a floor keeps seq increasing across restarts even when the
+        # previous hash is gone (retracted); +1 keeps it strictly increasing within one.
+        return max(state.seq + 1, int(now * 1000))
+
+    # -- timers --------------------------------------------------------------------------
+    def _schedule(self, symbol: str, state: _State, when: float | None) -> None:
+        state.due = when
+        if when is not None and (state.heap_at is None or when < state.heap_at):
+            heapq.heappush(self._heap, (when, symbol))
+            state.heap_at = when
+            if len(self._heap) > 2 * len(self._states) + 64:
+                self._rebuild_heap()
+
+    def _rebuild_heap(self) -> None:
+        # Earlier deadlines leave the later entries they replace behind; under changes
+        # faster than the floor that is heartbeat/floor entries per symbol. Drop them.
+        heap = []
+        for name, st in self._states.items():
+            st.heap_at = st.due
+            if st.due is not None:
+                heap.append((st.due, name))
+        heapq.heapify(heap)
+        self._heap = heap
+
+    def due(self, now: float) -> list[str]:
+        """Symbols whose trailing edge, heartbeat or staleness time has come."""
+        ready: list[str] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, symbol = heapq.heappop(heap)
+            state = self._states.get(symbol)
+            if state is None:
+                continue
+            if state.heap_at == at:
+                state.heap_at = None
+            if state.due is None:
+                continue
+            if state.due <= now:
+                state.due = None
+                ready.append(symbol)
+            elif state.heap_at is None:
+                heapq.heappush(heap, (state.due, symbol))
+                state.heap_at = state.due
+        return ready
+
+    def retry_later(self, symbols: Iterable[str], when: float) -> None:
+        """A write failed: evaluate these symbols again at `when`."""
+        for symbol in symbols:
+            state = self._states.get(symbol)
+            if state is not None:
+                self._schedule(symbol, state, when)
+
+    # -- after a write -------------------------------------------------------------------
+    def confirm(self, outputs: Sequence[Output]) -> None:
+        for out in outputs:
+            state = self._states.get(out.symbol)
+            if state is None:
+                continue
+            state.seq = max(state.seq, out.seq)
+            if isinstance(out, PublishOut):
+                state.published = out.decision
+                state.plan_id = out.plan_id
+                state.last_publish_at = out.at
+                state.hash_may_exist = True
+                state.started = True
+                self.observer.on_publish(out)
+                log.info(
+                    "publish %s trigger=%s action=%s R=%.3f K=%.4f SL=%s reasons=%s plan=%s",
+                    out.symbol,
+                    out.trigger,
+                    out.decision.harvest_action,
+                    out.decision.R_net,
+                    out.decision.kill_score,
+                    out.fields["new_sl_proposed"],
+                    out.fields["reason_codes"] or "-",
+                    out.plan_id,
+                )
+            else:
+                state.published = None
+                state.hash_may_exist = False
+                self.observer.on_retract(out)
+                log.info("retract %s reason=%s", out.symbol, out.reason)
+                if state.inputs is None or state.inputs.position is None:
+                    self._forget(out.symbol, state, None)
+
+    def forget_absent(self, symbol: str, now: float | None = None) -> None:
+        """Drop a symbol with no position and nothing published (bounded memory under '*').
+
+        One that published within the floor window is kept until `now` is past it: the
+        floor must still hold back a publish if its position comes straight back."""
+        if self.config.synthetic_positions:
+            return  # no position key is the normal case there, not a reason to forget
+        state = self._states.get(symbol)
+        if state is not None and state.published is None and not state.hash_may_exist:
+            inputs = state.inputs
+            if inputs is None or inputs.position is None:
+                self._forget(symbol, state, now)
+
+    def _forget(self, symbol: str, state: _State, now: float | None) -> None:
+        # The seq floor is time based, so forgetting the counter is safe.
+        last = state.last_publish_at
+        floor = self.config.gate.floor_sec
+        if last is not None and floor > 0 and (now is None or now < last + floor):
+            return  # keep the floor's memory of the last publish
+        self._states.pop(symbol, None)
+
+    def _state(self, symbol: str) -> _State:
+        state = self._states.get(symbol)
+        if state is None:
+            state = self._states[symbol] = _State()
+        return state

@@ -1,0 +1,114 @@
+"""Redis connections: one place that creates clients and translates redis errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+
+from harvest_async.core.keys import glob_escape
+from harvest_async.errors import RedisUnavailable
+
+__all__ = [
+    "REDIS_ERRORS",
+    "client_for",
+    "describe_url",
+    "is_auth_error",
+    "scan_symbols",
+    "translate",
+]
+
+T = TypeVar("T")
+
+# Errors that mean "Redis is not usable right now" (not a bug in our command).
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.AuthenticationError,
+    rexc.BusyLoadingError,
+    OSError,
+)
+
+
+def client_for(
+    url: str,
+    password: str | None = None,
+    *,
+    retries: int = 0,
+    socket_timeout: float | None = 5.0,
+    name: str = "harvest-async",
+) -> aioredis.Redis:
+    """A decode_responses client. `retries=0` for writers: a replayed MULTI/EXEC after a
+    timeout could append a second audit entry, so the publisher decides itself."""
+    retry = (
+        Retry(ExponentialBackoff(cap=1.0, base=0.05), retries) if retries else Retry(NoBackoff(), 0)
+    )
+    kwargs: dict[str, Any] = {
+        "decode_responses": True,
+        # a producer writing bytes that are not UTF-8 must not crash the reader: the value
+        # decodes with U+FFFD, is not a number, and the symbol is retracted as invalid
+        "encoding_errors": "replace",
+        "retry": retry,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 5.0,
+        "client_name": name,
+    }
+    if password is not None:
+        kwargs["password"] = password
+    return aioredis.Redis.from_url(url, **kwargs)
+
+
+_AUTH_MARKERS = (
+    "noauth",
+    "wrongpass",
+    "authentication required",
+    "invalid password",
+    "invalid username-password",
+    # redis-py 8 reports a failed AUTH during the handshake this way
+    "hello must be called with the client already authenticated",
+)
+
+
+def is_auth_error(text: str) -> bool:
+    """Whether a Redis error message means our credentials were refused."""
+    lowered = text.lower()
+    return any(marker in lowered for marker in _AUTH_MARKERS)
+
+
+async def scan_symbols(client: aioredis.Redis, prefix: str, limit: int | None = None) -> list[str]:
+    """The non-empty suffixes of the keys starting with `prefix` (SCAN, not KEYS)."""
+    found: list[str] = []
+    async for key in client.scan_iter(match=glob_escape(prefix) + "*", count=1000):
+        if len(key) > len(prefix):
+            found.append(key[len(prefix) :])
+            if limit is not None and len(found) >= limit:
+                break
+    return found
+
+
+def describe_url(url: str) -> str:
+    """The URL without credentials, for logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+async def translate(call: Callable[[], Awaitable[T]], what: str) -> T:
+    try:
+        return await call()
+    except REDIS_ERRORS as exc:
+        raise RedisUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+@asynccontextmanager
+async def closing(client: aioredis.Redis) -> AsyncIterator[aioredis.Redis]:
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -1,0 +1,266 @@
+"""Change signals from Redis: keyspace notifications (and optional input streams).
+
+A notification only says "look again"; the hashes are the truth. Every (re)subscription
+is a gap: the source checks that `notify-keyspace-events` still covers what we need and
+emits `Gap`, and the runner resyncs every symbol before trusting further events. A
+self-canary (the service's own liveness write must come back as a notification) catches
+a subscription that silently stopped delivering. Without notifications the source says
+so once and asks for a reconcile every `poll_interval` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
+from redis.exceptions import ResponseError
+
+from harvest_async.clock import monotonic
+from harvest_async.core.keys import Keys, glob_escape
+from harvest_async.errors import RedisUnavailable
+from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url
+from harvest_async.service.runner import Changed, Event, Gap
+
+__all__ = ["KeyspaceSource", "notify_flags_cover", "read_notify_flags"]
+
+log = logging.getLogger(__name__)
+
+STREAM_BLOCK_MS = 5000
+
+
+def notify_flags_cover(flags: str) -> tuple[bool, list[str]]:
+    """(usable, missing): usable needs K and h; g (DEL) and x (expiry) are wanted too."""
+    has_all = "A" in flags
+    missing = [c for c in "Khgx" if c not in flags and not (c != "K" and has_all)]
+    usable = "K" in flags and ("h" in flags or has_all)
+    return usable, missing
+
+
+async def read_notify_flags(client: aioredis.Redis) -> str | None:
+    """The server's notify-keyspace-events, or None when CONFIG is not allowed."""
+    try:
+        reply = await client.config_get("notify-keyspace-events")
+    except ResponseError as exc:  # CONFIG disabled/renamed, or ACL NOPERM
+        log.debug("CONFIG GET not allowed: %s", exc)
+        return None
+    value = reply.get("notify-keyspace-events")
+    return str(value) if value is not None else ""
+
+
+class KeyspaceSource:
+    def __init__(
+        self,
+        url: str,
+        password: str | None,
+        keys: Keys,
+        *,
+        instance: str,
+        input_streams: Sequence[str] = (),
+        poll_interval: float = 2.0,
+        canary_timeout: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.password = password
+        self.keys = keys
+        self.instance = instance
+        self.input_streams = tuple(input_streams)
+        self.poll_interval = poll_interval
+        self.canary_timeout = canary_timeout
+        self.mode = "starting"  # "notify" | "poll"
+        self.subscriptions = 0  # (re)subscriptions so far
+        self._canary_due: float | None = None
+        self._session_scope: anyio.CancelScope | None = None
+        self._emit: Callable[[Event], None] = lambda _e: None
+        self._liveness_channel = keys.liveness_channel(instance)
+        self._subscribed = False  # the current session got as far as subscribing
+
+    # -- canary --------------------------------------------------------------------------
+    def expect_canary(self) -> None:
+        """The liveness key was just written: its notification must arrive soon."""
+        if self._canary_due is None:
+            self._canary_due = monotonic() + self.canary_timeout
+
+    def _canary_seen(self) -> None:
+        self._canary_due = None
+        if self.mode == "poll":
+            self._set_mode("notify", "keyspace notifications are arriving again")
+
+    def _set_mode(self, mode: str, why: str) -> None:
+        if mode != self.mode:
+            level = logging.WARNING if mode == "poll" else logging.INFO
+            log.log(level, "change detection: %s (%s)", mode, why)
+            self.mode = mode
+
+    # -- main ----------------------------------------------------------------------------
+    async def run(self, emit: Callable[[Event], None], *, task_status: TaskStatus[None]) -> None:
+        self._emit = emit
+        started = False
+        delay = 0.2
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch)
+            if self.input_streams:
+                tg.start_soon(self._streams)
+            while True:
+                self._subscribed = False
+                try:
+                    with anyio.CancelScope() as scope:
+                        self._session_scope = scope
+                        await self._session(None if started else task_status)
+                    started = True
+                    delay = 0.2
+                except RedisUnavailable as exc:
+                    # only the very first subscription is fatal (the caller reports it);
+                    # `started` is set when a session *ends*, so a first session that
+                    # subscribed and later lost its connection must not count as failing
+                    if self.subscriptions == 0:
+                        raise
+                    started = True
+                    if self._subscribed:
+                        delay = 0.0  # a working subscription dropped: reconnect at once
+                    log.warning("notification connection lost: %s; retrying in %.1f s", exc, delay)
+                    await anyio.sleep(delay)
+                    delay = min(max(delay * 2, 0.2), 5.0)
+
+    async def _session(self, task_status: TaskStatus[None] | None) -> None:
+        """One subscription: check the flags, PSUBSCRIBE, report the gap, consume.
+
+        The subscriber is a bare connection speaking RESP2, read straight from the
+        parser: redis-py's PubSub costs ~25 µs per message, a third of the whole service
+        at 10k events/s. It never reconnects by itself: a lost connection ends the
+        session, and the next one is a new subscription and therefore a Gap.
+        """
+        client = client_for(self.url, self.password, name="harvest-async-notify")
+        conn: Any = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        conn.protocol = 2  # notifications as plain arrays, not RESP3 push frames
+        conn.socket_timeout = None  # a blocking read: waits until a notification comes
+        try:
+            try:
+                flags = await read_notify_flags(client)
+                patterns = [*self.keys.keyspace_patterns(), glob_escape(self._liveness_channel)]
+                await conn.connect()
+                await conn.send_command("PSUBSCRIBE", *patterns)
+                for _ in patterns:
+                    await conn.read_response()  # the confirmations
+            except REDIS_ERRORS as exc:
+                raise RedisUnavailable(
+                    f"subscribing at {describe_url(self.url)}: {type(exc).__name__}: {exc}"
+                ) from exc
+            self._apply_flags(flags)
+            self.subscriptions += 1
+            self._subscribed = True
+            if task_status is not None:
+                task_status.started()
+            else:
+                self._emit(Gap("resubscribed"))
+            await self._consume(conn)
+        finally:
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await conn.disconnect()
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await client.aclose()
+
+    def _apply_flags(self, flags: str | None) -> None:
+        if flags is None:
+            self._set_mode("notify", "CONFIG GET not allowed; trusting the canary")
+            return
+        usable, missing = notify_flags_cover(flags)
+        if not usable:
+            self._set_mode(
+                "poll",
+                f"notify-keyspace-events={flags!r} lacks {''.join(missing)}; reconciling every "
+                f"{self.poll_interval:g} s. Set notify-keyspace-events KEA (or Khgx) in the "
+                "server's config file, not only with CONFIG SET, which a restart forgets",
+            )
+        else:
+            if missing:
+                log.warning(
+                    "notify-keyspace-events=%r lacks %s: deletions/expiries are noticed only at "
+                    "the periodic reconcile",
+                    flags,
+                    "".join(missing),
+                )
+            self._set_mode("notify", f"notify-keyspace-events={flags!r}")
+
+    async def _consume(self, conn: Any) -> None:
+        base = len(self.keys.keyspace_channel_prefix())
+        classify = self.keys.classify
+        emit = self._emit
+        liveness = self._liveness_channel
+        read = conn.read_response
+        while True:
+            try:
+                # blocks in the socket read (no timeout); never a spinning poll
+                msg = await read()
+            except REDIS_ERRORS as exc:
+                raise RedisUnavailable(f"notification read: {exc}") from exc
+            # ["pmessage", pattern, channel, event]; confirmations and pongs are skipped
+            if msg[0] != "pmessage":
+                continue
+            channel: str = msg[2]
+            if channel == liveness:
+                self._canary_seen()
+                continue
+            found = classify(channel[base:])
+            if found is not None:
+                emit(Changed(found[1], found[0]))
+
+    # -- background duties ---------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Poll-mode reconciles and the canary deadline."""
+        while True:
+            await anyio.sleep(min(0.25, self.poll_interval))
+            if self.mode == "poll":
+                self._emit(Gap("poll"))
+                await anyio.sleep(max(0.0, self.poll_interval - 0.25))
+            due = self._canary_due
+            if due is not None and monotonic() > due:
+                self._canary_due = None
+                if self.mode == "notify":
+                    log.warning(
+                        "canary: own liveness write not notified within %.1f s; reconnecting",
+                        self.canary_timeout,
+                    )
+                    scope = self._session_scope
+                    if scope is not None:
+                        scope.cancel()
+
+    async def _streams(self) -> None:
+        """XREAD BLOCK on a client of its own (socket timeout > block time)."""
+        delay = 0.2
+        last: dict[str, str] = {}
+        while True:
+            client = client_for(
+                self.url,
+                self.password,
+                socket_timeout=STREAM_BLOCK_MS / 1000 + 5,
+                name="harvest-async-streams",
+            )
+            try:
+                for stream in self.input_streams:
+                    if stream not in last:
+                        newest: Any = await client.xrevrange(stream, count=1)
+                        last[stream] = newest[0][0] if newest else "0-0"
+                while True:
+                    reply: Any = await client.xread(last, block=STREAM_BLOCK_MS, count=1000)  # type: ignore[arg-type]
+                    for stream, entries in reply or []:
+                        for entry_id, fields in entries:
+                            last[stream] = entry_id
+                            symbol = fields.get("symbol")
+                            if symbol:
+                                self._emit(Changed(symbol, "stream"))
+                    delay = 0.2
+            except REDIS_ERRORS as exc:
+                log.warning("input stream read failed: %s; retrying in %.1f s", exc, delay)
+                self._emit(Gap("stream reconnect"))
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    with contextlib.suppress(*REDIS_ERRORS):
+                        await client.aclose()

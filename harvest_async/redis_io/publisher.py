@@ -1,0 +1,407 @@
+"""Redis side of the engine: read inputs, write proposals + audit atomically, liveness.
+
+Every publish replaces the proposal hash (DEL + HSET) and appends its audit entry in one
+MULTI/EXEC; a retraction deletes the hash and appends a `retract` entry. The client used
+here never retries by itself: when EXEC's outcome is unknown (connection lost mid-way),
+the sink looks at the stream/hash to learn whether it landed, so an audit entry is never
+appended twice; only a transaction known not to have landed is sent once more, and only
+when its kept connection had died while idle.
+
+The hot paths (input reads, proposal transactions) speak RESP directly on a kept
+connection each (`_Wire`); liveness, discovery and checks use the client as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import hiredis  # a dependency (redis[hiredis]); the fast reply path reads its Reader
+import redis.asyncio as aioredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from harvest_async import __version__
+from harvest_async.core.codec import PROPOSAL_FIELDS, Hash, SymbolInputs, iso_utc, trim
+from harvest_async.core.engine import Output, PublishOut
+from harvest_async.core.keys import Keys
+from harvest_async.errors import RedisUnavailable, WriteUncertain
+from harvest_async.redis_io.client import REDIS_ERRORS, scan_symbols
+
+__all__ = ["LivenessWriter", "RedisInputReader", "RedisSink"]
+
+log = logging.getLogger(__name__)
+
+# -- the hot path's wire -----------------------------------------------------------------
+#
+# redis-py's Pipeline packs ~1 µs per argument and spends several µs of bookkeeping per
+# reply; a publish is ~140 arguments (DEL, HSET and XADD of 34 fields) and a fetch 3
+# replies per symbol. The input reads and the proposal transactions instead go out as
+# RESP bytes built here (field names encoded once), in one write on a connection of their
+# own, and their replies are read straight from the parser.
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def _command(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)
+
+
+_NAMES: dict[str, bytes] = {
+    name: _bulk(name.encode()) for name in (*PROPOSAL_FIELDS, "event", "reason")
+}
+_MULTI = _command(b"MULTI")
+_EXEC = _command(b"EXEC")
+_DEL = b"*2\r\n" + _bulk(b"DEL")
+_HGETALL = b"*2\r\n" + _bulk(b"HGETALL")
+
+
+_NAMES_TEXT: dict[str, str] = {name: f"${len(name)}\r\n{name}\r\n" for name in _NAMES}
+
+
+def _name_text(name: str) -> str:
+    return f"${len(name)}\r\n{name}\r\n"
+
+
+def _pairs(fields: Hash) -> tuple[int, bytes]:
+    """(number of fields, their RESP bulk strings, name and value alternating)."""
+    # Formatted as text and encoded once: 3x faster than per value. Lengths count
+    # characters, which are bytes only for ASCII, hence the check and the fallback.
+    names = _NAMES_TEXT
+    text = "".join(
+        [f"{names.get(k) or _name_text(k)}${len(v)}\r\n{v}\r\n" for k, v in fields.items()]
+    )
+    if text.isascii():
+        return len(fields), text.encode()
+    parts = []
+    for name, value in fields.items():
+        parts.append(_bulk(name.encode()))
+        parts.append(_bulk(value.encode()))
+    return len(fields), b"".join(parts)
+
+
+class _Wire:
+    """One connection kept for a hot path: packed commands out, replies in order.
+
+    The connection comes from the client's pool (so closing the client closes it) with no
+    per-read socket timeout; one deadline covers the whole round trip instead. Any error
+    or cancellation mid-way drops the connection, so a reply can never be read by the
+    wrong request. Error replies are returned as exception objects, not raised.
+    """
+
+    def __init__(self, client: aioredis.Redis, timeout: float) -> None:
+        self._pool = client.connection_pool
+        self._conn: Any = None
+        self._socket_timeout: Any = None
+        self.timeout = timeout
+
+    @property
+    def fresh(self) -> bool:
+        """True when the next round trip opens a new connection."""
+        return self._conn is None
+
+    async def roundtrip(self, payload: bytes, replies: int) -> list[Any]:
+        conn = self._conn
+        if conn is None:
+            conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            self._socket_timeout = conn.socket_timeout
+            conn.socket_timeout = None
+            self._conn = conn
+        # The deadline: a timer that aborts the socket, so the pending read fails at
+        # once. A cancel scope per round trip (anyio.fail_after) costs 5x as much.
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            writer = getattr(conn, "_writer", None)
+            if writer is not None:
+                writer.transport.abort()
+
+        timer = asyncio.get_running_loop().call_later(self.timeout, expire)
+        done = False
+        try:
+            await conn.send_packed_command(payload, check_health=False)
+            out = await _read_replies(conn, replies)
+            done = True
+            return out
+        except REDIS_ERRORS as exc:
+            if expired:
+                raise TimeoutError(f"no reply within {self.timeout:g} s") from exc
+            raise
+        finally:
+            timer.cancel()
+            if not done:
+                self._conn = None
+                with anyio.CancelScope(shield=True):
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect()
+                    conn.socket_timeout = self._socket_timeout
+                    with contextlib.suppress(Exception):
+                        await self._pool.release(conn)
+
+
+async def _read_replies(conn: Any, count: int) -> list[Any]:
+    """`count` replies in order; error replies as exception objects.
+
+    With redis-py's hiredis parser the replies are taken from its reader directly, which
+    costs a fraction of `read_response` per reply (thousands per batch); otherwise, and
+    should redis-py's internals change shape, through `read_response`.
+    """
+    parser = conn._parser
+    reader = getattr(parser, "_reader", None)
+    fill = getattr(parser, "read_from_socket", None)
+    out: list[Any] = []
+    if isinstance(reader, hiredis.Reader) and fill is not None:
+        gets = reader.gets
+        while len(out) < count:
+            reply = gets()
+            if reply is NOT_ENOUGH_DATA or reply is False:
+                await fill()
+                continue
+            if isinstance(reply, RedisConnectionError):  # e.g. LOADING: not a reply
+                raise reply
+            out.append(reply)
+        return out
+    for _ in range(count):
+        try:
+            out.append(await conn.read_response())
+        except ResponseError as exc:  # an error reply; the others follow
+            out.append(exc)
+    return out
+
+
+def _dropped(exc: BaseException) -> bool:
+    """A closed connection (worth one retry on a new one), not a timeout."""
+    return not isinstance(exc, TimeoutError | RedisTimeoutError)
+
+
+def _as_hash(reply: Any) -> dict[str, str] | Exception:
+    if isinstance(reply, dict | Exception):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))  # RESP2: a flat list
+
+
+class RedisInputReader:
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, timeout: float = 5.0) -> None:
+        self.client = client
+        self.keys = keys
+        self._wire = _Wire(client, timeout)
+
+    async def fetch(self, symbols: Sequence[str]) -> list[SymbolInputs]:
+        keys = self.keys
+        parts = []
+        for sym in symbols:
+            for key in (keys.marketstate(sym), keys.risk(sym), keys.position(sym)):
+                parts.append(_HGETALL)
+                parts.append(_bulk(key.encode()))
+        payload = b"".join(parts)
+        kept = not self._wire.fresh
+        try:
+            try:
+                raw = await self._wire.roundtrip(payload, 3 * len(symbols))
+            except REDIS_ERRORS as exc:
+                if not (kept and _dropped(exc)):
+                    raise
+                # the kept connection died while idle (CLIENT KILL, server restart):
+                # reading is idempotent, so once more on a new connection
+                raw = await self._wire.roundtrip(payload, 3 * len(symbols))
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"reading inputs: {exc}") from exc
+        out = []
+        for i, sym in enumerate(symbols):
+            # a WRONGTYPE reply is bad input for one symbol, not a reason to stop
+            out.append(
+                SymbolInputs(
+                    sys.intern(sym),  # one string per symbol however often it is read
+                    trim("marketstate", _as_hash(raw[3 * i])),
+                    trim("risk", _as_hash(raw[3 * i + 1])),
+                    trim("position", _as_hash(raw[3 * i + 2])),
+                )
+            )
+        return out
+
+    async def _scan_symbols(self, prefix: str) -> set[str]:
+        try:
+            return set(await scan_symbols(self.client, prefix))
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"scanning {prefix}*: {exc}") from exc
+
+    async def discover(self) -> list[str]:
+        # proposals too: one whose position key vanished must be retracted
+        positions = await self._scan_symbols(self.keys.position_prefix)
+        proposals = await self._scan_symbols(self.keys.harvest_prefix)
+        return sorted(positions | proposals)
+
+    async def read_published(self, symbols: Sequence[str] | None) -> dict[str, Hash]:
+        names = (
+            sorted(await self._scan_symbols(self.keys.harvest_prefix))
+            if symbols is None
+            else list(symbols)
+        )
+        if not names:
+            return {}
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for sym in names:
+                    pipe.hgetall(self.keys.proposal(sym))
+                raw = await pipe.execute(raise_on_error=False)
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"reading proposals: {exc}") from exc
+        return {
+            # not a hash (WRONGTYPE): something to replace or delete, never to adopt
+            sym: {"error": str(fields)} if isinstance(fields, Exception) else fields
+            for sym, fields in zip(names, raw, strict=True)
+            if fields
+        }
+
+
+class RedisSink:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        *,
+        enable_stream: bool = True,
+        stream_maxlen: int = 100_000,
+        timeout: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.enable_stream = enable_stream
+        self.stream_maxlen = stream_maxlen
+        self._wire = _Wire(client, timeout)
+        # XADD <stream> MAXLEN ~ <n> * : the same for every entry
+        self._xadd_head = (
+            _bulk(b"XADD")
+            + _bulk(keys.stream.encode())
+            + _bulk(b"MAXLEN")
+            + _bulk(b"~")
+            + _bulk(str(stream_maxlen).encode())
+            + _bulk(b"*")
+        )
+
+    async def write(self, outputs: Sequence[Output]) -> None:
+        if not outputs:
+            return
+        for attempt in (1, 2):
+            kept = not self._wire.fresh
+            try:
+                await self._transaction(outputs)
+                return
+            except ResponseError as exc:
+                # Redis answered and refused (WRONGTYPE on the stream key, OOM, READONLY
+                # after a failover): an outage to report and retry, never a crash
+                raise RedisUnavailable(f"Redis refused the proposal write: {exc}") from exc
+            except REDIS_ERRORS as exc:
+                failure: BaseException = exc
+            # EXEC may or may not have run. Find out before anyone retries.
+            try:
+                landed = await self._landed(outputs[-1])
+            except REDIS_ERRORS as exc:
+                raise WriteUncertain(
+                    f"transaction outcome unknown ({failure}); check failed: {exc}"
+                ) from exc
+            if landed:
+                log.warning("transaction outcome was unknown (%s) but it landed", failure)
+                return
+            if attempt == 2 or not (kept and _dropped(failure)):
+                break
+            # it did not land and the kept connection had died while idle (CLIENT KILL,
+            # server restart): a closed connection runs nothing later, so once more
+        raise RedisUnavailable(f"writing proposals: {failure}") from failure
+
+    async def _transaction(self, outputs: Sequence[Output]) -> None:
+        """MULTI, then per output DEL (the whole hash is replaced: no stale foreign
+        fields), HSET for a publish and XADD of its audit entry, then EXEC."""
+        keys = self.keys
+        stream = self.enable_stream
+        parts = [_MULTI]
+        replies = 2  # MULTI's and EXEC's
+        for out in outputs:
+            key = _bulk(keys.proposal(out.symbol).encode())
+            parts.append(_DEL + key)
+            replies += 1
+            if isinstance(out, PublishOut):
+                n, pairs = _pairs(out.fields)
+                parts.append(b"*%d\r\n$4\r\nHSET\r\n%b%b" % (2 + 2 * n, key, pairs))
+                replies += 1
+                if stream:
+                    # the audit entry is `event` followed by the hash's fields
+                    parts.append(
+                        b"*%d\r\n%b%b%b%b"
+                        % (8 + 2 * n, self._xadd_head, _NAMES["event"], _bulk(b"publish"), pairs)
+                    )
+                    replies += 1
+            elif stream:
+                n, pairs = _pairs(out.audit_fields())
+                parts.append(b"*%d\r\n%b%b" % (6 + 2 * n, self._xadd_head, pairs))
+                replies += 1
+        parts.append(_EXEC)
+        replies_seen = await self._wire.roundtrip(b"".join(parts), replies)
+        for reply in (*replies_seen[:-1], *(replies_seen[-1] or ())):
+            if isinstance(reply, Exception):
+                raise reply  # a refused command (e.g. the stream key holds another type)
+        if not isinstance(replies_seen[-1], list):
+            raise ResponseError(f"EXEC returned {replies_seen[-1]!r}")
+
+    async def _landed(self, out: Output) -> bool:
+        """Did the transaction whose last output is `out` get applied?"""
+        seq = str(out.seq)
+        if self.enable_stream:
+            entries: list[tuple[str, dict[str, str]]] = await self.client.xrevrange(
+                self.keys.stream, count=200
+            )  # type: ignore[assignment]
+            return any(f.get("symbol") == out.symbol and f.get("seq") == seq for _id, f in entries)
+        current = await self.client.hget(self.keys.proposal(out.symbol), "seq")
+        if isinstance(out, PublishOut):
+            return bool(current == seq)
+        return current is None  # a retraction without a stream is idempotent
+
+
+class LivenessWriter:
+    """`{liveness_prefix}{instance}`: who is publishing, refreshed while healthy."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, instance: str, ttl: float) -> None:
+        self.client = client
+        self.key = keys.liveness(instance)
+        self.instance = instance
+        self.ttl = ttl
+        self.started_at: float | None = None
+
+    async def beat(self, now: float, symbols: int) -> None:
+        if self.started_at is None:
+            self.started_at = now
+        fields = {
+            "instance": self.instance,
+            "version": __version__,
+            "pid": str(os.getpid()),
+            "host": socket.gethostname(),
+            "started_at": iso_utc(self.started_at),
+            "last_beat_epoch": repr(round(now, 3)),
+            "symbols": str(symbols),
+        }
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(self.key, mapping=fields)  # type: ignore[arg-type]
+                pipe.pexpire(self.key, int(self.ttl * 1000))
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"liveness write: {exc}") from exc
+
+    async def clear(self) -> None:
+        try:
+            await self.client.delete(self.key)
+        except REDIS_ERRORS as exc:
+            log.debug("liveness clear failed: %s", exc)

@@ -1,0 +1,1 @@
+"""Recordings: the file format, the recorder, the offline replayer, comparison, plots."""

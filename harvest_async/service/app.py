@@ -1,0 +1,197 @@
+"""Composition of the live service: clients, engine, runner, source, liveness, signals.
+
+`serve` is what `harvest-async run` calls; the CLI maps its exceptions to exit codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import anyio
+
+from harvest_async.clock import Clock, SystemClock
+from harvest_async.config import Settings
+from harvest_async.core import gate
+from harvest_async.core.engine import Engine, EngineConfig, Observer
+from harvest_async.errors import RedisUnavailable
+from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url, is_auth_error
+from harvest_async.redis_io.notifications import KeyspaceSource
+from harvest_async.redis_io.publisher import LivenessWriter, RedisInputReader, RedisSink
+from harvest_async.service.metrics import start_for as start_metrics
+from harvest_async.service.runner import Runner, RunnerHooks
+from harvest_async.service.sdnotify import Notifier
+
+__all__ = ["build_engine", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        theta=settings.theta,
+        gate=gate.GateConfig(
+            floor_sec=settings.publish_interval_sec,
+            heartbeat_sec=settings.max_publish_age_sec,
+            change_eps=settings.change_eps_pct,
+            r_eps=settings.r_eps,
+        ),
+        max_input_age_sec=settings.max_input_age_sec,
+        synthetic_positions=settings.position_source == "synthetic",
+        symbols=settings.symbols,
+    )
+
+
+def build_engine(settings: Settings, observer: Observer | None = None) -> Engine:
+    return Engine(engine_config(settings), observer)
+
+
+async def check_redis(settings: Settings) -> None:
+    """Fail fast (exit 3) with one clear line when Redis is unreachable or refuses us."""
+    client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-check")
+    try:
+        await client.ping()
+    except REDIS_ERRORS as exc:
+        where = describe_url(settings.redis_url)
+        if is_auth_error(str(exc)):
+            raise RedisUnavailable(
+                f"Redis at {where} refused our credentials ({exc}); check the password "
+                "(REDIS_URL, REDIS_PASSWORD_FILE or the redis-password credential)"
+            ) from exc
+        raise RedisUnavailable(
+            f"cannot reach Redis at {where}: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.aclose()
+
+
+async def serve(
+    settings: Settings,
+    *,
+    once: bool = False,
+    clock: Clock | None = None,
+    observer: Observer | None = None,
+    hooks: RunnerHooks | None = None,
+    on_ready: Callable[[Runner], Awaitable[None]] | None = None,
+    handle_signals: bool = True,
+) -> int:
+    clock = clock or SystemClock()
+    await check_redis(settings)
+    stop_metrics: Callable[[], None] | None = None
+    if settings.metrics_port is not None and not once:
+        observer, hooks, stop_metrics = start_metrics(settings, observer, hooks)
+    client = client_for(settings.redis_url, settings.redis_password, retries=0)
+    engine = build_engine(settings, observer)
+    runner = Runner(
+        engine,
+        RedisInputReader(client, settings.keys),
+        RedisSink(
+            client,
+            settings.keys,
+            enable_stream=settings.enable_stream,
+            stream_maxlen=settings.stream_maxlen,
+        ),
+        clock,
+        symbols=settings.symbols,
+        reconcile_every=settings.max_publish_age_sec,
+        shutdown_grace=settings.shutdown_grace_sec,
+        hooks=hooks,
+    )
+    notifier = Notifier()
+    try:
+        if once:
+            await runner.startup()
+            log.info("one pass done: %d symbols, %d writes", len(engine), runner.writes)
+            return 0
+        source = KeyspaceSource(
+            settings.redis_url,
+            settings.redis_password,
+            settings.keys,
+            instance=settings.instance,
+            input_streams=settings.input_streams,
+            poll_interval=settings.poll_interval_sec,
+            canary_timeout=settings.canary_timeout_sec,
+        )
+        liveness = LivenessWriter(
+            client, settings.keys, settings.instance, settings.liveness_ttl_sec
+        )
+        log.info(
+            "harvest-async running: redis=%s symbols=%s floor=%gs heartbeat=%gs stream=%s",
+            describe_url(settings.redis_url),
+            ",".join(settings.symbols) if settings.symbols else "*",
+            settings.publish_interval_sec,
+            settings.max_publish_age_sec,
+            settings.keys.stream if settings.enable_stream else "off",
+        )
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                tg.start_soon(_stop_on_signal, tg.cancel_scope, notifier)
+            await tg.start(runner.run, source)
+            tg.start_soon(
+                partial(
+                    _liveness_loop,
+                    liveness=liveness,
+                    source=source,
+                    runner=runner,
+                    clock=clock,
+                    settings=settings,
+                    notifier=notifier,
+                )
+            )
+            notifier.ready(f"publishing {len(engine)} symbols")
+            if on_ready is not None:
+                await on_ready(runner)
+        return 0
+    finally:
+        with anyio.CancelScope(shield=True):
+            if not once:
+                with contextlib.suppress(RedisUnavailable):
+                    await LivenessWriter(
+                        client, settings.keys, settings.instance, settings.liveness_ttl_sec
+                    ).clear()
+            await client.aclose()
+        notifier.close()
+        if stop_metrics is not None:
+            stop_metrics()
+
+
+async def _stop_on_signal(scope: anyio.CancelScope, notifier: Notifier) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s received: finishing the in-flight write and stopping", signum.name)
+            notifier.stopping()
+            scope.cancel()
+            return
+
+
+async def _liveness_loop(
+    *,
+    liveness: LivenessWriter,
+    source: KeyspaceSource,
+    runner: Runner,
+    clock: Clock,
+    settings: Settings,
+    notifier: Notifier,
+) -> None:
+    interval = min(settings.liveness_ttl_sec / 3, 5.0)
+    if notifier.watchdog_sec is not None:
+        interval = min(interval, notifier.watchdog_sec / 3)
+    while True:
+        # the watchdog ping comes from this loop: a stuck event loop stops it
+        notifier.watchdog()
+        try:
+            # arm the canary before writing: the notification can be consumed before
+            # beat() returns, and arming afterwards would then wait for one never coming
+            source.expect_canary()
+            await liveness.beat(clock.now(), len(runner.engine))
+            notifier.status(
+                f"{len(runner.engine)} symbols, {runner.writes} writes, mode={source.mode}"
+            )
+        except RedisUnavailable as exc:
+            log.warning("liveness write failed: %s", exc)
+            notifier.status(f"redis unavailable: {exc}")
+        await anyio.sleep(interval)

@@ -1,0 +1,1 @@
+"""Operator tools: doctor, watch, simulate, demo, compute and the embedded Redis server."""

@@ -1,0 +1,312 @@
+"""`harvest-async demo`: simulator + service + watch view against a private Redis.
+
+`run_demo` runs three things in one task group on one event loop: the simulator writing
+input hashes (`simulate.run_simulator`), the real service (`service.serve`, with a 1 s floor
+and a 10 s heartbeat so that something happens), and either the live `watch` view or, with a
+duration, nothing visible until the summary. The caller (`commands/demo.py`) starts and
+removes the embedded server.
+
+Against a server the user gave (REDIS_URL) every key gets the `harvest-demo:` prefix, so the
+demo never touches real inputs or proposals, and those keys are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TextIO
+
+import anyio
+import redis.asyncio as aioredis
+
+from harvest_async.clock import Clock, SystemClock, monotonic
+from harvest_async.config import Settings, settings_from_env
+from harvest_async.core.engine import PublishOut, RetractOut
+from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url
+from harvest_async.service.app import serve
+from harvest_async.service.metrics import reason_label
+from harvest_async.service.runner import Runner
+from harvest_async.tools.simulate import Simulator, run_simulator, symbols_for
+from harvest_async.tools.watch import Terminal, Watcher, live, render
+
+__all__ = ["DEMO_PREFIX", "DemoRecorder", "demo_settings", "run_demo"]
+
+DEMO_PREFIX = "harvest-demo:"
+
+
+def demo_settings(
+    redis_url: str,
+    symbols: Sequence[str],
+    *,
+    password_file: str | None = None,
+    namespaced: bool = False,
+    log_level: str = "WARNING",
+) -> Settings:
+    """The service's settings for the demo: a short floor and heartbeat."""
+    env = {
+        "REDIS_URL": redis_url,
+        "SYMBOLS": ",".join(symbols),
+        "PUBLISH_INTERVAL_SEC": "1",
+        "MAX_PUBLISH_AGE_SEC": "10",
+        "INSTANCE": "demo",
+        "LOG_LEVEL": log_level,
+        "LIVENESS_TTL_SEC": "10",
+    }
+    if password_file:
+        env["REDIS_PASSWORD_FILE"] = password_file
+    if namespaced:
+        env.update(
+            {
+                "MARKETSTATE_PREFIX": DEMO_PREFIX + "quantum:marketstate:",
+                "RISKPROPOSAL_PREFIX": DEMO_PREFIX + "quantum:risk:proposal:",
+                "POSITION_PREFIX": DEMO_PREFIX + "quantum:state:positions:",
+                "HARVEST_PREFIX": DEMO_PREFIX + "quantum:harvest:proposal:",
+                "STREAM_NAME": DEMO_PREFIX + "quantum:stream:harvest.proposal",
+                "LIVENESS_PREFIX": DEMO_PREFIX + "quantum:harvest:publisher:",
+            }
+        )
+    return settings_from_env(env)
+
+
+@dataclass
+class DemoRecorder:
+    """An engine Observer that remembers what was published (for the summary)."""
+
+    publishes: Counter[str] = field(default_factory=Counter)  # by trigger
+    actions: Counter[str] = field(default_factory=Counter)
+    retractions: Counter[str] = field(default_factory=Counter)  # by reason label
+    per_symbol: dict[str, list[str]] = field(default_factory=dict)  # actions in order
+    retracted: Counter[str] = field(default_factory=Counter)  # by symbol
+    published: Counter[str] = field(default_factory=Counter)  # by symbol
+
+    def on_publish(self, out: PublishOut) -> None:
+        action = out.decision.harvest_action
+        self.publishes[out.trigger] += 1
+        self.actions[action] += 1
+        self.published[out.symbol] += 1
+        seen = self.per_symbol.setdefault(out.symbol, [])
+        if not seen or seen[-1] != action:
+            seen.append(action)
+
+    def on_retract(self, out: RetractOut) -> None:
+        self.retractions[reason_label(out.reason)] += 1
+        self.retracted[out.symbol] += 1
+        seen = self.per_symbol.setdefault(out.symbol, [])
+        if not seen or seen[-1] != "RETRACTED":
+            seen.append("RETRACTED")
+
+    def on_invalid(self, symbol: str, reason: str) -> None:
+        pass
+
+    def on_compute(self, seconds: float) -> None:
+        pass
+
+    @property
+    def total_publishes(self) -> int:
+        return sum(self.publishes.values())
+
+
+@dataclass
+class DemoResult:
+    recorder: DemoRecorder
+    writes: int
+    seconds: float
+    final_table: list[str]
+    events: list[str]
+
+
+async def run_demo(
+    settings: Settings,
+    *,
+    duration: float | None,
+    rate: float = 15.0,
+    seed: int = 1,
+    interactive: bool = True,
+    out: TextIO = sys.stdout,
+    color: bool = False,
+    title: str = "",
+    clock: Clock | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Run simulator + service (+ the live view when `interactive`) until `duration` has
+    passed, or until SIGINT/SIGTERM (or `q` in the live view)."""
+    clock = clock or SystemClock()
+    symbols = list(settings.symbols or symbols_for(6))
+    recorder = DemoRecorder()
+    written = 0
+    started = monotonic()
+    client = client_for(settings.redis_url, settings.redis_password, name="harvest-demo")
+    watcher = Watcher(
+        client,
+        settings.keys,
+        symbols=symbols,
+        clock=clock,
+        kill_threshold=settings.theta.kill_threshold,
+        url=settings.redis_url,
+        password=settings.redis_password,
+    )
+    snapshot_written = anyio.Event()
+
+    def count(n: int) -> None:
+        nonlocal written
+        written += n
+        snapshot_written.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        return
+
+            async def simulator() -> None:
+                sim = Simulator(symbols, seed=seed, start=clock.now())
+                await run_simulator(
+                    client,
+                    settings.keys,
+                    sim,
+                    rate=rate,
+                    duration=None,
+                    clock=clock,
+                    on_write=count,
+                )
+
+            async def service() -> None:
+                await snapshot_written.wait()  # start on a full set of inputs
+
+                async def ready(_runner: Runner) -> None:
+                    if progress is not None:
+                        progress("service ready")
+
+                await serve(settings, observer=recorder, handle_signals=False, on_ready=ready)
+
+            async def view() -> None:
+                footer = "q or Ctrl-C stops the demo and removes what it created"
+                with Terminal(out) as terminal:
+                    await live(
+                        watcher,
+                        terminal,
+                        color=color,
+                        title=title,
+                        handle_signals=False,
+                        footer=footer,
+                    )
+                tg.cancel_scope.cancel()  # `q` ends the live view: end the demo too
+
+            async def timer(seconds: float) -> None:
+                await anyio.sleep(seconds)
+                tg.cancel_scope.cancel()
+
+            async def ticker() -> None:
+                while True:
+                    await anyio.sleep(5.0)
+                    if progress is not None:
+                        progress(
+                            f"{monotonic() - started:.0f} s: {written} input writes, "
+                            f"{recorder.total_publishes} publishes, "
+                            f"{sum(recorder.retractions.values())} retractions"
+                        )
+
+            tg.start_soon(stop_on_signal)
+            tg.start_soon(simulator)
+            tg.start_soon(service)
+            if interactive:
+                tg.start_soon(view)
+            else:
+                tg.start_soon(watcher.run)  # collects the change log for the summary
+                if duration is None:
+                    tg.start_soon(ticker)
+            if duration is not None:
+                tg.start_soon(timer, duration)
+        seconds = monotonic() - started
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await watcher.load()
+        table = render(
+            watcher.model,
+            clock.now(),
+            width=160,
+            color=color,
+            title=title,
+            live=False,
+        )
+        events = [
+            f"{datetime.fromtimestamp(at, UTC):%H:%M:%S}  {text}"
+            for at, _kind, text in list(watcher.model.events)
+        ]
+        return DemoResult(recorder, written, seconds, table, events)
+    finally:
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(*REDIS_ERRORS):
+                await client.aclose()
+
+
+async def delete_namespace(url: str, password: str | None, prefix: str = DEMO_PREFIX) -> int:
+    """Remove every key the demo created on a server it did not start."""
+    client: aioredis.Redis = client_for(url, password, name="harvest-demo-cleanup")
+    deleted = 0
+    try:
+        pattern = prefix + "*"
+        batch: list[str] = []
+        async for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += int(await client.delete(*batch))
+                batch = []
+        if batch:
+            deleted += int(await client.delete(*batch))
+    finally:
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(*REDIS_ERRORS):
+                await client.aclose()
+    return deleted
+
+
+def summary(
+    result: DemoResult,
+    *,
+    symbols: Sequence[str],
+    where: str,
+) -> list[str]:
+    rec = result.recorder
+    lines = [
+        f"harvest-async demo: {len(symbols)} symbols, {where}, ran {result.seconds:.1f} s",
+        f"simulator: {result.writes} input writes; service: {rec.total_publishes} publishes ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(rec.publishes.items()))
+        + f"), {sum(rec.retractions.values())} retractions",
+    ]
+    if rec.actions:
+        lines.append(
+            "actions published: " + ", ".join(f"{k} {v}" for k, v in sorted(rec.actions.items()))
+        )
+    if rec.retractions:
+        lines.append(
+            "retractions: " + ", ".join(f"{k} {v}" for k, v in sorted(rec.retractions.items()))
+        )
+    lines.append("")
+    lines.append("proposals seen per symbol (actions in the order they were published):")
+    lines.append(f"  {'SYMBOL':<12} {'PUBLISHES':>9} {'RETRACTS':>8}  ACTIONS")
+    for sym in symbols:
+        seen = rec.per_symbol.get(sym, [])
+        lines.append(
+            f"  {sym:<12} {rec.published[sym]:>9} {rec.retracted[sym]:>8}  "
+            + (" > ".join(seen) if seen else "-")
+        )
+    lines.append("")
+    lines.append("final proposals in Redis:")
+    lines.extend("  " + line for line in result.final_table[1:])
+    if result.events:
+        lines.append("")
+        lines.append(f"last {min(len(result.events), 15)} changes seen by the watch view:")
+        lines.extend("  " + text for text in result.events[-15:])
+    return lines
+
+
+def describe_server(url: str, embedded: str | None) -> str:
+    return f"{embedded} at {describe_url(url)}" if embedded else f"Redis at {describe_url(url)}"
