@@ -36,8 +36,9 @@ import msgspec
 
 from harvest_async import __version__
 from harvest_async.config import settings_from_env
-from harvest_async.replay.format import write_recording
-from harvest_async.replay.replayer import TimelineWriter, engine_config_for, replay
+from harvest_async.replay.recording_writer import write_recording
+from harvest_async.replay.replayer import engine_config_for, replay
+from harvest_async.replay.timeline import TimelineWriter
 from harvest_async.tools.simulate import InputWrite, Simulator, symbols_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,9 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from harvest_async.config import settings_from_env
-from harvest_async.replay.format import write_recording
 from harvest_async.replay.plot import load_timeline, plot_timeline
-from harvest_async.replay.replayer import engine_config_for, replay_to_file
+from harvest_async.replay.recording_writer import write_recording
+from harvest_async.replay.replayer import engine_config_for
+from harvest_async.replay.timeline import replay_to_file
 from harvest_async.tools.simulate import InputWrite, Simulator, symbols_for
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z

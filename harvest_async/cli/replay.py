@@ -122,7 +122,8 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace, settings: Any) -> int:
-    from harvest_async.replay.replayer import engine_config_for, replay_to_file
+    from harvest_async.replay.replayer import engine_config_for
+    from harvest_async.replay.timeline import replay_to_file
 
     fmt = args.format or "jsonl"
     if fmt == "text":
@@ -148,12 +149,9 @@ def _compare(args: argparse.Namespace, settings: Any) -> int:
     import msgspec
 
     from harvest_async.config import ConfigError, build_theta, load_theta_file
-    from harvest_async.replay.replayer import (
-        atomic_output,
-        compare,
-        engine_config_for,
-        format_comparison,
-    )
+    from harvest_async.replay.compare import compare, format_comparison
+    from harvest_async.replay.replayer import engine_config_for
+    from harvest_async.replay.timeline import atomic_output
 
     fmt = args.format or "text"
     if fmt == "csv":
@@ -188,7 +186,7 @@ def _describe(values: dict[str, object]) -> str:
 
 def _into(args: argparse.Namespace, settings: Any) -> int:
     from harvest_async.redis_io.client import client_for, describe_url
-    from harvest_async.replay.replayer import replay_into
+    from harvest_async.replay.into_redis import replay_into
 
     url = args.into
 

@@ -33,15 +33,8 @@ from harvest_async.core.keys import Keys, glob_escape
 from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url
 from harvest_async.redis_io.notifications import KeyspaceSource
-from harvest_async.replay.format import (
-    FORMAT,
-    KINDS,
-    VERSION,
-    Header,
-    Prefixes,
-    RecordingWriter,
-    SymbolState,
-)
+from harvest_async.replay.format import FORMAT, KINDS, VERSION, Header, Prefixes, SymbolState
+from harvest_async.replay.recording_writer import RecordingWriter
 from harvest_async.service.app import check_redis
 from harvest_async.service.runner import Event, Gap
 

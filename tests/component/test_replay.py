@@ -29,6 +29,7 @@ from harvest_async.core.codec import Hash, SymbolInputs
 from harvest_async.core.engine import Engine, EngineConfig, Output, PublishOut
 from harvest_async.core.gate import GateConfig
 from harvest_async.redis_io.publisher import trim
+from harvest_async.replay.compare import compare
 from harvest_async.replay.format import (
     FORMAT,
     VERSION,
@@ -36,14 +37,14 @@ from harvest_async.replay.format import (
     End,
     Header,
     Line,
-    RecordingWriter,
     Set,
     Snapshot,
     SymbolState,
-    read_all,
-    write_recording,
 )
-from harvest_async.replay.replayer import compare, engine_config_for, replay, replay_to_file
+from harvest_async.replay.recording_reader import read_all
+from harvest_async.replay.recording_writer import RecordingWriter, write_recording
+from harvest_async.replay.replayer import engine_config_for, replay
+from harvest_async.replay.timeline import replay_to_file
 from harvest_async.service.runner import Changed, Event, Gap, Runner
 from harvest_async.tools.simulate import Simulator, symbols_for
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harvest_async.cli import main as cli
-from harvest_async.replay.replayer import CSV_COLUMNS
+from harvest_async.replay.timeline import CSV_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "recordings"

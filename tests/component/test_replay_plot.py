@@ -15,8 +15,9 @@ import pytest
 from harvest_async.cli import main as cli
 from harvest_async.config import settings_from_env
 from harvest_async.replay import plot as plot_mod
-from harvest_async.replay.format import write_recording
-from harvest_async.replay.replayer import engine_config_for, replay_to_file
+from harvest_async.replay.recording_writer import write_recording
+from harvest_async.replay.replayer import engine_config_for
+from harvest_async.replay.timeline import replay_to_file
 from harvest_async.tools.simulate import Simulator, symbols_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -45,9 +45,11 @@ from harvest_async.clock import SystemClock
 from harvest_async.config import Settings, settings_from_env
 from harvest_async.core.engine import Output
 from harvest_async.core.keys import Keys
-from harvest_async.replay.format import Delete, End, Set, Snapshot, read_all
+from harvest_async.replay.format import Delete, End, Set, Snapshot
+from harvest_async.replay.into_redis import replay_into
 from harvest_async.replay.recorder import Recorder, record
-from harvest_async.replay.replayer import engine_config_for, replay, replay_into
+from harvest_async.replay.recording_reader import read_all
+from harvest_async.replay.replayer import engine_config_for, replay
 from harvest_async.service.app import serve
 from harvest_async.service.runner import Runner
 from harvest_async.tools.simulate import Simulator, run_simulator, symbols_for

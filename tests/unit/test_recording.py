@@ -15,14 +15,12 @@ from harvest_async.replay.format import (
     End,
     Header,
     RecordingError,
-    RecordingReader,
-    RecordingWriter,
     Set,
     Snapshot,
     SymbolState,
-    read_all,
-    write_recording,
 )
+from harvest_async.replay.recording_reader import RecordingReader, read_all
+from harvest_async.replay.recording_writer import RecordingWriter, write_recording
 from harvest_async.tools.simulate import InputWrite
 
 T0 = 1_767_225_600.0

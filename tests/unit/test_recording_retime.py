@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harvest_async.core.codec import parse_epoch
-from harvest_async.replay.replayer import shift_times
+from harvest_async.replay.into_redis import shift_times
 
 
 def test_each_time_field_keeps_its_format() -> None:

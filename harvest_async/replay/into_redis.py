@@ -1,0 +1,173 @@
+"""Write a recording's changes into a Redis at the recorded pace (`replay --into`)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from harvest_async.clock import Clock, SystemClock
+from harvest_async.core.codec import Hash
+from harvest_async.errors import RedisUnavailable
+from harvest_async.redis_io.client import REDIS_ERRORS
+from harvest_async.replay.format import Delete, End, Header, Set, Snapshot, SymbolState
+from harvest_async.replay.recording_reader import RecordingReader
+
+# -- into Redis -----------------------------------------------------------------------
+
+__all__ = ["IntoStats", "replay_into", "shift_times"]
+
+_TIME_FIELDS = ("ts_timestamp", "ts_epoch", "created_at", "timestamp")
+
+
+def shift_times(fields: Hash, offset: float) -> Hash:
+    """The hash with its epoch fields moved by `offset` seconds, each kept in its format
+    (integer seconds, float seconds, milliseconds, ISO-8601)."""
+    if offset == 0.0:
+        return fields
+    out = dict(fields)
+    for name in _TIME_FIELDS:
+        raw = out.get(name)
+        if raw is None:
+            continue
+        text = raw.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            iso = text[:-1] + "+00:00" if text.endswith("Z") else text
+            try:
+                moment = datetime.fromisoformat(iso)
+            except ValueError:
+                continue
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            shifted = datetime.fromtimestamp(moment.timestamp() + offset, UTC)
+            out[name] = shifted.isoformat().replace(
+                "+00:00", "Z" if text.endswith("Z") else "+00:00"
+            )
+            continue
+        if not math.isfinite(value) or value <= 0:
+            continue
+        millis = value > 1e11
+        moved = value + (offset * 1000.0 if millis else offset)
+        integral = text.lstrip("-").isdigit()
+        out[name] = str(round(moved)) if integral else repr(round(moved, 3))
+    return out
+
+
+@dataclass(slots=True)
+class IntoStats:
+    changes: int = 0
+    snapshots: int = 0
+    transactions: int = 0
+    seconds: float = 0.0
+    recorded_seconds: float = 0.0
+    offset: float = 0.0
+    lag_max: float = 0.0
+    keys: set[str] = field(default_factory=set)
+
+
+async def replay_into(
+    path: str | os.PathLike[str],
+    client: Any,
+    keys: Any,
+    *,
+    speed: float,
+    retime: bool = True,
+    clock: Clock | None = None,
+    on_progress: Callable[[float, IntoStats], None] | None = None,
+) -> IntoStats:
+    """Write the recording's changes into Redis at the recorded pace / `speed`
+    (0 = as fast as possible): each set as DEL + HSET of the whole hash, each delete as
+    DEL, changes with one timestamp in one MULTI/EXEC. With `retime`, the hashes' epoch
+    fields are moved to the time of writing, so a live service does not see them stale."""
+    clock = clock or SystemClock()
+    stats = IntoStats()
+    key_for = {"marketstate": keys.marketstate, "risk": keys.risk, "position": keys.position}
+    existing: set[tuple[str, str]] = set()
+    ops: list[tuple[str, str, Hash | None, float]] = []  # (kind, symbol, fields, at)
+
+    with RecordingReader(path) as reader:
+        header: Header = reader.header
+        wall0 = clock.now()
+
+        def offset_for(at: float) -> float:
+            if not retime:
+                return 0.0
+            return clock.now() - at
+
+        async def flush(at: float) -> None:
+            if not ops:
+                return
+            offset = offset_for(at)
+            stats.offset = offset
+            try:
+                async with client.pipeline(transaction=True) as pipe:
+                    for kind, symbol, fields, _at in ops:
+                        key = key_for[kind](symbol)
+                        pipe.delete(key)
+                        if fields is not None:
+                            pipe.hset(key, mapping=shift_times(fields, offset))
+                    await pipe.execute()
+            except REDIS_ERRORS as exc:
+                raise RedisUnavailable(f"writing inputs: {type(exc).__name__}: {exc}") from exc
+            stats.transactions += 1
+            ops.clear()
+
+        def snapshot_ops(state: dict[str, SymbolState], at: float) -> None:
+            # the listed symbols become exactly as recorded (absent hashes deleted); keys
+            # this replay wrote for symbols no longer listed are deleted
+            wanted: set[tuple[str, str]] = set()
+            for symbol in sorted(state):
+                for kind in ("marketstate", "risk", "position"):
+                    fields = state[symbol].get(kind)
+                    ops.append((kind, symbol, fields or None, at))
+                    if fields:
+                        wanted.add((kind, symbol))
+            for kind, symbol in sorted(existing - wanted):
+                if symbol not in state:
+                    ops.append((kind, symbol, None, at))
+            existing.clear()
+            existing.update(wanted)
+            stats.keys.update(key_for[k](s) for k, s in wanted)
+
+        async def pace(at: float) -> None:
+            if speed > 0:
+                target = wall0 + (at - header.start) / speed
+                await clock.sleep_until(target)
+                stats.lag_max = max(stats.lag_max, clock.now() - target)
+
+        snapshot_ops(header.snapshot, header.start)
+        await flush(header.start)
+        group_at = header.start
+        for batch in reader.batches():
+            for line in batch:
+                at = line.at
+                if at != group_at:
+                    if ops and (speed > 0 or len(ops) >= 500):
+                        await flush(group_at)
+                    await pace(at)
+                    group_at = at
+                if isinstance(line, Set):
+                    ops.append((line.kind, line.symbol, line.fields, at))
+                    existing.add((line.kind, line.symbol))
+                    stats.keys.add(key_for[line.kind](line.symbol))
+                    stats.changes += 1
+                elif isinstance(line, Delete):
+                    ops.append((line.kind, line.symbol, None, at))
+                    existing.discard((line.kind, line.symbol))
+                    stats.changes += 1
+                elif isinstance(line, Snapshot):
+                    snapshot_ops(line.state, at)
+                    stats.snapshots += 1
+                else:
+                    assert isinstance(line, End)
+            if on_progress is not None:
+                on_progress(reader.progress(), stats)
+        await flush(group_at)
+        stats.recorded_seconds = reader.last_at - header.start
+    stats.seconds = clock.now() - wall0
+    return stats
