@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from harvest_async.core.engine import EngineConfig, Output, PublishOut
+from harvest_async.core.timefmt import iso_utc_ms
 from harvest_async.replay.replayer import ReplayStats, replay
 
 # -- compare --------------------------------------------------------------------------
@@ -147,10 +147,6 @@ def _action_order(name: str) -> int:
     return _ORDER.index(name) if name in _ORDER else len(_ORDER)
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-
-
 def format_comparison(
     rows: Sequence[SymbolComparison], label_a: str, label_b: str, stats: ReplayStats
 ) -> str:
@@ -176,7 +172,7 @@ def format_comparison(
         div = row.first_divergence
         if div is not None:
             out.append(
-                f"  first divergence at +{div['offset_sec']:.3f} s ({_iso(div['at'])}), "
+                f"  first divergence at +{div['offset_sec']:.3f} s ({iso_utc_ms(div['at'])}), "
                 f"decision #{div['index'] + 1}:"
             )
             out.append(f"    A: {div['a']}")
