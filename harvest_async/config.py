@@ -20,7 +20,15 @@ from harvest_async.core.kernel import KernelInputError, validate_theta
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
 
-__all__ = ["ConfigError", "Settings", "load_env_file", "load_theta_file", "settings_from_env"]
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "build_theta",
+    "load_env_file",
+    "load_theta",
+    "load_theta_file",
+    "settings_from_env",
+]
 
 
 class ConfigError(ValueError):
@@ -182,10 +190,21 @@ def build_theta(values: Mapping[str, object], *, variable: str) -> Theta:
         theta = msgspec.convert(values, Theta, strict=False)
         validate_theta(theta)
     except msgspec.ValidationError as exc:
-        raise ConfigError(variable, str(exc)) from None
+        message = str(exc)
+        if "unknown field" in message:
+            message += f"; known: {', '.join(Theta.__struct_fields__)}"
+        raise ConfigError(variable, message) from None
     except KernelInputError as exc:
         raise ConfigError(variable, str(exc)) from None
     return theta
+
+
+def load_theta(path: str, *, variable: str, base: Mapping[str, object] | None = None) -> Theta:
+    """Tunables from a TOML or JSON file (a flat table, or a `[theta]` table) on top of
+    `base` (default: the kernel's defaults). The one loader behind THETA_FILE and every
+    `--theta` flag, so they accept the same files."""
+    values = {**(base or {}), **load_theta_file(path, variable=variable)}
+    return build_theta(values, variable=f"{variable} {path}")
 
 
 def _theta(env: Mapping[str, str], fallback_stop_pct: float | None) -> Theta:

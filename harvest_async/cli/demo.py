@@ -7,21 +7,9 @@ import os
 import sys
 from typing import Any
 
+from harvest_async.cli.args import positive_float, positive_int
 from harvest_async.cli.common import run_async
 from harvest_async.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError
-
-
-def _positive(kind: type[float] | type[int]) -> Any:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return value
-
-    return parse
 
 
 def register(subparsers: Any) -> None:
@@ -40,20 +28,20 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--duration",
-        type=_positive(float),
+        type=positive_float,
         metavar="S",
         help="run S seconds non-interactively, print a summary, exit",
     )
     p.add_argument(
         "--symbols",
-        type=_positive(int),
+        type=positive_int,
         default=6,
         metavar="N",
         help="how many symbols to simulate (default 6)",
     )
     p.add_argument(
         "--rate",
-        type=_positive(float),
+        type=positive_float,
         default=25.0,
         metavar="N",
         help="simulated input changes per second (default 25)",

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from harvest_async.cli.args import positive_float
 from harvest_async.cli.common import add_config_args, run_async, settings_from_args
 from harvest_async.cli.exits import EXIT_OK, EXIT_REDIS, EXIT_USAGE, CliError
 
@@ -37,7 +38,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=positive_float,
         default=3.0,
         metavar="S",
         help="Redis socket timeout in seconds (default 3)",

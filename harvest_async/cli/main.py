@@ -69,14 +69,15 @@ def _add_compute(subparsers: Any) -> None:
 
 
 def _compute(args: argparse.Namespace) -> int:
+    from harvest_async.config import ConfigError, load_theta
     from harvest_async.tools import compute as whatif
 
     theta = None
     if args.theta is not None:
         try:
-            theta = whatif.load_theta(args.theta)
-        except whatif.ThetaFileError as exc:
-            raise CliError(str(exc), EXIT_USAGE) from exc
+            theta = load_theta(args.theta, variable="--theta")
+        except ConfigError as exc:
+            raise CliError(f"compute: {exc}", EXIT_USAGE) from exc
     if args.input == "-":
         status = whatif.run_compute(sys.stdin.buffer, sys.stdout, theta)
     else:

@@ -46,7 +46,7 @@ def _default_out(timeline: str) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from harvest_async.config import ConfigError, build_theta, load_theta_file
+    from harvest_async.config import ConfigError, load_theta
     from harvest_async.replay.plot import (
         PlotUnavailable,
         TimelineError,
@@ -57,7 +57,7 @@ def handle(args: argparse.Namespace) -> int:
     theta = None
     if args.theta is not None:
         try:
-            theta = build_theta(load_theta_file(args.theta, variable="--theta"), variable="--theta")
+            theta = load_theta(args.theta, variable="--theta")
         except ConfigError as exc:
             raise CliError(f"plot: {exc}", EXIT_USAGE) from exc
     symbols = None

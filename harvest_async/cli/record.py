@@ -5,18 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from harvest_async.cli.args import positive_float
 from harvest_async.cli.common import add_config_args, run_async, settings_from_args
 from harvest_async.cli.exits import EXIT_USAGE, CliError
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -32,7 +23,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="recording to write")
     p.add_argument(
-        "--duration", type=_seconds, metavar="S", help="stop after S seconds (default: on SIGINT)"
+        "--duration",
+        type=positive_float,
+        metavar="S",
+        help="stop after S seconds (default: on SIGINT)",
     )
     add_config_args(p, service=False)
     p.set_defaults(handler=handle)

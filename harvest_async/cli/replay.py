@@ -7,18 +7,9 @@ import argparse
 import sys
 from typing import Any
 
+from harvest_async.cli.args import non_negative_float
 from harvest_async.cli.common import add_config_args, run_async, settings_from_args
 from harvest_async.cli.exits import EXIT_ERROR, EXIT_USAGE, CliError
-
-
-def _speed(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -60,7 +51,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--speed",
-        type=_speed,
+        type=non_negative_float,
         default=1.0,
         metavar="X",
         help="with --into: recorded pace times X (default 1; 0 = as fast as possible)",
@@ -148,7 +139,7 @@ def _replay(args: argparse.Namespace, settings: Any) -> int:
 def _compare(args: argparse.Namespace, settings: Any) -> int:
     import msgspec
 
-    from harvest_async.config import ConfigError, build_theta, load_theta_file
+    from harvest_async.config import ConfigError, load_theta, load_theta_file
     from harvest_async.replay.compare import compare, format_comparison
     from harvest_async.replay.replayer import engine_config_for
     from harvest_async.replay.timeline import atomic_output
@@ -158,9 +149,8 @@ def _compare(args: argparse.Namespace, settings: Any) -> int:
         raise CliError("replay: --compare writes text or jsonl, not csv", EXIT_USAGE)
     try:
         other = load_theta_file(args.compare, variable="--compare")
-        theta_b = build_theta(
-            {**msgspec.structs.asdict(settings.theta), **other}, variable="--compare"
-        )
+        base = msgspec.structs.asdict(settings.theta)
+        theta_b = load_theta(args.compare, variable="--compare", base=base)
     except ConfigError as exc:
         raise CliError(f"replay: {exc}", EXIT_USAGE) from exc
     config_a = engine_config_for(settings)

@@ -5,28 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from harvest_async.cli.args import positive_float, positive_int
 from harvest_async.cli.common import run_async, settings_from_args
 from harvest_async.cli.exits import EXIT_USAGE, CliError
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -44,7 +25,7 @@ def register(subparsers: Any) -> None:
     which.add_argument(
         "--symbols",
         dest="symbol_count",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="simulate N symbols (BTCUSDT, ETHUSDT, ...); default: SYMBOLS if it is a "
         "list, else 10",
@@ -52,14 +33,14 @@ def register(subparsers: Any) -> None:
     which.add_argument("--symbol-list", metavar="A,B,...", help="simulate these symbols")
     p.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_float,
         default=100.0,
         metavar="EVENTS_PER_S",
         help="input changes per second (default 100)",
     )
     p.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="S",
         help="stop after S seconds (default: run until SIGINT/SIGTERM)",

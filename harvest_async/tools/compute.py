@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterable, Iterator
 from math import isfinite
-from pathlib import Path
 from typing import IO, Any
 
 import msgspec
@@ -30,16 +29,12 @@ import msgspec
 from harvest_async.core.kernel import KernelInputError, compute, validate_theta
 from harvest_async.core.models import Decision, MarketState, Position, RiskProposal, Theta
 
-__all__ = ["ThetaFileError", "load_theta", "run_compute"]
+__all__ = ["run_compute"]
 
 _DEFAULT_THETA = Theta()
 
 # JSON lines are read in blocks of this size, so memory stays bounded for any input.
 _READ_BYTES = 4 << 20
-
-
-class ThetaFileError(ValueError):
-    """A tunables file that cannot be read, parsed or validated; the message says why."""
 
 
 class _Case(msgspec.Struct, gc=False):
@@ -67,30 +62,6 @@ _dict_decoder = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
 _encode_into = _encoder.encode_into
 _decode_case = _case_decoder.decode
-
-
-def load_theta(path: str | Path) -> Theta:
-    """Read tunables from a TOML (`.toml`) or JSON file; unknown names and bad values fail.
-
-    Raises ThetaFileError with one line naming the file and the field.
-    """
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ThetaFileError(f"cannot read theta file {str(p)!r}: {exc.strerror or exc}") from exc
-    try:
-        if p.suffix.lower() == ".toml":
-            theta = msgspec.toml.decode(data, type=Theta)
-        else:
-            theta = msgspec.json.decode(data, type=Theta)
-    except msgspec.DecodeError as exc:  # ValidationError is a subclass
-        raise ThetaFileError(f"theta file {str(p)!r}: {exc}") from exc
-    try:
-        validate_theta(theta)
-    except KernelInputError as exc:
-        raise ThetaFileError(f"theta file {str(p)!r}: {exc}") from exc
-    return theta
 
 
 def _at_theta(message: str) -> str:
@@ -330,7 +301,7 @@ def run_compute(
 ) -> int:
     """Compute every case of `stream_in` into `stream_out`; 0 if all computed, else 1.
 
-    `theta_default` must already be valid (see `load_theta`); it supplies every tunable
+    `theta_default` must already be valid (see `config.load_theta`); it supplies every tunable
     a case's `theta` does not set.
     """
     default = _DEFAULT_THETA if theta_default is None else theta_default

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from harvest_async.cli.main import build_parser, main
+from harvest_async.config import ConfigError, load_theta, settings_from_env
 from harvest_async.core.models import Theta
 from harvest_async.tools import compute as whatif
 
@@ -174,8 +175,17 @@ def test_main_compute_bad_theta_file_is_exit_2(
 
 
 def test_load_theta_missing_file() -> None:
-    with pytest.raises(whatif.ThetaFileError, match="cannot read theta file"):
-        whatif.load_theta("/nonexistent/theta.toml")
+    with pytest.raises(ConfigError, match=r"--theta: cannot read '/nonexistent/theta\.toml'"):
+        load_theta("/nonexistent/theta.toml", variable="--theta")
+
+
+def test_compute_and_replay_accept_the_same_theta_files(tmp_path: Path) -> None:
+    """One loader: a `[theta]` table works for `compute --theta` as for THETA_FILE."""
+    theta_file = tmp_path / "theta.toml"
+    theta_file.write_text("[theta]\nT1_R = 1.5\n")
+    assert load_theta(str(theta_file), variable="--theta").T1_R == 1.5
+    env = settings_from_env({"THETA_FILE": str(theta_file)})
+    assert env.theta.T1_R == 1.5
 
 
 # --- through the console entry point (subprocess) ------------------------------------------
