@@ -69,12 +69,11 @@ def _symbols(args: argparse.Namespace, configured: tuple[str, ...] | None) -> li
 
 
 def handle(args: argparse.Namespace) -> int:
-    import signal
-
     import anyio
 
     from harvest_async.clock import SystemClock, monotonic
     from harvest_async.redis_io.client import client_for, describe_url, translate
+    from harvest_async.signals import cancel_on_signal
     from harvest_async.tools.simulate import Simulator, run_simulator
 
     settings = settings_from_args(args)
@@ -98,12 +97,6 @@ def handle(args: argparse.Namespace) -> int:
             )
             async with anyio.create_task_group() as tg:
 
-                async def _stop_on_signal() -> None:
-                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                        async for _ in signals:
-                            tg.cancel_scope.cancel()
-                            return
-
                 def _count(n: int) -> None:
                     nonlocal written
                     written += n
@@ -120,7 +113,7 @@ def handle(args: argparse.Namespace) -> int:
                     )
                     tg.cancel_scope.cancel()
 
-                tg.start_soon(_stop_on_signal)
+                tg.start_soon(cancel_on_signal, tg.cancel_scope)
                 tg.start_soon(_run)
         finally:
             with anyio.CancelScope(shield=True):

@@ -13,7 +13,6 @@ demo never touches real inputs or proposals, and those keys are deleted at the e
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url
 from harvest_async.service.app import serve
 from harvest_async.service.metrics import reason_label
 from harvest_async.service.runner import Runner
+from harvest_async.signals import cancel_on_signal
 from harvest_async.tools.simulate import Simulator, run_simulator, symbols_for
 from harvest_async.tools.watch import Terminal, Watcher, live, render
 
@@ -160,12 +160,6 @@ async def run_demo(
     try:
         async with anyio.create_task_group() as tg:
 
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        tg.cancel_scope.cancel()
-                        return
-
             async def simulator() -> None:
                 sim = Simulator(symbols, seed=seed, start=clock.now())
                 await run_simulator(
@@ -214,7 +208,7 @@ async def run_demo(
                             f"{sum(recorder.retractions.values())} retractions"
                         )
 
-            tg.start_soon(stop_on_signal)
+            tg.start_soon(cancel_on_signal, tg.cancel_scope)
             tg.start_soon(simulator)
             tg.start_soon(service)
             if interactive:

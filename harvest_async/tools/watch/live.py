@@ -19,6 +19,7 @@ from harvest_async.core.keys import Keys, glob_escape
 from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url, scan_symbols
 from harvest_async.redis_io.notifications import notify_flags_cover, read_notify_flags
+from harvest_async.signals import cancel_on_signal
 
 # -- Redis side ------------------------------------------------------------------------------
 from harvest_async.tools.watch.model import KEEP_RETRACTED_SEC, Row, WatchModel, use_color
@@ -240,12 +241,6 @@ async def live(
     clock = watcher.clock
     async with anyio.create_task_group() as tg:
 
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    tg.cancel_scope.cancel()
-                    return
-
         async def stop_on_q(fd: int) -> None:
             while True:
                 await anyio.wait_readable(fd)
@@ -260,7 +255,7 @@ async def live(
                     redraw.set()
 
         if handle_signals:
-            tg.start_soon(stop_on_signal)
+            tg.start_soon(cancel_on_signal, tg.cancel_scope)
         if terminal.in_fd is not None:
             tg.start_soon(stop_on_q, terminal.in_fd)
         tg.start_soon(on_resize)
