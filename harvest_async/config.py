@@ -19,6 +19,7 @@ import msgspec
 from harvest_async.core.kernel import KernelInputError, validate_theta
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
+from harvest_async.errors import ConfigError
 
 __all__ = [
     "ConfigError",
@@ -29,14 +30,6 @@ __all__ = [
     "load_theta_file",
     "settings_from_env",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; `variable` names it."""
-
-    def __init__(self, variable: str, message: str) -> None:
-        super().__init__(f"{variable}: {message}")
-        self.variable = variable
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,15 +1,72 @@
-"""The project's own exceptions; adapters translate Redis errors into these."""
+"""Every exception the package raises, under one root (`HarvestError`).
+
+Adapters translate library errors (redis-py, OS, msgspec) into these at their boundary;
+the command line maps them to exit codes in one place (`cli.exits.exit_code_for`).
+Pure: imports nothing, so the core can raise them.
+"""
 
 from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "HarvestError",
+    "KernelInputError",
+    "PlotUnavailable",
+    "RecordingError",
+    "RedisServerError",
+    "RedisUnavailable",
+    "TimelineError",
+    "WriteUncertain",
+]
 
 
 class HarvestError(Exception):
     """Base class for harvest-async errors."""
 
 
+class ConfigError(HarvestError, ValueError):
+    """A configuration value is invalid; `variable` names it (exit 2)."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+class KernelInputError(HarvestError, ValueError):
+    """An input or tunable the kernel refuses; `field` names it (e.g. `position.entry_price`)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
 class RedisUnavailable(HarvestError):
-    """Redis cannot be reached or refused us (connection, timeout, auth)."""
+    """Redis cannot be reached or refused us (connection, timeout, auth) (exit 3)."""
 
 
 class WriteUncertain(RedisUnavailable):
     """A transaction's outcome is unknown (the connection dropped during EXEC)."""
+
+
+class RecordingError(HarvestError, ValueError):
+    """A recording cannot be read: the message names the file and, when known, the line."""
+
+    def __init__(self, path: str, line: int | None, message: str) -> None:
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {message}")
+        self.path = path
+        self.line = line
+        self.reason = message
+
+
+class TimelineError(HarvestError, ValueError):
+    """A replay timeline cannot be read (the message names file and line)."""
+
+
+class PlotUnavailable(HarvestError):
+    """matplotlib is not installed (the `plot` extra)."""
+
+
+class RedisServerError(HarvestError):
+    """A server binary is missing or broken, or the server did not start or answer."""

@@ -6,8 +6,6 @@ import argparse
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from harvest_async.cli.exits import EXIT_REDIS, EXIT_USAGE, CliError
-
 T = TypeVar("T")
 
 # flag -> environment variable it overrides
@@ -40,8 +38,8 @@ def add_config_args(p: argparse.ArgumentParser, *, service: bool = True) -> None
 
 
 def settings_from_args(args: argparse.Namespace, extra: dict[str, str] | None = None) -> Any:
-    """Settings from env file + environment + flags; ConfigError -> exit 2."""
-    from harvest_async.config import ConfigError, environ_with, settings_from_env
+    """Settings from env file + environment + flags."""
+    from harvest_async.config import environ_with, settings_from_env
     from harvest_async.service.logs import setup_logging
 
     overrides = {
@@ -51,20 +49,15 @@ def settings_from_args(args: argparse.Namespace, extra: dict[str, str] | None = 
     }
     if extra:
         overrides.update(extra)
-    try:
-        env = environ_with(getattr(args, "env_file", None), overrides)
-        settings = settings_from_env(env)
-    except ConfigError as exc:
-        raise CliError(f"configuration: {exc}", EXIT_USAGE) from exc
+    env = environ_with(getattr(args, "env_file", None), overrides)
+    settings = settings_from_env(env)  # a ConfigError ends the command with exit 2
     setup_logging(settings.log_level, settings.log_format)
     return settings
 
 
 def run_async(main: Callable[[], Awaitable[T]]) -> T:
-    """Run on uvloop when available; RedisUnavailable -> exit 3 with one line."""
+    """Run on uvloop when available (exceptions reach `cli.main`, which maps them)."""
     import anyio
-
-    from harvest_async.errors import RedisUnavailable
 
     try:
         import uvloop  # noqa: F401
@@ -72,16 +65,4 @@ def run_async(main: Callable[[], Awaitable[T]]) -> T:
         options: dict[str, Any] = {"use_uvloop": True}
     except ImportError:  # pragma: no cover - non-Linux
         options = {}
-    try:
-        return anyio.run(main, backend="asyncio", backend_options=options)
-    except RedisUnavailable as exc:
-        raise CliError(str(exc), EXIT_REDIS) from exc
-    except BaseExceptionGroup as group:
-        # a TaskGroup wraps the one error that ended it; report that one
-        redis_errors, rest = group.split(RedisUnavailable)
-        if redis_errors is not None and rest is None:
-            first = redis_errors.exceptions[0]
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise CliError(str(first), EXIT_REDIS) from group
-        raise
+    return anyio.run(main, backend="asyncio", backend_options=options)

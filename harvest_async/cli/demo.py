@@ -9,7 +9,7 @@ from typing import Any
 
 from harvest_async.cli.args import positive_float, positive_int
 from harvest_async.cli.common import run_async
-from harvest_async.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError
+from harvest_async.cli.exits import EXIT_ERROR, EXIT_OK, CliError
 
 
 def register(subparsers: Any) -> None:
@@ -56,7 +56,7 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from harvest_async.config import ConfigError, environ_with
+    from harvest_async.config import environ_with
     from harvest_async.service.logs import setup_logging
     from harvest_async.tools.demo import delete_namespace, demo_settings, describe_server, run_demo
     from harvest_async.tools.demo import summary as demo_summary
@@ -69,10 +69,7 @@ def handle(args: argparse.Namespace) -> int:
     from harvest_async.tools.watch import use_color
 
     interactive = args.duration is None and sys.stdout.isatty()
-    try:
-        env = environ_with(args.env_file)
-    except ConfigError as exc:
-        raise CliError(f"configuration: {exc}", EXIT_USAGE) from exc
+    env = environ_with(args.env_file)
     url = args.redis_url or env.get("REDIS_URL") or None
     password_file = env.get("REDIS_PASSWORD_FILE") or None
     symbols = symbols_for(args.symbols)
@@ -97,16 +94,13 @@ def handle(args: argparse.Namespace) -> int:
         url = server.url
         label = f"embedded {server.binary.id}"
     try:
-        try:
-            settings = demo_settings(
-                url,
-                symbols,
-                password_file=None if server else password_file,
-                namespaced=server is None,
-                log_level="ERROR" if interactive else "WARNING",
-            )
-        except ConfigError as exc:
-            raise CliError(f"configuration: {exc}", EXIT_USAGE) from exc
+        settings = demo_settings(
+            url,
+            symbols,
+            password_file=None if server else password_file,
+            namespaced=server is None,
+            log_level="ERROR" if interactive else "WARNING",
+        )
         where = describe_server(url, label)
 
         def progress(text: str) -> None:

@@ -23,7 +23,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from harvest_async import __version__
-from harvest_async.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_REDIS, EXIT_USAGE, CliError
+from harvest_async.cli.exits import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_REDIS,
+    EXIT_USAGE,
+    CliError,
+    describe,
+    exit_code_for,
+    project_error,
+)
+from harvest_async.errors import HarvestError
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_REDIS", "EXIT_USAGE", "CliError", "build_parser", "main"]
 
@@ -69,15 +79,10 @@ def _add_compute(subparsers: Any) -> None:
 
 
 def _compute(args: argparse.Namespace) -> int:
-    from harvest_async.config import ConfigError, load_theta
+    from harvest_async.config import load_theta
     from harvest_async.tools import compute as whatif
 
-    theta = None
-    if args.theta is not None:
-        try:
-            theta = load_theta(args.theta, variable="--theta")
-        except ConfigError as exc:
-            raise CliError(f"compute: {exc}", EXIT_USAGE) from exc
+    theta = None if args.theta is None else load_theta(args.theta, variable="--theta")
     if args.input == "-":
         status = whatif.run_compute(sys.stdin.buffer, sys.stdout, theta)
     else:
@@ -134,6 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         _fail(exc.message)
         return exc.code
+    except (HarvestError, BaseExceptionGroup) as exc:
+        error = project_error(exc)
+        code = None if error is None else exit_code_for(error)
+        if error is None or code is None:
+            raise
+        _fail(describe(error))
+        return code
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130

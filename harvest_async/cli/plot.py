@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from harvest_async.cli.exits import EXIT_ERROR, EXIT_USAGE, CliError
+from harvest_async.cli.exits import EXIT_USAGE, CliError
 
 
 def register(subparsers: Any) -> None:
@@ -46,20 +46,11 @@ def _default_out(timeline: str) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from harvest_async.config import ConfigError, load_theta
-    from harvest_async.replay.plot import (
-        PlotUnavailable,
-        TimelineError,
-        load_timeline,
-        plot_timeline,
-    )
+    from harvest_async.config import load_theta
+    from harvest_async.errors import HarvestError
+    from harvest_async.replay.plot import load_timeline, plot_timeline
 
-    theta = None
-    if args.theta is not None:
-        try:
-            theta = load_theta(args.theta, variable="--theta")
-        except ConfigError as exc:
-            raise CliError(f"plot: {exc}", EXIT_USAGE) from exc
+    theta = None if args.theta is None else load_theta(args.theta, variable="--theta")
     symbols = None
     if args.symbols:
         symbols = [s.strip() for item in args.symbols for s in item.split(",") if s.strip()]
@@ -67,11 +58,9 @@ def handle(args: argparse.Namespace) -> int:
     try:
         series = load_timeline(args.timeline)
         drawn = plot_timeline(series, out, symbols=symbols, theta=theta, title=args.title)
-    except PlotUnavailable as exc:
-        raise CliError(str(exc), EXIT_ERROR) from exc
-    except TimelineError as exc:
-        raise CliError(f"plot: {exc}", EXIT_ERROR) from exc
-    except ValueError as exc:
+    except HarvestError:
+        raise  # no matplotlib, an unreadable timeline: cli.main reports them
+    except ValueError as exc:  # symbols not in the timeline, an unknown picture format
         raise CliError(f"plot: {exc}", EXIT_USAGE) from exc
     print(f"plotted {len(drawn)} symbol(s) to {out}")
     return 0

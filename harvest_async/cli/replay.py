@@ -139,7 +139,7 @@ def _replay(args: argparse.Namespace, settings: Any) -> int:
 def _compare(args: argparse.Namespace, settings: Any) -> int:
     import msgspec
 
-    from harvest_async.config import ConfigError, load_theta, load_theta_file
+    from harvest_async.config import load_theta, load_theta_file
     from harvest_async.replay.compare import compare, format_comparison
     from harvest_async.replay.replayer import engine_config_for
     from harvest_async.replay.timeline import atomic_output
@@ -147,12 +147,9 @@ def _compare(args: argparse.Namespace, settings: Any) -> int:
     fmt = args.format or "text"
     if fmt == "csv":
         raise CliError("replay: --compare writes text or jsonl, not csv", EXIT_USAGE)
-    try:
-        other = load_theta_file(args.compare, variable="--compare")
-        base = msgspec.structs.asdict(settings.theta)
-        theta_b = load_theta(args.compare, variable="--compare", base=base)
-    except ConfigError as exc:
-        raise CliError(f"replay: {exc}", EXIT_USAGE) from exc
+    other = load_theta_file(args.compare, variable="--compare")
+    base = msgspec.structs.asdict(settings.theta)
+    theta_b = load_theta(args.compare, variable="--compare", base=base)
     config_a = engine_config_for(settings)
     config_b = msgspec.structs.replace(config_a, theta=theta_b)
     rows, stats = compare(args.recording, config_a, config_b)

@@ -19,6 +19,7 @@ from harvest_async.core.models import (
     RiskProposal,
     Theta,
 )
+from harvest_async.errors import KernelInputError
 
 __all__ = ["KernelInputError", "compute", "tranche_weights", "validate_theta"]
 
@@ -31,15 +32,6 @@ _TS_DROP_CODE = 0.2
 _AGE_PENALTY_CODE = 0.5
 
 _THIRD = (1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0)
-
-
-class KernelInputError(ValueError):
-    """An input or tunable the kernel refuses; `field` names it (e.g. `position.entry_price`)."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
 
 
 def _first_bad(

@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from harvest_async.errors import RecordingError
+
 __all__ = [
     "FORMAT",
     "KINDS",
@@ -104,14 +106,3 @@ class End(msgspec.Struct, tag="end", tag_field="op"):
 
 
 Line = Set | Delete | Snapshot | End
-
-
-class RecordingError(Exception):
-    """A recording cannot be read: the message names the file and, when known, the line."""
-
-    def __init__(self, path: str, line: int | None, message: str) -> None:
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {message}")
-        self.path = path
-        self.line = line
-        self.reason = message

@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from harvest_async.core.models import Theta
+from harvest_async.errors import PlotUnavailable, TimelineError
 
 __all__ = ["ACTION_COLOURS", "PlotUnavailable", "SymbolSeries", "load_timeline", "plot_timeline"]
 
@@ -48,14 +49,6 @@ _LABELS = {
     "RETRACTED": "no advice",
 }
 FORMATS = (".png", ".svg", ".pdf")
-
-
-class PlotUnavailable(RuntimeError):
-    """matplotlib is not installed."""
-
-
-class TimelineError(ValueError):
-    """The timeline file cannot be read (the message names file and line)."""
 
 
 @dataclass(slots=True)

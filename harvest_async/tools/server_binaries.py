@@ -20,6 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from harvest_async.errors import RedisServerError
+
 __all__ = [
     "Flavour",
     "RedisServerError",
@@ -32,10 +34,6 @@ __all__ = [
 
 Flavour = Literal["redis", "valkey"]
 _VERSION_RE = re.compile(rb"\bv=(\S+)")
-
-
-class RedisServerError(RuntimeError):
-    """A server binary is missing or broken, or the server did not start or answer."""
 
 
 class ServerBinary(NamedTuple):

@@ -29,7 +29,12 @@ BLOCKED_TOP = [
     "logging",
 ]
 # harvest_async modules allowed besides the package itself.
-ALLOWED_OWN = ["harvest_async.core", "harvest_async.core.kernel", "harvest_async.core.models"]
+ALLOWED_OWN = [
+    "harvest_async.core",
+    "harvest_async.core.kernel",
+    "harvest_async.core.models",
+    "harvest_async.errors",
+]
 # msgspec imports typing_extensions when it is installed (an optional, pure typing helper).
 ALLOWED_THIRD_PARTY = ["msgspec", "typing_extensions"]
 
@@ -130,6 +135,7 @@ def test_package_init_imports_only_kernel_and_models() -> None:
         "harvest_async.core",
         "harvest_async.core.kernel",
         "harvest_async.core.models",
+        "harvest_async.errors",
     ]
 
 
@@ -142,7 +148,8 @@ def test_blocker_really_blocks() -> None:
             "-c",
             script,
             "redis,socket",
-            "harvest_async.core,harvest_async.core.kernel,harvest_async.core.models",
+            "harvest_async.core,harvest_async.core.kernel,harvest_async.core.models,"
+            "harvest_async.errors",
         ],
         capture_output=True,
         text=True,
