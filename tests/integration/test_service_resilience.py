@@ -607,7 +607,7 @@ def _valid_per_interface(
     sigma, ts = _finite(mkt.get("sigma")), _finite(mkt.get("ts"))
     if sigma is None or ts is None or any(p is None for p in probs):
         return False
-    if math.isnan(sigma) or math.isnan(ts) or sigma < 0:
+    if math.isnan(sigma) or math.isnan(ts) or sigma < 0 or ts < 0:
         return False
     if not all(p is not None and 0.0 <= p <= 1.0 for p in probs):
         return False
