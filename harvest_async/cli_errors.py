@@ -1,4 +1,4 @@
-"""Exit codes and the error that carries one (INTERFACE §5)."""
+"""Exit codes and the error that carries one (README.md, "Using it")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Redis hash fields <-> kernel inputs and proposal fields. Validation happens here, once.
+"""Redis hash fields <-> kernel inputs and proposal fields. Validation happens here, once
+(the rules and reason texts: docs/inputs.md).
 
 Pure (no I/O): the engine calls `evaluate` with the raw hashes it fetched (or that a
 replay holds) and the current time; the result is either kernel inputs or a reason why
@@ -178,8 +179,10 @@ def _market(fields: Hash) -> MarketState:
     if sigma < 0.0:
         raise _Bad("sigma", f"is negative ({sigma!r})")
     # Trend strength is a magnitude (the producer writes |mu| / (sigma + eps), never < 0).
-    # The locked kernel caps a negative one into a larger ts_drop, pushing the kill score
-    # towards a full close (docs/kernel.md, "Inputs"): the service refuses it instead.
+    # The locked kernel caps a negative one into a larger ts_drop (spec formula
+    # ts_drop = clamp(ts_ref - ts, 0, ts_drop_cap), vector edge::ts_negative_cap), which
+    # pushes the kill score towards a full close: the service refuses it instead, the
+    # kernel keeps the spec (docs/kernel.md "Inputs", docs/inputs.md "Market state").
     # No upper bound: any ts >= ts_ref contributes nothing to the kill score.
     if ts < 0.0:
         raise _Bad("ts", f"is negative ({ts!r})")
@@ -641,7 +644,7 @@ def proposal_fields(
     trigger: str,
     theta_id: str,
 ) -> Hash:
-    """The proposal hash (INTERFACE §2.1): original names and formats plus ours."""
+    """The proposal hash (docs/outputs.md): original names and formats plus ours."""
     k = decision.k_components
     pos = ready.position
     mkt = ready.market

@@ -600,7 +600,7 @@ def _finite(raw: str | None) -> float | None:
 def _valid_per_interface(
     mkt: dict[str, str] | None, pos: dict[str, str] | None, rsk: dict[str, str] | None, at: float
 ) -> bool:
-    """INTERFACE §1 'bad input', written independently of the codec."""
+    """docs/inputs.md's validation rules, written independently of the codec."""
     if mkt is None or pos is None:
         return False
     probs = [_finite(mkt.get(n)) for n in ("p_trend", "p_mr", "p_chop")]

@@ -1,4 +1,4 @@
-"""Redis hash fields -> kernel inputs (INTERFACE §1) and proposal fields (INTERFACE §2.1)."""
+"""Redis hash fields -> kernel inputs (docs/inputs.md) and proposal fields (docs/outputs.md)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ POS = {
     "created_at": CREATED,
 }
 
-# INTERFACE §2.1, copied from the contract (not from the code)
+# docs/outputs.md, copied from the contract (not from the code)
 ORIGINAL_FIELDS = (
     "harvest_action", "new_sl_proposed", "R_net", "risk_unit", "cost_est", "kill_score",
     "reason_codes", "k_regime_flip", "k_sigma_spike", "k_ts_drop", "k_age_penalty", "sigma",
@@ -268,7 +268,7 @@ def test_no_position(pos: dict[str, str] | None, reason: str) -> None:
     assert not result.invalid
 
 
-# -- bad input (INTERFACE §1) -----------------------------------------------------------
+# -- bad input (docs/inputs.md) ---------------------------------------------------------
 
 MARKET_REQUIRED = ("sigma", "ts", "p_trend", "p_mr", "p_chop")
 POSITION_REQUIRED = ("side", "entry_price", "unrealized_pnl")
