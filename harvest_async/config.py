@@ -44,6 +44,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     enable_stream: bool = True
     stream_maxlen: int = 100_000
     max_input_age_sec: float = 300.0
+    max_clock_skew_sec: float = 5.0
     input_streams: tuple[str, ...] = ()
     keys: Keys = Keys()
     theta: Theta = Theta()
@@ -311,6 +312,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         enable_stream=_bool(env, "ENABLE_STREAM", True),
         stream_maxlen=_int(env, "STREAM_MAXLEN", 100_000, lo=1, hi=10**10) or 100_000,
         max_input_age_sec=_float(env, "MAX_INPUT_AGE_SEC", 300.0, positive=True),
+        max_clock_skew_sec=_float(env, "MAX_CLOCK_SKEW_SEC", 5.0, non_negative=True),
         input_streams=_csv(_get(env, "INPUT_STREAMS")),
         keys=keys,
         theta=_theta(env, fallback),

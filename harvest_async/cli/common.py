@@ -23,7 +23,7 @@ _FLAG_VARS = {
 
 
 def add_config_args(p: argparse.ArgumentParser, *, service: bool = True) -> None:
-    """Flags that override the environment (INTERFACE §4)."""
+    """Flags that override the environment (README.md, "Configuration")."""
     p.add_argument("--env-file", metavar="FILE", help="KEY=VALUE file read before the environment")
     p.add_argument("--redis-url", metavar="URL", help="overrides REDIS_URL")
     p.add_argument("--symbols", metavar="LIST", help="comma list or '*' (overrides SYMBOLS)")

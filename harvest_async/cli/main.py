@@ -7,7 +7,7 @@ Layout, so that subcommands can be added and edited independently:
 * each handler takes the parsed `argparse.Namespace`, imports its implementation module
   lazily (so `compute` never imports redis or anyio) and returns the exit status.
 
-Exit codes (INTERFACE §5): 0 ok, 2 bad configuration or arguments, 3 Redis unreachable,
+Exit codes (README.md, "Using it"): 0 ok, 2 bad configuration or arguments, 3 Redis unreachable,
 1 anything else. Every non-zero exit prints one line on stderr, `harvest-async: ...`;
 a handler signals such an exit by raising `CliError(message, code)`.
 """

@@ -22,8 +22,8 @@ def register(subparsers: Any) -> None:
             "retraction as the audit stream would carry it. Deterministic: the same file and "
             "configuration give byte-identical output. The decision settings "
             "(PUBLISH_INTERVAL_SEC, MAX_PUBLISH_AGE_SEC, CHANGE_EPS_PCT, R_EPS, "
-            "MAX_INPUT_AGE_SEC, POSITION_SOURCE, THETA_*) come from the environment, "
-            "--env-file and the flags, as for `run`."
+            "MAX_INPUT_AGE_SEC, MAX_CLOCK_SKEW_SEC, POSITION_SOURCE, THETA_*) come from the "
+            "environment, --env-file and the flags, as for `run`."
         ),
     )
     p.add_argument("recording", metavar="FILE", help="a recording (.jsonl, or .jsonl.gz)")

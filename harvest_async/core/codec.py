@@ -1,4 +1,5 @@
-"""Redis hash fields <-> kernel inputs and proposal fields. Validation happens here, once.
+"""Redis hash fields <-> kernel inputs and proposal fields. Validation happens here, once
+(the rules and reason texts: docs/inputs.md).
 
 Pure (no I/O): the engine calls `evaluate` with the raw hashes it fetched (or that a
 replay holds) and the current time; the result is either kernel inputs or a reason why
@@ -60,10 +61,15 @@ class Ready(msgspec.Struct, frozen=True, gc=False):
 
 
 class NoAdvice(msgspec.Struct, frozen=True, gc=False):
-    """No proposal for this symbol. `reason` is a short label; `detail` says what and where."""
+    """No proposal for this symbol. `reason` is a short label; `detail` says what and where.
+
+    `recheck_at`: when this reason ends by itself with no new input (a timestamp ahead of
+    the clock comes within the tolerance), so the engine evaluates the symbol again then.
+    """
 
     reason: str
     detail: str
+    recheck_at: float | None = None
 
     @property
     def invalid(self) -> bool:
@@ -172,6 +178,14 @@ def _market(fields: Hash) -> MarketState:
     assert sigma is not None and ts is not None
     if sigma < 0.0:
         raise _Bad("sigma", f"is negative ({sigma!r})")
+    # Trend strength is a magnitude (the producer writes |mu| / (sigma + eps), never < 0).
+    # The locked kernel caps a negative one into a larger ts_drop (spec formula
+    # ts_drop = clamp(ts_ref - ts, 0, ts_drop_cap), vector edge::ts_negative_cap), which
+    # pushes the kill score towards a full close: the service refuses it instead, the
+    # kernel keeps the spec (docs/kernel.md "Inputs", docs/inputs.md "Market state").
+    # No upper bound: any ts >= ts_ref contributes nothing to the kill score.
+    if ts < 0.0:
+        raise _Bad("ts", f"is negative ({ts!r})")
     for name, value in zip(("p_trend", "p_mr", "p_chop"), probs, strict=True):
         assert value is not None
         if not 0.0 <= value <= 1.0:
@@ -321,7 +335,7 @@ def _market_fast(fields: Hash) -> ParsedMarket | None:
         return None  # a zero: msgspec drops the sign of "-0"; let float() decide
     if not _isfinite(sigma + ts + a + b + c + _opt0(w.ts_timestamp)):
         return None
-    if sigma < 0.0 or not (0.0 <= a <= 1.0 and 0.0 <= b <= 1.0 and 0.0 <= c <= 1.0):
+    if sigma < 0.0 or ts < 0.0 or not (0.0 <= a <= 1.0 and 0.0 <= b <= 1.0 and 0.0 <= c <= 1.0):
         return None
     return ParsedMarket(MarketState(sigma, ts, a, b, c), w.ts_timestamp)
 
@@ -429,6 +443,18 @@ def parse_risk(fields: Hash | None) -> RiskPart:
         return NoAdvice("invalid_risk", f"{bad.field} {bad.problem}")
 
 
+def _ahead(kind: str, field: str, stamp: float, now: float, skew: float) -> float | NoAdvice:
+    """The age of an input stamped after `now`: 0 within the clock skew tolerance (hosts'
+    clocks differ a little), else invalid input until the stamp comes within it."""
+    if stamp - now <= skew:
+        return 0.0
+    return NoAdvice(
+        f"invalid_{kind}",
+        f"{field} is {stamp - now:.0f} s in the future (more than MAX_CLOCK_SKEW_SEC={skew:g})",
+        recheck_at=stamp - skew,
+    )
+
+
 def evaluate_parsed(
     symbol: str,
     market_part: MarketPart,
@@ -437,13 +463,17 @@ def evaluate_parsed(
     now: float,
     *,
     max_input_age_sec: float,
+    max_clock_skew_sec: float = 5.0,
     synthetic_positions: bool = False,
 ) -> Ready | NoAdvice:
     """Kernel inputs at `now` from parsed hashes, or why there is no advice.
 
-    The checks run in a fixed order (position, its age, market state, its age, risk), so
-    a symbol with several problems always reports the same one.
+    The checks run in a fixed order (position, its snapshot time and age, market state,
+    its time, risk), so a symbol with several problems always reports the same one. Time
+    fields are judged here, at `now`, not at parse time: a stamp ahead of the clock by
+    more than `max_clock_skew_sec` is invalid until it comes within it (`recheck_at`).
     """
+    skew = max_clock_skew_sec
     stale_at: float | None = None
     position_age: float | None = None
     if synthetic_positions:
@@ -458,6 +488,11 @@ def evaluate_parsed(
         snap = position_part.snapshot_at
         if snap is not None:
             position_age = now - snap
+            if position_age < 0.0:
+                ahead = _ahead("position", "ts_epoch", snap, now, skew)
+                if isinstance(ahead, NoAdvice):
+                    return ahead
+                position_age = ahead
             if position_age > max_input_age_sec:
                 return NoAdvice("stale_position", f"snapshot is {position_age:.0f} s old")
             stale_at = snap + max_input_age_sec
@@ -465,6 +500,12 @@ def evaluate_parsed(
         if age is None:
             created = position_part.created_at
             age = 0.0 if created is None else now - created
+            if age < 0.0:
+                assert created is not None
+                ahead = _ahead("position", "created_at", created, now, skew)
+                if isinstance(ahead, NoAdvice):
+                    return ahead
+                age = ahead
         position = msgspec.structs.replace(position_part.position, age_sec=age)
     if market_part is None:
         return NoAdvice("missing_marketstate", "market state key is absent")
@@ -475,6 +516,11 @@ def evaluate_parsed(
     market_age: float | None = None
     if market_ts is not None:
         market_age = now - market_ts
+        if market_age < 0.0:
+            ahead = _ahead("marketstate", "ts_timestamp", market_ts, now, skew)
+            if isinstance(ahead, NoAdvice):
+                return ahead
+            market_age = ahead
         if market_age > max_input_age_sec:
             return NoAdvice("stale_marketstate", f"market state is {market_age:.0f} s old")
         edge = market_ts + max_input_age_sec
@@ -502,6 +548,7 @@ def evaluate(
     *,
     theta: Theta,
     max_input_age_sec: float,
+    max_clock_skew_sec: float = 5.0,
     synthetic_positions: bool = False,
 ) -> Ready | NoAdvice:
     """Turn one symbol's raw hashes into kernel inputs, or say why there is no advice.
@@ -516,6 +563,7 @@ def evaluate(
         else parse_position(inputs.position, symbol, needs_quantity=theta.r_basis == "position"),
         now,
         max_input_age_sec=max_input_age_sec,
+        max_clock_skew_sec=max_clock_skew_sec,
         synthetic_positions=synthetic_positions,
     )
 
@@ -596,7 +644,7 @@ def proposal_fields(
     trigger: str,
     theta_id: str,
 ) -> Hash:
-    """The proposal hash (INTERFACE §2.1): original names and formats plus ours."""
+    """The proposal hash (docs/outputs.md): original names and formats plus ours."""
     k = decision.k_components
     pos = ready.position
     mkt = ready.market

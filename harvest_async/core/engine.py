@@ -88,6 +88,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     theta: Theta = Theta()
     gate: gate.GateConfig = gate.GateConfig()
     max_input_age_sec: float = 300.0
+    max_clock_skew_sec: float = 5.0
     synthetic_positions: bool = False
     symbols: tuple[str, ...] | None = None  # None: every symbol that shows up
 
@@ -236,6 +237,7 @@ class Engine:
             position,
             now,
             max_input_age_sec=cfg.max_input_age_sec,
+            max_clock_skew_sec=cfg.max_clock_skew_sec,
             synthetic_positions=cfg.synthetic_positions,
         )
         if isinstance(ready, NoAdvice):
@@ -330,7 +332,10 @@ class Engine:
         else:
             self._set_status(symbol, state, why.reason, why.detail)
         state.adopt = None
-        self._schedule(symbol, state, None)
+        # a reason that ends with time (an input stamped ahead of the clock) is re-checked
+        # just past its end; any other ends only with new input
+        recheck = why.recheck_at
+        self._schedule(symbol, state, None if recheck is None else recheck + 1e-6)
         if state.published is None and not state.hash_may_exist:
             return None
         return RetractOut(symbol, why.text(), self._next_seq(state, now), now)

@@ -1,6 +1,7 @@
-"""Publish rules (INTERFACE §3), pure: last published decision + new decision + now -> verdict.
+"""Publish rules, pure: last published decision + new decision + now -> verdict.
 
-No clock, no I/O: the caller passes `now` and acts on the verdict.
+The rules as users see them: docs/publish-rules.md. No clock, no I/O: the caller passes
+`now` and acts on the verdict.
 """
 
 from __future__ import annotations

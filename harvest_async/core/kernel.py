@@ -1,6 +1,6 @@
 """The harvest kernel: locked formulas (spec v1.0), pure and calc-only.
 
-`compute` follows the operation order of `shared/spec/README.md` exactly so that the
+`compute` follows the operation order of docs/kernel.md exactly so that the
 floats are bit-identical to the original kernel. Unlike the original it refuses inputs
 that would crash it or silently produce NaN, with an error naming the field.
 

@@ -40,6 +40,7 @@ def engine_config(settings: Settings) -> EngineConfig:
             r_eps=settings.r_eps,
         ),
         max_input_age_sec=settings.max_input_age_sec,
+        max_clock_skew_sec=settings.max_clock_skew_sec,
         synthetic_positions=settings.position_source == "synthetic",
         symbols=settings.symbols,
     )

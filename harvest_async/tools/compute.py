@@ -1,6 +1,6 @@
 """The `compute` command: what-if runs of the kernel over cases read from a stream.
 
-Input: a JSON array, or JSON lines, of objects shaped like the cases in `spec/`
+Input: a JSON array, or JSON lines, of objects shaped like the reference vectors (docs/kernel.md)
 (`position`, `market_state`, optional `p1_proposal`, optional `theta`, optional `name`;
 other keys such as `expected` are ignored). The first non-blank character decides:
 `[` means an array, anything else JSON lines (blank lines are skipped).

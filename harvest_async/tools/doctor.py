@@ -365,6 +365,7 @@ async def _check_inputs(
             now,
             theta=settings.theta,
             max_input_age_sec=settings.max_input_age_sec,
+            max_clock_skew_sec=settings.max_clock_skew_sec,
             synthetic_positions=settings.position_source == "synthetic",
         )
         entry: dict[str, Any] = {

@@ -274,6 +274,24 @@ def test_stale_by_time_alone_retracts_on_a_timer() -> None:
     assert isinstance(out, RetractOut) and out.reason.startswith("stale_position")
 
 
+def test_future_stamp_retracts_then_publishes_when_within_the_skew() -> None:
+    e, (first,) = started("A", max_clock_skew_sec=5.0)
+    e.observe(inp("A", ms={**MS, "ts_timestamp": repr(T0 + 60)}))  # a minute ahead
+    out = e.evaluate("A", T0 + 1)
+    assert isinstance(out, RetractOut)
+    assert out.reason == (
+        "invalid_marketstate: ts_timestamp is 59 s in the future (more than MAX_CLOCK_SKEW_SEC=5)"
+    )
+    e.confirm([out])
+    deadline = e.next_deadline()  # no new input needed: a timer when the skew ends
+    assert deadline is not None and T0 + 55 <= deadline < T0 + 55.01
+    assert e.due(deadline - 0.01) == []
+    assert e.due(deadline) == ["A"]
+    again = e.evaluate("A", deadline)
+    assert isinstance(again, PublishOut) and again.seq > out.seq > first.seq
+    assert again.fields["marketstate_age_sec"] == "0.0"
+
+
 @pytest.mark.parametrize(("bad", "reason"), RETRACTIONS)
 def test_no_retraction_when_nothing_was_published(bad: SymbolInputs, reason: str) -> None:
     e = make()

@@ -31,6 +31,7 @@ _VARS = (
     "CHANGE_EPS_PCT",
     "R_EPS",
     "MAX_INPUT_AGE_SEC",
+    "MAX_CLOCK_SKEW_SEC",
     "POSITION_SOURCE",
     "SYMBOLS",
     "FALLBACK_STOP_PCT",

@@ -272,6 +272,8 @@ def test_redis_unreachable_exits_3_with_one_line(url: str, once: bool) -> None:
         ("THETA_KILL_THRESHOLD", "high"),
         ("THETA_NOT_A_TUNABLE", "1"),
         ("STREAM_MAXLEN", "0"),
+        ("MAX_CLOCK_SKEW_SEC", "-1"),
+        ("MAX_CLOCK_SKEW_SEC", "nan"),
     ],
 )
 def test_bad_configuration_exits_2_naming_the_variable(variable: str, value: str) -> None:

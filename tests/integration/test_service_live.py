@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -355,6 +356,7 @@ async def test_no_position_retracts_at_once_despite_the_floor(
     assert {"event", "symbol", "reason", "seq", "ts_epoch"} <= set(entries[0])
 
 
+A_DAY_AHEAD = str(int(now()) + 86400)
 BAD_INPUTS = [
     # (which hash, field changes, expected reason, field named in the reason)
     ("marketstate", {"sigma": None}, "invalid_marketstate", "sigma"),
@@ -364,6 +366,10 @@ BAD_INPUTS = [
     ("marketstate", {"p_mr": "1.5"}, "invalid_marketstate", "p_mr"),
     ("marketstate", {"p_chop": "-0.1"}, "invalid_marketstate", "p_chop"),
     ("marketstate", {"sigma": "-0.01"}, "invalid_marketstate", "sigma"),
+    ("marketstate", {"ts": "-1.0"}, "invalid_marketstate", "ts"),
+    ("marketstate", {"ts_timestamp": A_DAY_AHEAD}, "invalid_marketstate", "ts_timestamp"),
+    ("position", {"ts_epoch": A_DAY_AHEAD}, "invalid_position", "ts_epoch"),
+    ("position", {"created_at": A_DAY_AHEAD}, "invalid_position", "created_at"),
     ("position", {"entry_price": "0"}, "invalid_position", "entry_price"),
     ("position", {"entry_price": "-5"}, "invalid_position", "entry_price"),
     ("position", {"side": "BUY"}, "invalid_position", "side"),
@@ -434,6 +440,40 @@ async def test_stale_inputs_retract_and_recover(redis_url: str, client: aioredis
         "stale_position",
     ]
     assert aged_at - float(recovered["ts_epoch"]) < 2.0
+
+
+async def test_future_dated_inputs_are_retracted_until_within_the_clock_skew(
+    redis_url: str, client: aioredis.Redis
+) -> None:
+    await put_inputs(client, pnl=5.0)
+    async with running(make_settings(redis_url, MAX_CLOCK_SKEW_SEC="3")):
+        await wait_published(client)
+        # a day ahead: invalid input, the proposal retracted with a reason naming the field
+        await put(client, KEYS.marketstate(SYM), market(ts_timestamp=repr(now() + 86400)))
+        await wait_absent(client)
+        reason = retracts(await audit(client))[-1]["reason"]
+        # within the tolerance: published, every age 0 (never negative); the position
+        # first, so that nothing is published before both are written
+        ahead = repr(round(now() + 2.0, 3))
+        await put(client, KEYS.position(SYM), position(5.0, ts_epoch=ahead, created_at=ahead))
+        await put(client, KEYS.marketstate(SYM), market(ts_timestamp=ahead))
+        within = await wait_published(client, what="a proposal from inputs 2 s ahead")
+        # 4.5 s ahead: retracted, then published with no new input once within 3 s
+        stamp = now() + 4.5
+        await put(client, KEYS.marketstate(SYM), market(ts_timestamp=repr(stamp)))
+        await wait_absent(client)
+        back = await wait_published(client, what="the proposal back by itself", limit=5.0)
+    match = re.fullmatch(
+        r"invalid_marketstate: ts_timestamp is (\d+) s in the future "
+        r"\(more than MAX_CLOCK_SKEW_SEC=3\)",
+        reason,
+    )
+    assert match and 86390 <= int(match[1]) <= 86400, reason
+    assert within["marketstate_age_sec"] == "0.0"
+    assert within["position_snapshot_age_sec"] == "0.0"
+    assert within["position_age_sec"] == "0.0"
+    assert float(back["ts_epoch"]) >= stamp - 3.0
+    assert back["marketstate_age_sec"] == "0.0"
 
 
 async def test_foreign_fields_are_gone_after_a_publish(

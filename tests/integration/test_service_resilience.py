@@ -600,14 +600,14 @@ def _finite(raw: str | None) -> float | None:
 def _valid_per_interface(
     mkt: dict[str, str] | None, pos: dict[str, str] | None, rsk: dict[str, str] | None, at: float
 ) -> bool:
-    """INTERFACE §1 'bad input', written independently of the codec."""
+    """docs/inputs.md's validation rules, written independently of the codec."""
     if mkt is None or pos is None:
         return False
     probs = [_finite(mkt.get(n)) for n in ("p_trend", "p_mr", "p_chop")]
     sigma, ts = _finite(mkt.get("sigma")), _finite(mkt.get("ts"))
     if sigma is None or ts is None or any(p is None for p in probs):
         return False
-    if math.isnan(sigma) or math.isnan(ts) or sigma < 0:
+    if math.isnan(sigma) or math.isnan(ts) or sigma < 0 or ts < 0:
         return False
     if not all(p is not None and 0.0 <= p <= 1.0 for p in probs):
         return False

@@ -1,4 +1,4 @@
-"""Redis hash fields -> kernel inputs (INTERFACE §1) and proposal fields (INTERFACE §2.1)."""
+"""Redis hash fields -> kernel inputs (docs/inputs.md) and proposal fields (docs/outputs.md)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ POS = {
     "created_at": CREATED,
 }
 
-# INTERFACE §2.1, copied from the contract (not from the code)
+# docs/outputs.md, copied from the contract (not from the code)
 ORIGINAL_FIELDS = (
     "harvest_action", "new_sl_proposed", "R_net", "risk_unit", "cost_est", "kill_score",
     "reason_codes", "k_regime_flip", "k_sigma_spike", "k_ts_drop", "k_age_penalty", "sigma",
@@ -77,6 +77,7 @@ def run(
     *,
     now: float = NOW,
     max_age: float = 300.0,
+    skew: float = 5.0,
     synthetic: bool = False,
     theta: Theta = Theta(),  # noqa: B008
 ) -> Ready | NoAdvice:
@@ -85,6 +86,7 @@ def run(
         now,
         theta=theta,
         max_input_age_sec=max_age,
+        max_clock_skew_sec=skew,
         synthetic_positions=synthetic,
     )
 
@@ -266,7 +268,7 @@ def test_no_position(pos: dict[str, str] | None, reason: str) -> None:
     assert not result.invalid
 
 
-# -- bad input (INTERFACE §1) -----------------------------------------------------------
+# -- bad input (docs/inputs.md) ---------------------------------------------------------
 
 MARKET_REQUIRED = ("sigma", "ts", "p_trend", "p_mr", "p_chop")
 POSITION_REQUIRED = ("side", "entry_price", "unrealized_pnl")
@@ -305,6 +307,8 @@ def _bad_cases() -> list[object]:
             add("ms", field, value, "invalid_marketstate", f"out-of-range-{value}")
     for value in ("-0.01", "-1e-12", "-5"):
         add("ms", "sigma", value, "invalid_marketstate", f"negative-{value}")
+    for value in ("-1.0", "-1e-12", "-0.2"):
+        add("ms", "ts", value, "invalid_marketstate", f"negative-{value}")
 
     for field in POSITION_REQUIRED:
         add("pos", field, None, "invalid_position", "missing")
@@ -398,6 +402,97 @@ def test_max_input_age_is_configurable() -> None:
     assert no_advice(max_age=4.0).reason == "stale_position"
     assert no_advice(max_age=5.0).reason == "stale_marketstate"
     assert ready(max_age=30.0).stale_at == pytest.approx(1_700_000_090.0 + 30.0)
+
+
+# -- trend strength range (D8) ----------------------------------------------------------
+
+
+def test_negative_trend_strength_is_invalid_input() -> None:
+    # the kernel alone caps it into ts_drop 0.5 (edge::ts_negative_cap); the service refuses
+    result = no_advice(ms=edit(MS, ts="-1.0"))
+    assert result.text() == "invalid_marketstate: ts is negative (-1.0)"
+
+
+@pytest.mark.parametrize("value", ["0", "-0", "0.0", "0.3", "1", "7.5", "1e6"])
+def test_trend_strength_has_no_upper_bound(value: str) -> None:
+    assert ready(ms=edit(MS, ts=value)).market.ts == abs(float(value))
+
+
+# -- time fields ahead of the clock (D5) -------------------------------------------------
+
+DAY = 86400.0
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "stamp", "ahead"),
+    [
+        pytest.param("marketstate", "ts_timestamp", str(int(NOW + DAY)), 86400, id="ms-day"),
+        pytest.param("marketstate", "ts_timestamp", repr(NOW + 5.5), 6, id="ms-just-over"),
+        pytest.param("position", "ts_epoch", repr(NOW + DAY), 86400, id="snapshot-day"),
+        pytest.param("position", "ts_epoch", repr(NOW + 60), 60, id="snapshot-minute"),
+        pytest.param("position", "created_at", str(int(NOW + DAY)), 86400, id="created-epoch"),
+        pytest.param("position", "created_at", str(int(NOW + DAY) * 1000), 86400, id="created-ms"),
+        pytest.param("position", "created_at", "2023-11-15T22:15:00Z", 86400, id="created-iso"),
+    ],
+)
+def test_time_field_ahead_of_the_tolerance_is_invalid(
+    kind: str, field: str, stamp: str, ahead: int
+) -> None:
+    changes = {field: stamp}
+    result = (
+        no_advice(ms=edit(MS, **changes))
+        if kind == "marketstate"
+        else no_advice(pos=edit(POS, **changes))
+    )
+    assert result.invalid
+    assert result.text() == (
+        f"invalid_{kind}: {field} is {ahead} s in the future (more than MAX_CLOCK_SKEW_SEC=5)"
+    )
+    # valid again (with age 0) once the stamp is within the tolerance: the engine re-checks
+    assert result.recheck_at == pytest.approx(float(parse_epoch(stamp)) - 5.0)
+    assert result.recheck_at is not None
+    later = run(
+        ms=edit(MS, **changes) if kind == "marketstate" else MS,
+        pos=edit(POS, **changes) if kind == "position" else POS,
+        now=result.recheck_at,
+        max_age=DAY + 600,
+    )
+    assert isinstance(later, Ready), later
+
+
+def test_time_fields_within_the_tolerance_give_age_zero() -> None:
+    r = ready(
+        ms=edit(MS, ts_timestamp=repr(NOW + 3.0)),
+        pos=edit(POS, ts_epoch=repr(NOW + 5.0), created_at=repr(NOW + 4.5)),
+    )
+    assert r.marketstate_age_sec == 0.0
+    assert r.position_snapshot_age_sec == 0.0
+    assert r.position.age_sec == 0.0
+    assert r.stale_at == pytest.approx(NOW + 3.0 + 300.0)  # staleness counts from the stamp
+    fields = fields_for(r)
+    assert fields["marketstate_age_sec"] == "0.0"
+    assert fields["position_snapshot_age_sec"] == "0.0"
+    assert fields["position_age_sec"] == "0.0"
+
+
+def test_future_created_at_is_ignored_when_age_sec_is_given() -> None:
+    assert ready(pos=edit(POS, age_sec="42", created_at=repr(NOW + DAY))).position.age_sec == 42.0
+
+
+def test_clock_skew_tolerance_is_configurable() -> None:
+    ahead = edit(MS, ts_timestamp=repr(NOW + 1.0))
+    assert ready(ms=ahead, skew=1.0).marketstate_age_sec == 0.0
+    result = no_advice(ms=ahead, skew=0.0)
+    assert result.detail == "ts_timestamp is 1 s in the future (more than MAX_CLOCK_SKEW_SEC=0)"
+    assert result.recheck_at == NOW + 1.0
+
+
+def test_position_reasons_come_before_market_ones_for_future_stamps() -> None:
+    result = no_advice(
+        ms=edit(MS, ts_timestamp=repr(NOW + DAY)), pos=edit(POS, ts_epoch=repr(NOW + DAY))
+    )
+    assert result.reason == "invalid_position"
+    assert result.detail.startswith("ts_epoch ")
 
 
 # -- risk source ------------------------------------------------------------------------
@@ -668,7 +763,10 @@ def test_fuzz_never_crashes_and_never_publishes_bad_input(
     engine = Engine(
         EngineConfig(theta=theta, synthetic_positions=synthetic, max_input_age_sec=300.0)
     )
-    engine.observe(SymbolInputs(SYM, marketstate=MS, risk=RISK, position=POS))
+    # (the first publish, 20 s before NOW, from hashes without stamps: MS and POS are
+    # stamped a few seconds before NOW, which is more than the clock skew ahead of then)
+    undated_ms, undated_pos = edit(MS, ts_timestamp=None), edit(POS, ts_epoch=None, created_at=None)
+    engine.observe(SymbolInputs(SYM, marketstate=undated_ms, risk=RISK, position=undated_pos))
     first = engine.evaluate(SYM, NOW - 20.0)
     assert isinstance(first, PublishOut)
     engine.confirm([first])

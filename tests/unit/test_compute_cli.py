@@ -1,4 +1,4 @@
-"""`harvest-async compute`: the what-if command (INTERFACE §5) and `whatif.run_compute`."""
+"""`harvest-async compute`: the what-if command (README.md, docs/kernel.md); `run_compute`."""
 
 from __future__ import annotations
 

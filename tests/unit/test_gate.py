@@ -1,4 +1,4 @@
-"""Publish rules (INTERFACE §3): material change, floor (trailing edge), heartbeat.
+"""Publish rules (docs/publish-rules.md): material change, floor (trailing edge), heartbeat.
 
 `gate` is pure: every test passes `now` explicitly.
 """

@@ -1,5 +1,5 @@
 """The kernel refuses bad inputs and tunables with an error naming the field, and computes
-the stable limits the spec allows (spec/README.md, "Known properties")."""
+the stable limits the spec allows (docs/kernel.md, "What the kernel refuses")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The kernel reproduces every public reference vector bit for bit (spec/README.md)."""
+"""The kernel reproduces every public reference vector bit for bit (docs/kernel.md)."""
 
 from __future__ import annotations
 
