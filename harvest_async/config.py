@@ -58,6 +58,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     poll_interval_sec: float = 2.0
     canary_timeout_sec: float = 2.0
     shutdown_grace_sec: float = 5.0
+    # one round trip to Redis (a read, a transaction) taking longer is given up as lost
+    redis_timeout_sec: float = 5.0
 
     @property
     def all_symbols(self) -> bool:
@@ -325,6 +327,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         poll_interval_sec=_float(env, "POLL_INTERVAL_SEC", 2.0, positive=True),
         canary_timeout_sec=_float(env, "CANARY_TIMEOUT_SEC", 2.0, positive=True),
         shutdown_grace_sec=_float(env, "SHUTDOWN_GRACE_SEC", 5.0, positive=True),
+        redis_timeout_sec=_float(env, "REDIS_TIMEOUT_SEC", 5.0, positive=True),
     )
 
 

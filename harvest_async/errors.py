@@ -2,10 +2,16 @@
 
 Adapters translate library errors (redis-py, OS, msgspec) into these at their boundary;
 the command line maps them to exit codes in one place (`cli.exits.exit_code_for`).
-Pure: imports nothing, so the core can raise them.
+Pure: imports nothing at run time, so the core can raise them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harvest_async.core.engine import Output
 
 __all__ = [
     "ConfigError",
@@ -16,6 +22,7 @@ __all__ = [
     "RedisServerError",
     "RedisUnavailable",
     "TimelineError",
+    "WriteRefused",
     "WriteUncertain",
 ]
 
@@ -47,6 +54,32 @@ class RedisUnavailable(HarvestError):
 
 class WriteUncertain(RedisUnavailable):
     """A transaction's outcome is unknown (the connection dropped during EXEC)."""
+
+
+class WriteRefused(RedisUnavailable):
+    """Redis answered and refused (part of) a proposal write: OOM, READONLY, NOPERM,
+    WRONGTYPE, BUSY, EXECABORT... The server is up; the write is to be retried later.
+    `reply` is the server's error reply.
+
+    `landed`: outputs Redis applied in full all the same; `touched`: outputs applied only
+    in part (e.g. the hash replaced but its audit entry refused), so the proposal hash no
+    longer says what was last confirmed; `collateral`: outputs Redis had accepted, not
+    applied only because another one aborted the transaction. The rest were refused.
+    """
+
+    def __init__(
+        self,
+        reply: str,
+        *,
+        landed: Sequence[Output] = (),
+        touched: Sequence[Output] = (),
+        collateral: Sequence[Output] = (),
+    ) -> None:
+        super().__init__(f"Redis refused the proposal write: {reply}")
+        self.reply = reply  # the server's words
+        self.landed = tuple(landed)
+        self.touched = tuple(touched)
+        self.collateral = tuple(collateral)
 
 
 class RecordingError(HarvestError, ValueError):

@@ -1,4 +1,4 @@
-"""Exit codes (docs/cli.md) and the one place exceptions become exit codes."""
+"""Exit codes (README.md, "Using it") and the one place exceptions become exit codes."""
 
 from __future__ import annotations
 

@@ -174,6 +174,15 @@ class Engine:
         if state.published is None:
             state.hash_may_exist = bool(fields)
 
+    def unsure(self, symbols: Iterable[str]) -> None:
+        """A refused write was applied in part (its hash changed, its audit entry did not
+        land): the next evaluation writes the symbol again, whatever it last confirmed."""
+        for symbol in symbols:
+            state = self._states.get(symbol)
+            if state is not None:
+                state.published = None
+                state.hash_may_exist = True
+
     def observe(self, inputs: SymbolInputs) -> bool:
         """Store the latest inputs; True if they differ from what the engine had.
 

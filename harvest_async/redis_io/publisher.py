@@ -34,7 +34,7 @@ from harvest_async import __version__
 from harvest_async.core.codec import PROPOSAL_FIELDS, Hash, SymbolInputs, iso_utc, trim
 from harvest_async.core.engine import Output, PublishOut
 from harvest_async.core.keys import Keys
-from harvest_async.errors import RedisUnavailable, WriteUncertain
+from harvest_async.errors import RedisUnavailable, WriteRefused, WriteUncertain
 from harvest_async.redis_io.client import REDIS_ERRORS, scan_symbols
 
 __all__ = ["LivenessWriter", "RedisInputReader", "RedisSink"]
@@ -187,6 +187,63 @@ def _dropped(exc: BaseException) -> bool:
     return not isinstance(exc, TimeoutError | RedisTimeoutError)
 
 
+def _refusal(
+    outputs: Sequence[Output], counts: Sequence[int], replies: list[Any]
+) -> WriteRefused | None:
+    """None if MULTI ... EXEC ran every command; else what Redis refused, in its words,
+    and what became of each output.
+
+    Refusals at queueing time (OOM, NOPERM, READONLY) abort the whole transaction
+    (EXECABORT): nothing ran, and outputs whose commands were all accepted are collateral.
+    A command failing inside EXEC (WRONGTYPE) does not roll the others back. A refused MULTI
+    (BUSY) leaves each command to run, or not, on its own.
+    """
+    multi, queued, done = replies[0], replies[1:-1], replies[-1]
+    aborted = False
+    if isinstance(multi, Exception):
+        ran = queued
+    elif isinstance(done, list):
+        if not any(isinstance(r, Exception) for r in done):
+            return None
+        ran = done
+    else:
+        ran, aborted = queued, True  # EXECABORT, or EXEC itself refused
+    errors = [
+        r for r in (*replies, *(done if isinstance(done, list) else ())) if isinstance(r, Exception)
+    ]
+    words = _server_words(errors[0]) if errors else f"EXEC returned {done!r}"
+    landed: list[Output] = []
+    touched: list[Output] = []
+    collateral: list[Output] = []
+    blamed = False
+    at = 0
+    for out, count in zip(outputs, counts, strict=True):
+        failed = sum(isinstance(r, Exception) for r in ran[at : at + count])
+        at += count
+        if aborted:
+            blamed = blamed or failed > 0
+            if not failed:
+                collateral.append(out)
+        elif not failed:
+            landed.append(out)
+        elif failed < count:
+            touched.append(out)
+    return WriteRefused(
+        words,
+        landed=landed,
+        touched=touched,
+        # when EXEC itself was refused, every output was
+        collateral=collateral if blamed else (),
+    )
+
+
+def _server_words(error: Exception) -> str:
+    """The error reply as the server wrote it (redis-py strips codes such as OOM)."""
+    code = getattr(error, "status_code", None)
+    text = str(error)
+    return f"{code} {text}" if code and not text.startswith(code) else text
+
+
 def _as_hash(reply: Any) -> dict[str, str] | Exception:
     if isinstance(reply, dict | Exception):
         return reply
@@ -298,12 +355,10 @@ class RedisSink:
         for attempt in (1, 2):
             kept = not self._wire.fresh
             try:
+                # a refusal (WriteRefused: OOM, READONLY, a stream key of another type...)
+                # is Redis's answer, not a lost connection: it goes to the caller as is
                 await self._transaction(outputs)
                 return
-            except ResponseError as exc:
-                # Redis answered and refused (WRONGTYPE on the stream key, OOM, READONLY
-                # after a failover): an outage to report and retry, never a crash
-                raise RedisUnavailable(f"Redis refused the proposal write: {exc}") from exc
             except REDIS_ERRORS as exc:
                 failure: BaseException = exc
             # EXEC may or may not have run. Find out before anyone retries.
@@ -322,39 +377,46 @@ class RedisSink:
             # server restart): a closed connection runs nothing later, so once more
         raise RedisUnavailable(f"writing proposals: {failure}") from failure
 
+    async def landed(self, outputs: Sequence[Output]) -> bool:
+        """Whether an earlier write whose outcome was unknown (WriteUncertain) got applied.
+
+        A transaction is all or nothing, so its last output tells. Raises RedisUnavailable
+        while Redis cannot answer.
+        """
+        try:
+            return await self._landed(outputs[-1])
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"checking an earlier write: {exc}") from exc
+
     async def _transaction(self, outputs: Sequence[Output]) -> None:
         """MULTI, then per output DEL (the whole hash is replaced: no stale foreign
         fields), HSET for a publish and XADD of its audit entry, then EXEC."""
         keys = self.keys
         stream = self.enable_stream
         parts = [_MULTI]
-        replies = 2  # MULTI's and EXEC's
+        counts: list[int] = []  # commands per output
         for out in outputs:
+            first = len(parts)
             key = _bulk(keys.proposal(out.symbol).encode())
             parts.append(_DEL + key)
-            replies += 1
             if isinstance(out, PublishOut):
                 n, pairs = _pairs(out.fields)
                 parts.append(b"*%d\r\n$4\r\nHSET\r\n%b%b" % (2 + 2 * n, key, pairs))
-                replies += 1
                 if stream:
                     # the audit entry is `event` followed by the hash's fields
                     parts.append(
                         b"*%d\r\n%b%b%b%b"
                         % (8 + 2 * n, self._xadd_head, _NAMES["event"], _bulk(b"publish"), pairs)
                     )
-                    replies += 1
             elif stream:
                 n, pairs = _pairs(out.audit_fields())
                 parts.append(b"*%d\r\n%b%b" % (6 + 2 * n, self._xadd_head, pairs))
-                replies += 1
+            counts.append(len(parts) - first)
         parts.append(_EXEC)
-        replies_seen = await self._wire.roundtrip(b"".join(parts), replies)
-        for reply in (*replies_seen[:-1], *(replies_seen[-1] or ())):
-            if isinstance(reply, Exception):
-                raise reply  # a refused command (e.g. the stream key holds another type)
-        if not isinstance(replies_seen[-1], list):
-            raise ResponseError(f"EXEC returned {replies_seen[-1]!r}")
+        replies = await self._wire.roundtrip(b"".join(parts), len(parts))
+        refusal = _refusal(outputs, counts, replies)
+        if refusal is not None:
+            raise refusal
 
     async def _landed(self, out: Output) -> bool:
         """Did the transaction whose last output is `out` get applied?"""
@@ -399,6 +461,8 @@ class LivenessWriter:
                 await pipe.execute()
         except REDIS_ERRORS as exc:
             raise RedisUnavailable(f"liveness write: {exc}") from exc
+        except ResponseError as exc:  # refused (OOM, READONLY): Redis is up, not the key
+            raise RedisUnavailable(f"liveness write refused: {_server_words(exc)}") from exc
 
     async def clear(self) -> None:
         try:

@@ -85,16 +85,20 @@ async def serve(
     stop_metrics: Callable[[], None] | None = None
     if settings.metrics_port is not None and not once:
         observer, hooks, stop_metrics = start_metrics(settings, observer, hooks)
-    client = client_for(settings.redis_url, settings.redis_password, retries=0)
+    timeout = settings.redis_timeout_sec
+    client = client_for(
+        settings.redis_url, settings.redis_password, retries=0, socket_timeout=timeout
+    )
     engine = build_engine(settings, observer)
     runner = Runner(
         engine,
-        RedisInputReader(client, settings.keys),
+        RedisInputReader(client, settings.keys, timeout=timeout),
         RedisSink(
             client,
             settings.keys,
             enable_stream=settings.enable_stream,
             stream_maxlen=settings.stream_maxlen,
+            timeout=timeout,
         ),
         clock,
         symbols=settings.symbols,

@@ -15,10 +15,11 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
+from harvest_async.backoff import Backoff, Outage
 from harvest_async.clock import Clock, monotonic
 from harvest_async.core.codec import Hash, SymbolInputs
 from harvest_async.core.engine import Engine, Output
-from harvest_async.errors import RedisUnavailable
+from harvest_async.errors import RedisUnavailable, WriteRefused, WriteUncertain
 
 __all__ = ["ChangeSource", "Changed", "Gap", "InputReader", "Runner", "Sink"]
 
@@ -68,7 +69,14 @@ class InputReader(Protocol):
 
 class Sink(Protocol):
     async def write(self, outputs: Sequence[Output]) -> None:
-        """Write all outputs atomically, or raise RedisUnavailable having written none."""
+        """Write all outputs atomically. Raise WriteRefused when Redis answered no (it
+        says what it applied all the same), WriteUncertain when the outcome is unknown,
+        RedisUnavailable when nothing was written."""
+        ...
+
+    async def landed(self, outputs: Sequence[Output]) -> bool:
+        """Whether a write that raised WriteUncertain was applied (RedisUnavailable while
+        that cannot be told)."""
         ...
 
 
@@ -105,6 +113,7 @@ class Runner:
         reconcile_every: float,
         shutdown_grace: float = 5.0,
         hooks: RunnerHooks | None = None,
+        refusal_backoff: Backoff | None = None,
     ) -> None:
         self.engine = engine
         self.reader = reader
@@ -120,6 +129,13 @@ class Runner:
         self._next_reconcile = 0.0
         self.passes = 0  # completed full resyncs (tests and readiness use it)
         self.writes = 0
+        # writes whose outcome is unknown (WriteUncertain): settled before anything else
+        # is written, so one that did land is confirmed instead of written twice
+        self._uncertain: list[Sequence[Output]] = []
+        # symbols whose write Redis refused: re-read and re-evaluated together at _retry_at
+        self._refused: set[str] = set()
+        self._retry_at: float | None = None
+        self._refusals = Outage("Redis refuses proposal writes", log, clock, refusal_backoff)
 
     # -- events --------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
@@ -139,6 +155,7 @@ class Runner:
     # -- lifecycle -----------------------------------------------------------------------
     async def startup(self) -> None:
         """The first full pass: adopt existing hashes, compute and publish every symbol."""
+        await self._settle_uncertain()
         published = await self.reader.read_published(self.symbols)
         for symbol, fields in published.items():
             self.engine.note_existing(symbol, fields)
@@ -177,6 +194,8 @@ class Runner:
         deadline = self.engine.next_deadline()
         if self._next_reconcile and (deadline is None or self._next_reconcile < deadline):
             deadline = self._next_reconcile
+        if self._retry_at is not None and (deadline is None or self._retry_at < deadline):
+            deadline = self._retry_at
         if not self._dirty and self._resync_reason is None:
             await self.clock.wait(self._wake, deadline)
         self._wake = anyio.Event()
@@ -190,6 +209,7 @@ class Runner:
 
     async def process(self) -> None:
         """One round: resync if needed, fetch dirty symbols, run due timers, write."""
+        await self._settle_uncertain()
         now = self.clock.now()
         if self._resync_reason is None and self._next_reconcile and now >= self._next_reconcile:
             self._resync_reason = "periodic reconcile"
@@ -214,6 +234,8 @@ class Runner:
         due = self.engine.due(self.clock.now())
         if due:
             await self._evaluate_and_write(due, {})
+        if self._retry_at is not None and self.clock.now() >= self._retry_at:
+            await self._retry_refused()
 
     async def _resync(self, reason: str) -> None:
         self.hooks.on_resync(reason)
@@ -258,9 +280,21 @@ class Runner:
             out = self.engine.evaluate(symbol, now)
             if out is not None:
                 outputs.append(out)
+            elif self._refused:
+                self._refused.discard(symbol)  # nothing (left) to write for it
         self.hooks.on_cycle(len(self.engine))
-        if not outputs:
+        while outputs:
+            try:
+                await self._write(outputs)
+            except WriteRefused as exc:
+                # Redis is up and said no: not a gap, no resync; the refused symbols are
+                # retried with backoff, the bystanders of an aborted transaction at once
+                outputs = self._on_refused(outputs, exc)
+                continue
+            self._written(outputs, seen)
             return
+
+    async def _write(self, outputs: list[Output]) -> None:
         try:
             # finish an in-flight transaction even while shutting down (bounded by the grace)
             with anyio.CancelScope(shield=True):
@@ -269,12 +303,69 @@ class Runner:
                     self.engine.confirm(outputs)
                     self.writes += 1
             if limit.cancelled_caught:
-                raise RedisUnavailable(f"write did not finish within {self.shutdown_grace:g} s")
-        except RedisUnavailable:
+                raise WriteUncertain(f"write did not finish within {self.shutdown_grace:g} s")
+        except WriteRefused:
+            raise  # Redis is up: the caller backs off, no retry timer, no resync
+        except RedisUnavailable as exc:
+            if isinstance(exc, WriteUncertain):
+                self._uncertain.append(outputs)  # settled before anything else is written
             self.engine.retry_later([o.symbol for o in outputs], self.clock.now() + 0.5)
             raise
+
+    def _written(self, outputs: list[Output], seen: dict[str, float]) -> None:
+        if self._refusals.active:
+            self._refused.difference_update(o.symbol for o in outputs)
+            if not self._refused:
+                self._retry_at = None
+                self._refusals.recovered()
         done = monotonic()
         for out in outputs:
             first = seen.get(out.symbol)
             if first is not None:
                 self.hooks.on_latency(done - first)
+
+    def _on_refused(self, outputs: list[Output], exc: WriteRefused) -> list[Output]:
+        """Record a refused write; return the outputs to write again at once (those that
+        only shared an aborted transaction with a refused one)."""
+        self.engine.confirm(exc.landed)
+        self.engine.unsure(o.symbol for o in exc.touched)
+        settled = {o.symbol for o in (*exc.landed, *exc.collateral)}  # one output each
+        self._refused.update(o.symbol for o in outputs if o.symbol not in settled)
+        if self._retry_at is None and self._refused:
+            # the first refusal of an outage, or a retry refused again: back off further
+            self._retry_at = self.clock.now() + self._refusals.failed(exc.reply)
+        return list(exc.collateral)
+
+    async def _retry_refused(self) -> None:
+        """Re-read and re-evaluate the symbols whose write was refused: the latest inputs
+        decide what is written now (a publish, a retraction, or nothing any more)."""
+        symbols = sorted(self._refused)
+        self._retry_at = None
+        try:
+            await self._recompute(symbols, {}, force=True)
+        except BaseException:
+            if self._refused and self._retry_at is None:
+                self._retry_at = self.clock.now()  # not refused, just interrupted
+            raise
+
+    async def _settle_uncertain(self) -> None:
+        """Before anything is written again: did the writes whose outcome was unknown land?
+        One that did is confirmed (its audit entry is never appended twice); one that did
+        not is left to the re-evaluation already scheduled."""
+        while self._uncertain:
+            outputs = self._uncertain[0]
+            if await self.sink.landed(outputs):
+                log.info(
+                    "a write whose outcome was unknown landed (%s); confirmed, not rewritten",
+                    _describe(outputs),
+                )
+                self.engine.confirm(outputs)
+            else:
+                log.info("a write whose outcome was unknown did not land (%s)", _describe(outputs))
+            del self._uncertain[0]
+
+
+def _describe(outputs: Sequence[Output]) -> str:
+    last = outputs[-1]
+    more = f" and {len(outputs) - 1} more" if len(outputs) > 1 else ""
+    return f"{last.symbol} seq={last.seq}{more}"

@@ -558,6 +558,20 @@ def test_retry_later_reschedules_an_unconfirmed_write() -> None:
     assert isinstance(again, PublishOut) and again.decision == out.decision
 
 
+def test_unsure_writes_the_same_decision_again() -> None:
+    """A refused write that Redis applied in part (hash replaced, audit entry refused):
+    what Redis shows is no longer what was confirmed, so even an unchanged decision is
+    written again, and a retraction still follows a closed position."""
+    e, (first, _) = started("A", "B")
+    assert e.evaluate("A", T0 + 20) is None  # nothing material: nothing to write
+    e.unsure(["A", "unknown"])
+    again = e.evaluate("A", T0 + 20)
+    assert isinstance(again, PublishOut) and again.plan_id == first.plan_id
+    e.unsure(["B"])
+    e.observe(inp("B", position=None))
+    assert isinstance(e.evaluate("B", T0 + 20), RetractOut)
+
+
 # -- bounded memory ---------------------------------------------------------------------
 
 N_SYMBOLS = 1000

@@ -6,20 +6,23 @@ in-memory work that takes a few event-loop turns.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
 import anyio.lowlevel
+import pytest
 from anyio.abc import TaskStatus
+from harvest_async.service.runner import Changed, Event, Gap, Runner
 
+from harvest_async.backoff import Backoff
 from harvest_async.clock import FakeClock
 from harvest_async.core.codec import Hash, SymbolInputs
 from harvest_async.core.engine import Engine, EngineConfig, Output, PublishOut, RetractOut
 from harvest_async.core.gate import GateConfig
-from harvest_async.errors import RedisUnavailable
-from harvest_async.service.runner import Changed, Event, Gap, Runner
+from harvest_async.errors import RedisUnavailable, WriteRefused, WriteUncertain
 
 T0 = 1_700_000_000.0
 FLOOR = 10.0
@@ -62,13 +65,20 @@ class MemReader:
 
 
 class MemSink:
-    """Records written batches; `fail` makes the next writes raise having written nothing."""
+    """Records written batches; `fail` makes the next writes raise having written nothing;
+    `refuse` names symbols whose writes Redis refuses (the whole batch aborts, the other
+    outputs are collateral); `uncertain` makes the next write's outcome unknown, after
+    applying it (True) or not (False)."""
 
     def __init__(self, reader: MemReader) -> None:
         self.reader = reader
         self.batches: list[list[Output]] = []
         self.attempts = 0
         self.fail = 0
+        self.refuse: set[str] = set()
+        self.uncertain: bool | None = None
+        self.unanswered = 0  # outcome checks that fail before one succeeds
+        self.applied: set[tuple[str, int]] = set()
 
     async def write(self, outputs: Sequence[Output]) -> None:
         self.attempts += 1
@@ -76,12 +86,28 @@ class MemSink:
         if self.fail:
             self.fail -= 1
             raise RedisUnavailable("sink down (test)")
+        if any(o.symbol in self.refuse for o in outputs):
+            collateral = [o for o in outputs if o.symbol not in self.refuse]
+            raise WriteRefused("OOM command not allowed (test)", collateral=collateral)
+        uncertain, self.uncertain = self.uncertain, None
+        if uncertain is False:
+            raise WriteUncertain("no reply (test)")
         self.batches.append(list(outputs))
         for out in outputs:
+            self.applied.add((out.symbol, out.seq))
             if isinstance(out, PublishOut):
                 self.reader.published[out.symbol] = dict(out.fields)
             else:
                 self.reader.published.pop(out.symbol, None)
+        if uncertain:
+            raise WriteUncertain("no reply (test)")
+
+    async def landed(self, outputs: Sequence[Output]) -> bool:
+        await anyio.lowlevel.checkpoint()
+        if self.unanswered:
+            self.unanswered -= 1
+            raise RedisUnavailable("sink down (test)")
+        return (outputs[-1].symbol, outputs[-1].seq) in self.applied
 
     def publishes(self, symbol: str, since: int = 0) -> list[PublishOut]:
         return [
@@ -124,7 +150,15 @@ def build(symbols: tuple[str, ...] | None = ABC, *, reconcile_every: float = 360
     engine = Engine(
         EngineConfig(symbols=symbols, gate=GateConfig(floor_sec=FLOOR, heartbeat_sec=HEARTBEAT))
     )
-    runner = Runner(engine, reader, sink, clock, symbols=symbols, reconcile_every=reconcile_every)
+    runner = Runner(
+        engine,
+        reader,
+        sink,
+        clock,
+        symbols=symbols,
+        reconcile_every=reconcile_every,
+        refusal_backoff=Backoff(first=1.0, cap=4.0, jitter=0.0),  # 1, 2, 4, 4 ... s
+    )
     return Harness(clock, reader, sink, engine, runner, MemSource())
 
 
@@ -376,3 +410,107 @@ async def test_all_symbols_resync_discovers_symbols() -> None:
         await until(lambda: len(h.sink.batches) == 2)
         assert sorted(h.reader.fetches[-1]) == ["A", "D"]
         assert [o.symbol for o in h.sink.batches[1]] == ["D"]
+
+
+# -- refused and uncertain writes -----------------------------------------------------------
+
+
+def retracted(h: Harness, symbol: str) -> bool:
+    return any(
+        isinstance(o, RetractOut) and o.symbol == symbol for batch in h.sink.batches for o in batch
+    )
+
+
+async def test_refused_writes_back_off_without_resync_and_converge(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="harvest_async")
+    h = build()
+    async with running(h):
+        h.clock.advance(20.0)
+        h.sink.refuse = set(ABC)  # e.g. out of memory: every write is refused
+        await change(h, "A", inp("A", position=False))  # closed: a retraction to write
+        await change(h, "B", inp("B", P25_PNL))
+        attempts = h.sink.attempts
+        assert attempts == 3  # the startup write and one refused write per change
+        assert h.runner.passes == 1  # Redis is up: no resync
+        for delay in (1.0, 2.0, 4.0, 4.0):  # A and B retried together, backing off
+            h.clock.advance(delay - 0.25)
+            await settle()
+            assert h.sink.attempts == attempts
+            h.clock.advance(0.25)
+            attempts += 1
+            await until(lambda n=attempts: h.sink.attempts == n)
+            await settle()
+        await change(h, "B", inp("B", P50_PNL))  # a newer state while refused
+        h.sink.refuse = set()  # cleared
+        h.clock.advance(4.0)
+        await until(lambda: retracted(h, "A"))
+        await settle()
+        (out,) = h.sink.publishes("B", since=1)  # only the latest state, once
+        assert out.decision.harvest_action == "PARTIAL_50"
+        assert h.runner.passes == 1
+        h.clock.advance(10.0)
+        await settle()
+        assert len(h.sink.batches) == 2  # nothing left to retry
+    about_writes = [r for r in caplog.records if "proposal write" in r.getMessage()]
+    assert [r.levelno for r in about_writes] == [logging.WARNING, logging.INFO]
+    assert "OOM command not allowed" in about_writes[0].getMessage()
+    assert not [r for r in caplog.records if "redis unavailable" in r.getMessage()]
+
+
+async def test_a_refused_symbol_does_not_hold_back_the_others_in_its_batch() -> None:
+    h = build()
+    async with running(h):
+        h.clock.advance(20.0)
+        h.sink.refuse = {"A"}  # e.g. NOPERM on one proposal key
+        h.reader.inputs.update({sym: inp(sym, P25_PNL) for sym in ABC})
+        assert h.source.emit is not None
+        for sym in ABC:
+            h.source.changed(sym)
+        await until(lambda: len(h.sink.batches) == 2)
+        await settle()
+        assert sorted(o.symbol for o in h.sink.batches[1]) == ["B", "C"]  # at once
+        h.sink.refuse = set()
+        h.clock.advance(1.0)
+        await until(lambda: len(h.sink.publishes("A", since=1)) == 1)
+
+
+async def test_a_write_that_landed_unseen_is_confirmed_not_repeated() -> None:
+    h = build()
+    async with running(h):
+        h.clock.advance(20.0)
+        h.sink.uncertain = True  # applied, but the reply was lost
+        await change(h, "A", inp("A", P25_PNL))
+        await until(lambda: h.runner.passes == 2)  # the resync after the error
+        await settle()
+        h.clock.advance(1.0)  # past the retry timer too
+        await settle()
+        assert len(h.sink.publishes("A", since=1)) == 1  # written once
+        assert h.engine.published("A") == h.sink.publishes("A", since=1)[0].decision
+
+
+async def test_a_write_that_did_not_land_is_written_again() -> None:
+    h = build()
+    async with running(h):
+        h.clock.advance(20.0)
+        h.sink.uncertain = False  # the outcome was unknown, and it did not land
+        await change(h, "A", inp("A", P25_PNL))
+        await until(lambda: len(h.sink.publishes("A", since=1)) == 1)
+        await settle()
+        assert h.engine.published("A") == h.sink.publishes("A", since=1)[0].decision
+
+
+async def test_nothing_is_written_before_an_uncertain_write_is_settled() -> None:
+    h = build()
+    async with running(h):
+        h.clock.advance(20.0)
+        h.sink.uncertain = True
+        h.sink.unanswered = 2  # the check cannot be made for a while
+        await change(h, "A", inp("A", P25_PNL))
+        await until(lambda: h.runner.passes == 2, limit=5.0)  # 0.5 s pauses (real time)
+        assert h.sink.unanswered == 0
+        await settle()
+        h.clock.advance(1.0)
+        await settle()
+        assert len(h.sink.publishes("A", since=1)) == 1

@@ -358,7 +358,7 @@ async def test_an_audit_stream_of_another_type_is_an_outage_not_a_crash(
         async with running(make_settings(redis_url)):
             await put_inputs(client, pnl=5.0)
             await wait_for(
-                lambda: _logged(caplog, "refused the proposal write"), "the refusal logged"
+                lambda: _logged(caplog, "Redis refuses proposal writes"), "the refusal logged"
             )
             await client.delete(KEYS.stream)  # fixed: the service carries on by itself
 

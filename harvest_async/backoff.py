@@ -1,0 +1,92 @@
+"""Retrying something that fails for a while: exponential backoff with jitter, and an
+outage that is logged once when it starts and once when it clears (not per attempt).
+
+Pure bookkeeping: the caller decides how to wait (a timer on its injected clock, or
+`Outage.pause`), so the same helper serves an event loop and a plain retry loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from harvest_async.clock import Clock
+
+__all__ = ["Backoff", "Outage"]
+
+
+class Backoff:
+    """Delays `first`, 2x, 4x, ... up to `cap`, each shortened by up to `jitter` (a
+    fraction) at random, so that many clients retrying the same server spread out."""
+
+    def __init__(
+        self,
+        *,
+        first: float = 0.1,
+        cap: float = 10.0,
+        jitter: float = 0.2,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if not 0 < first <= cap or not 0 <= jitter < 1:
+            raise ValueError(f"bad backoff: first={first} cap={cap} jitter={jitter}")
+        self.first = first
+        self.cap = cap
+        self.jitter = jitter
+        self._rng = rng
+        self.attempts = 0  # delays handed out since the last reset
+
+    def next_delay(self) -> float:
+        base = min(self.cap, self.first * 2.0 ** min(self.attempts, 64))
+        self.attempts += 1
+        return base * (1.0 - self.jitter * self._rng())
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class Outage:
+    """`failed(detail)` on every failed attempt (WARNING on the first only, with `detail`),
+    `recovered()` on a success (INFO once if an outage was on); each failure returns the
+    delay before the next attempt."""
+
+    def __init__(
+        self, what: str, logger: logging.Logger, clock: Clock, backoff: Backoff | None = None
+    ) -> None:
+        self.what = what
+        self.log = logger
+        self.clock = clock
+        self.backoff = backoff or Backoff()
+        self.since: float | None = None  # clock time of the first failure of this outage
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    def failed(self, detail: str) -> float:
+        delay = self.backoff.next_delay()
+        if self.since is None:
+            self.since = self.clock.now()
+            self.log.warning(
+                "%s (%s); retrying with backoff (up to %g s)", self.what, detail, self.backoff.cap
+            )
+        else:
+            self.log.debug("%s still (%s); next attempt in %.2f s", self.what, detail, delay)
+        return delay
+
+    def recovered(self) -> None:
+        if self.since is None:
+            return
+        self.log.info(
+            "%s: cleared after %.1f s (%d failed attempts)",
+            self.what,
+            self.clock.now() - self.since,
+            self.backoff.attempts,
+        )
+        self.since = None
+        self.backoff.reset()
+
+    async def pause(self, detail: str) -> None:
+        """Record a failure and wait (on the injected clock) until the next attempt."""
+        delay = self.failed(detail)
+        await self.clock.sleep_until(self.clock.now() + delay)

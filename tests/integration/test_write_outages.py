@@ -1,0 +1,357 @@
+"""Proposal writes that Redis refuses (OOM) or whose outcome is unknown (a server stall).
+
+The service runs in-process against a private server (it is reconfigured or frozen);
+both server flavours.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TypeVar
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from harvest_async.config import Settings, settings_from_env
+from harvest_async.core.codec import SymbolInputs
+from harvest_async.core.engine import Engine, EngineConfig, Output
+from harvest_async.core.keys import Keys
+from harvest_async.errors import WriteRefused
+from harvest_async.redis_io.client import client_for
+from harvest_async.redis_io.publisher import RedisSink
+from harvest_async.service.app import serve
+from harvest_async.service.runner import Runner
+from harvest_async.tools.embedded_server import EmbeddedRedis
+
+T = TypeVar("T")
+KEYS = Keys()
+SYM = "BTCUSDT"
+REFUSED = "Redis refuses proposal writes"
+
+
+def market() -> dict[str, str]:
+    return {
+        "sigma": "0.005",
+        "ts": "0.5",
+        "p_trend": "0.6",
+        "p_mr": "0.2",
+        "p_chop": "0.2",
+        "ts_timestamp": str(int(time.time())),
+    }
+
+
+def position(pnl: float, symbol: str = SYM) -> dict[str, str]:
+    """LONG 1 @ 100: with a 2 % stop pnl 0 -> NONE, 5 -> PARTIAL_25, 9 -> _50, 13 -> _75;
+    with a 1 % stop pnl 5 -> PARTIAL_50."""
+    return {
+        "symbol": symbol,
+        "side": "LONG",
+        "quantity": "1.0",
+        "entry_price": "100.0",
+        "current_price": repr(100.0 + pnl),
+        "unrealized_pnl": repr(float(pnl)),
+        "created_at": str(int(time.time())),
+        "ts_epoch": repr(round(time.time(), 3)),
+    }
+
+
+async def put(client: aioredis.Redis, key: str, fields: dict[str, str]) -> None:
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        await pipe.execute()
+
+
+async def put_inputs(
+    client: aioredis.Redis, symbol: str, pnl: float, stop_dist_pct: str = "0.02"
+) -> None:
+    await put(client, KEYS.marketstate(symbol), market())
+    await put(client, KEYS.risk(symbol), {"stop_dist_pct": stop_dist_pct})
+    await put(client, KEYS.position(symbol), position(pnl, symbol))
+
+
+async def wait_for(probe: Callable[[], Awaitable[T]], what: str, limit: float = 3.0) -> T:
+    deadline = time.perf_counter() + limit
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.perf_counter() > deadline:
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
+        await anyio.sleep(0.005)
+
+
+async def proposals(client: aioredis.Redis, symbols: list[str]) -> dict[str, dict[str, str]]:
+    async with client.pipeline(transaction=False) as pipe:
+        for symbol in symbols:
+            pipe.hgetall(KEYS.proposal(symbol))
+        found = await pipe.execute()
+    return dict(zip(symbols, found, strict=True))
+
+
+async def audit(client: aioredis.Redis) -> list[dict[str, str]]:
+    return [fields for _id, fields in await client.xrange(KEYS.stream)]
+
+
+def make_settings(url: str, **env: str) -> Settings:
+    base = {
+        "REDIS_URL": url,
+        "SYMBOLS": SYM,
+        "PUBLISH_INTERVAL_SEC": "0",
+        "MAX_PUBLISH_AGE_SEC": "30",
+        "INSTANCE": "it",
+    }
+    base.update(env)
+    return settings_from_env(base)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Runner]:
+    box: dict[str, Runner] = {}
+    ready = anyio.Event()
+
+    async def on_ready(runner: Runner) -> None:
+        box["runner"] = runner
+        ready.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(serve, settings, on_ready=on_ready, handle_signals=False))
+        with anyio.fail_after(10):
+            await ready.wait()
+        try:
+            yield box["runner"]
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def connected(url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def assert_no_repeated_decision(entries: list[dict[str, str]]) -> None:
+    """Per symbol: seq strictly increasing, and no publish that repeats the previous
+    decision (same plan_id) except a heartbeat."""
+    last: dict[str, dict[str, str]] = {}
+    for entry in entries:
+        symbol = entry["symbol"]
+        before = last.get(symbol)
+        if before is not None:
+            assert int(entry["seq"]) > int(before["seq"]), (before, entry)
+            if entry["event"] == "publish" and before["event"] == "publish":
+                repeated = entry["plan_id"] == before["plan_id"]
+                assert not repeated or entry["trigger"] == "heartbeat", (before, entry)
+        last[symbol] = entry
+
+
+# -- refused writes ------------------------------------------------------------------------
+
+
+async def test_refused_writes_are_one_outage_that_converges_when_cleared(
+    fresh_redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Out of memory (noeviction): retractions and publishes are refused for a while. The
+    service keeps running, says so once, and once memory is back every symbol converges:
+    the open ones show their latest inputs, the closed ones are retracted."""
+    caplog.set_level(logging.INFO, logger="harvest_async")
+    symbols = [f"S{i:02d}USDT" for i in range(50)]
+    closed, changed = symbols[:10], symbols[10:]
+    url = fresh_redis_server.url
+    async with (
+        connected(url) as client,
+        running(make_settings(url, SYMBOLS=",".join(symbols))) as runner,
+    ):
+        for symbol in symbols:  # a 1 % stop: PARTIAL_50
+            await put_inputs(client, symbol, pnl=5.0, stop_dist_pct="0.01")
+
+        async def all_published() -> bool:
+            found = await proposals(client, symbols)
+            return all(f.get("harvest_action") == "PARTIAL_50" for f in found.values())
+
+        await wait_for(all_published, "the first publishes")
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", "1")
+        # a DEL and an HDEL are still allowed: positions close (a retraction to write) and
+        # risk proposals lose their stop (fallback 2 %: PARTIAL_25, a publish to write)
+        for symbol in closed:
+            await client.delete(KEYS.position(symbol))
+        for symbol in changed:
+            await client.hdel(KEYS.risk(symbol), "stop_dist_pct")  # type: ignore[misc]
+        await wait_for(lambda: anyio.to_thread.run_sync(lines, caplog, REFUSED), "the refusal")
+        await anyio.sleep(3.0)  # a few seconds of refusal, retried in the background
+        assert await all_published()  # nothing got through
+        writes = runner.writes
+        await client.config_set("maxmemory", "0")
+
+        async def converged() -> bool:
+            found = await proposals(client, symbols)
+            return all(not found[s] for s in closed) and all(
+                found[s].get("harvest_action") == "PARTIAL_25"
+                and found[s].get("risk_source") == "fallback"
+                for s in changed
+            )
+
+        await wait_for(converged, "every symbol to converge", limit=15.0)
+        assert runner.writes > writes
+        entries = await audit(client)
+    # one line when it started (with the server's words), one when it cleared
+    about_writes = [r for r in caplog.records if "proposal write" in r.getMessage()]
+    assert [r.levelno for r in about_writes] == [logging.WARNING, logging.INFO], [
+        r.getMessage() for r in about_writes
+    ]
+    assert "OOM command not allowed" in about_writes[0].getMessage()
+    assert "cleared" in about_writes[1].getMessage()
+    assert not lines(caplog, "resync (redis error)")  # Redis was up: no resync for it
+    assert_no_repeated_decision(entries)
+    for symbol in closed:
+        events = [e["event"] for e in entries if e["symbol"] == symbol]
+        assert events == ["publish", "retract"], (symbol, events)
+    for symbol in changed:
+        actions = [e["harvest_action"] for e in entries if e["symbol"] == symbol]
+        assert actions == ["PARTIAL_50", "PARTIAL_25"], (symbol, actions)
+
+
+# -- a server stall mid-write --------------------------------------------------------------
+
+
+async def test_a_write_in_flight_during_a_stall_lands_once(
+    fresh_redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server freezes (SIGSTOP) with a transaction in flight, for longer than the
+    write timeout; it runs when the server resumes. The service must recognise it as
+    landed (by its seq), not append the same decision a second time."""
+    caplog.set_level(logging.INFO, logger="harvest_async")
+    server = fresh_redis_server
+    floor = 1.0
+    settings = make_settings(server.url, PUBLISH_INTERVAL_SEC=str(floor), REDIS_TIMEOUT_SEC="0.3")
+    async with connected(server.url) as client, running(settings) as runner:
+        await put_inputs(client, SYM, pnl=0.0)
+        first = await wait_for(
+            lambda: client.hgetall(KEYS.proposal(SYM)),
+            "the first publish",  # type: ignore[arg-type]
+        )
+        # a change inside the floor: published exactly at the window's end, straight from
+        # the engine's timer (no read before it), so the write is what meets the freeze
+        await put(client, KEYS.position(SYM), position(9.0))
+        window_end = float(first["ts_epoch"]) + floor
+        await anyio.sleep(window_end - 0.15 - time.time())
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            await anyio.sleep(1.5)  # the write, its outcome check and a retry time out
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert lines(caplog, "transaction outcome unknown")  # the freeze met the write
+        passes = runner.passes
+
+        async def resynced() -> bool:
+            return runner.passes > passes
+
+        await wait_for(resynced, "the resync after the outage", limit=5.0)
+        await put(client, KEYS.position(SYM), position(13.0))
+
+        async def latest() -> bool:
+            fields = await client.hgetall(KEYS.proposal(SYM))  # type: ignore[misc]
+            return fields.get("harvest_action") == "PARTIAL_75"
+
+        await wait_for(latest, "the latest state", limit=3.0)
+        entries = await audit(client)
+    assert_no_repeated_decision(entries)
+    assert [e["harvest_action"] for e in entries] == ["NONE", "PARTIAL_50", "PARTIAL_75"]
+    assert not lines(caplog, "not the last one written")
+
+
+# -- what the sink reports about a refused transaction --------------------------------------
+
+
+def outputs_for(*symbols: str, pnl: float = 5.0) -> list[Output]:
+    engine = Engine(EngineConfig(symbols=symbols))
+    now = time.time()
+    outs = []
+    for symbol in symbols:
+        engine.observe(
+            SymbolInputs(
+                symbol,
+                marketstate=market(),
+                risk={"stop_dist_pct": "0.02"},
+                position=position(pnl, symbol),
+            )
+        )
+        out = engine.evaluate(symbol, now)
+        assert out is not None
+        outs.append(out)
+    return outs
+
+
+@asynccontextmanager
+async def sink_for(url: str) -> AsyncIterator[tuple[RedisSink, aioredis.Redis]]:
+    client = client_for(url, retries=0)
+    try:
+        yield RedisSink(client, KEYS), client
+    finally:
+        await client.aclose()
+
+
+async def test_sink_out_of_memory_refuses_all_and_applies_nothing(
+    fresh_redis_server: EmbeddedRedis,
+) -> None:
+    url = fresh_redis_server.url
+    async with sink_for(url) as (sink, client):
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", "1")
+        with pytest.raises(WriteRefused, match="OOM command not allowed") as info:
+            await sink.write(outputs_for("AUSDT", "BUSDT"))
+        await client.config_set("maxmemory", "0")
+        refused = info.value
+        assert (refused.landed, refused.touched, refused.collateral) == ((), (), ())
+        assert not await client.exists(KEYS.stream, KEYS.proposal("AUSDT"))
+        await sink.write(outputs_for("AUSDT"))  # the connection is still in order
+        assert await client.hget(KEYS.proposal("AUSDT"), "harvest_action") == "PARTIAL_25"
+
+
+async def test_sink_one_refused_key_leaves_the_others_as_collateral(redis_url: str) -> None:
+    """NOPERM on one proposal key aborts the transaction; the outputs Redis had accepted
+    are reported as collateral (to be written again at once), not as refused."""
+    async with connected(redis_url) as admin:
+        await admin.execute_command(
+            "ACL", "SETUSER", "w", "on", ">pw", "+@all", f"~{KEYS.proposal('AUSDT')}",
+            f"~{KEYS.stream}",
+        )  # fmt: skip
+        try:
+            async with sink_for(redis_url.replace("unix://", "unix://w:pw@")) as (sink, _c):
+                a, b = outputs_for("AUSDT", "BUSDT")
+                with pytest.raises(WriteRefused, match="NOPERM") as info:
+                    await sink.write([a, b])
+                assert info.value.collateral == (a,)
+                assert (info.value.landed, info.value.touched) == ((), ())
+                assert not await admin.exists(KEYS.proposal("AUSDT"), KEYS.stream)
+                await sink.write(info.value.collateral)
+            assert await admin.hget(KEYS.proposal("AUSDT"), "seq") == str(a.seq)
+        finally:
+            await admin.execute_command("ACL", "DELUSER", "w")
+
+
+async def test_sink_a_failure_inside_exec_reports_what_it_changed(redis_url: str) -> None:
+    """XADD fails inside EXEC (the stream key holds a string): the hash was replaced all
+    the same, so the output is `touched` (its proposal must be written again)."""
+    async with sink_for(redis_url) as (sink, client):
+        await client.set(KEYS.stream, "not a stream")
+        (out,) = outputs_for("AUSDT")
+        with pytest.raises(WriteRefused, match="WRONGTYPE") as info:
+            await sink.write([out])
+        assert info.value.touched == (out,)
+        assert await client.hget(KEYS.proposal("AUSDT"), "seq") == str(out.seq)
