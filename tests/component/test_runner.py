@@ -376,3 +376,39 @@ async def test_all_symbols_resync_discovers_symbols() -> None:
         await until(lambda: len(h.sink.batches) == 2)
         assert sorted(h.reader.fetches[-1]) == ["A", "D"]
         assert [o.symbol for o in h.sink.batches[1]] == ["D"]
+
+
+class ChurnReader(MemReader):
+    """Discovery that takes its snapshot, then lets a producer act before it returns: a
+    key created after SCAN passed its slot, its notification consumed during the await."""
+
+    def __init__(self, inputs: dict[str, SymbolInputs]) -> None:
+        super().__init__(inputs)
+        self.during_discover: Callable[[], None] | None = None
+
+    async def discover(self) -> list[str]:
+        found = await super().discover()
+        act, self.during_discover = self.during_discover, None
+        if act is not None:
+            act()
+        await anyio.lowlevel.checkpoint()
+        return found
+
+
+async def test_symbol_created_while_discovery_runs_is_published_by_that_resync() -> None:
+    h = build(symbols=None, reconcile_every=HEARTBEAT)
+    reader = ChurnReader(h.reader.inputs)
+    h.reader = h.runner.reader = h.sink.reader = reader
+
+    def new_position() -> None:
+        reader.inputs["NEW"] = inp("NEW", P25_PNL)
+        h.source.changed("NEW")
+
+    async with running(h):
+        reader.during_discover = new_position
+        h.clock.advance(HEARTBEAT)  # the periodic reconcile, which scans again
+        await until(lambda: h.runner.passes == 2)
+        # published by this very reconcile, not a heartbeat later
+        (out,) = h.sink.publishes("NEW")
+        assert out.trigger == "change"
+        assert out.decision.harvest_action == "PARTIAL_25"

@@ -557,6 +557,55 @@ async def test_symbols_star_discovers_symbols_including_later_ones(
     assert sol["trigger"] == "change"
 
 
+async def test_symbols_churning_through_reconciles_are_each_published_at_once(
+    redis_url: str, client: aioredis.Redis
+) -> None:
+    """New positions keep appearing (50/s, each closed 2 s later) while a full reconcile
+    runs every second. Other keys in the database make its SCAN take many round trips,
+    a wide window for a position to appear behind the cursor: each new symbol must still
+    be published within the normal latency, none a reconcile later (or never)."""
+    rate, lifetime, duration = 50.0, 2.0, 10.0
+    async with client.pipeline(transaction=False) as pipe:
+        for batch in range(50):
+            pipe.mset({f"other:{batch}:{i}": "x" for i in range(1000)})
+        await pipe.execute()
+    created: dict[str, float] = {}
+
+    async def churn() -> None:
+        start = time.perf_counter()
+        open_: list[tuple[float, str]] = []
+        for i in range(int(rate * duration)):
+            await anyio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            symbol = f"C{i:04d}USDT"
+            await put_inputs(client, symbol, pnl=5.0)
+            created[symbol] = now()
+            open_.append((time.perf_counter() + lifetime, symbol))
+            while open_ and open_[0][0] <= time.perf_counter():
+                await client.delete(KEYS.position(open_.pop(0)[1]))
+
+    async with running(make_settings(redis_url, SYMBOLS="*", MAX_PUBLISH_AGE_SEC="1")) as runner:
+        passes = runner.passes
+        await churn()
+        reconciles = runner.passes - passes
+        ended = runner.passes
+
+        async def reconciled_since_the_end() -> bool:
+            return runner.passes > ended
+
+        await wait_for(reconciled_since_the_end, "one more reconcile", limit=5.0)
+        entries = await client.xrange(KEYS.stream)
+    first_publish: dict[str, float] = {}
+    for entry_id, fields in entries:
+        if fields["event"] == "publish":
+            first_publish.setdefault(fields["symbol"], int(entry_id.split("-")[0]) / 1000)
+    assert reconciles >= duration / 2  # reconciles did run all along
+    missed = sorted(set(created) - set(first_publish))
+    assert not missed, missed[:10]
+    delays = sorted((first_publish[s] - t, s) for s, t in created.items())
+    late = [(round(d, 3), s) for d, s in delays if d > 0.5]
+    assert not late, late[-10:]
+
+
 async def test_theta_from_env_and_file_is_used(
     redis_url: str, client: aioredis.Redis, tmp_path: Path
 ) -> None:
