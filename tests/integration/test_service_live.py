@@ -407,18 +407,22 @@ async def test_invalid_inputs_retract_with_a_reason_and_recover(
 
 
 async def test_stale_inputs_retract_and_recover(redis_url: str, client: aioredis.Redis) -> None:
-    await put_inputs(client, pnl=5.0)
+    def fresh_market() -> dict[str, str]:
+        # to the millisecond: a whole-second stamp can be ~1 s old when written
+        return market(ts_timestamp=repr(round(now(), 3)))
+
     async with running(make_settings(redis_url, MAX_INPUT_AGE_SEC="1")):
+        await put_inputs(client, pnl=5.0, mkt=fresh_market())
         await wait_published(client)
         # market state written long ago
         await put(client, KEYS.marketstate(SYM), market(ts_timestamp=str(int(now() - 60))))
         await wait_absent(client)
-        await put(client, KEYS.marketstate(SYM), market())
+        await put(client, KEYS.marketstate(SYM), fresh_market())
         await wait_published(client, what="recovery from a stale market state")
         # position snapshot written long ago
         await put(client, KEYS.position(SYM), position(5.0, ts_epoch=repr(now() - 60)))
         await wait_absent(client)
-        await put_inputs(client, pnl=5.0)
+        await put_inputs(client, pnl=5.0, mkt=fresh_market())
         recovered = await wait_published(client, what="recovery from a stale position")
         # no new writes: the inputs age past the limit by themselves
         await wait_absent(client, limit=2.5)
@@ -483,6 +487,9 @@ async def test_each_publish_and_its_audit_entry_land_together(
             for i in range(60):
                 if i % 15 == 14:
                     await client.delete(KEYS.position(SYM))
+                    # a position re-created within a few ms may never be seen absent (a
+                    # notification only says "look again"): let each deletion be seen
+                    await wait_absent(client)
                 else:
                     await put(client, KEYS.position(SYM), position((i % 4) * 4.5))
                 await anyio.sleep(0.004)
