@@ -442,7 +442,7 @@ class Engine:
                 self.observer.on_retract(out)
                 log.info("retract %s reason=%s", out.symbol, out.reason)
                 if state.inputs is None or state.inputs.position is None:
-                    self._forget(out.symbol, state, None)
+                    self._forget(out.symbol, state, out.at)
 
     def forget_absent(self, symbol: str, now: float | None = None) -> None:
         """Drop a symbol with no position and nothing published (bounded memory under '*').
@@ -458,11 +458,14 @@ class Engine:
                 self._forget(symbol, state, now)
 
     def _forget(self, symbol: str, state: _State, now: float | None) -> None:
-        # The seq floor is time based, so forgetting the counter is safe.
+        # The seq floor is time based, so forgetting the counter is safe once the clock
+        # has passed it (a burst without a floor can run seq ahead of the clock).
         last = state.last_publish_at
         floor = self.config.gate.floor_sec
         if last is not None and floor > 0 and (now is None or now < last + floor):
             return  # keep the floor's memory of the last publish
+        if now is not None and state.seq >= int(now * 1000):
+            return  # a new counter would start at or below the last seq written
         self._states.pop(symbol, None)
 
     def _state(self, symbol: str) -> _State:

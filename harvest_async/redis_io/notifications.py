@@ -78,6 +78,7 @@ class KeyspaceSource:
         self._emit: Callable[[Event], None] = lambda _e: None
         self._liveness_channel = keys.liveness_channel(instance)
         self._subscribed = False  # the current session got as far as subscribing
+        self._flags_readable = True  # False: CONFIG GET denied, only the canary can tell
 
     # -- canary --------------------------------------------------------------------------
     def expect_canary(self) -> None:
@@ -166,9 +167,11 @@ class KeyspaceSource:
                     await client.aclose()
 
     def _apply_flags(self, flags: str | None) -> None:
+        self._flags_readable = flags is not None
         if flags is None:
-            self._set_mode("notify", "CONFIG GET not allowed; trusting the canary")
-            return
+            if self.mode == "starting":
+                self._set_mode("notify", "CONFIG GET not allowed; trusting the canary")
+            return  # a poll mode stays until the canary is seen again
         usable, missing = notify_flags_cover(flags)
         if not usable:
             self._set_mode(
@@ -222,13 +225,27 @@ class KeyspaceSource:
             if due is not None and monotonic() > due:
                 self._canary_due = None
                 if self.mode == "notify":
-                    log.warning(
-                        "canary: own liveness write not notified within %.1f s; reconnecting",
-                        self.canary_timeout,
-                    )
-                    scope = self._session_scope
-                    if scope is not None:
-                        scope.cancel()
+                    self._canary_missed()
+
+    def _canary_missed(self) -> None:
+        """Reconnect: the subscription may have stopped delivering. Without the flags to
+        say whether notifications are on at all, also poll until the canary is seen."""
+        if self._flags_readable:
+            log.warning(
+                "canary: own liveness write not notified within %.1f s; reconnecting",
+                self.canary_timeout,
+            )
+        else:
+            self._set_mode(
+                "poll",
+                f"own liveness write not notified within {self.canary_timeout:g} s and CONFIG "
+                "GET is not allowed, so notify-keyspace-events cannot be checked; reconciling "
+                f"every {self.poll_interval:g} s until notifications arrive. Set "
+                "notify-keyspace-events KEA (or Khgx) in the server's config file",
+            )
+        scope = self._session_scope
+        if scope is not None:
+            scope.cancel()
 
     async def _streams(self) -> None:
         """XREAD BLOCK on a client of its own (socket timeout > block time)."""

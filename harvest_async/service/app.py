@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 import anyio
+from anyio.abc import TaskStatus
 
 from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings
@@ -136,7 +137,8 @@ async def serve(
             if handle_signals:
                 tg.start_soon(_stop_on_signal, tg.cancel_scope, notifier)
             await tg.start(runner.run, source)
-            tg.start_soon(
+            # started after its first refresh: ready means announced
+            await tg.start(
                 partial(
                     _liveness_loop,
                     liveness=liveness,
@@ -181,6 +183,7 @@ async def _liveness_loop(
     clock: Clock,
     settings: Settings,
     notifier: Notifier,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     interval = min(settings.liveness_ttl_sec / 3, 5.0)
     if notifier.watchdog_sec is not None:
@@ -192,11 +195,23 @@ async def _liveness_loop(
             # arm the canary before writing: the notification can be consumed before
             # beat() returns, and arming afterwards would then wait for one never coming
             source.expect_canary()
-            await liveness.beat(clock.now(), len(runner.engine))
+            await _beat(liveness, runner, clock, settings.shutdown_grace_sec)
             notifier.status(
                 f"{len(runner.engine)} symbols, {runner.writes} writes, mode={source.mode}"
             )
         except RedisUnavailable as exc:
             log.warning("liveness write failed: %s", exc)
             notifier.status(f"redis unavailable: {exc}")
+        task_status.started()
+        task_status = anyio.TASK_STATUS_IGNORED
         await anyio.sleep(interval)
+
+
+async def _beat(liveness: LivenessWriter, runner: Runner, clock: Clock, grace: float) -> None:
+    """One refresh, finished (within `grace`) even when the service is stopping: cut off
+    on the wire, it could reach Redis after the shutdown's DEL and revive the key."""
+    with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(grace) as limit:
+            await liveness.beat(clock.now(), len(runner.engine))
+    if limit.cancelled_caught:
+        raise RedisUnavailable(f"liveness write did not finish within {grace:g} s")

@@ -253,6 +253,9 @@ class Runner:
             for symbol in symbols:
                 self.engine.check_published(symbol, published.get(symbol))
         dirty, self._dirty = self._dirty, {}
+        # a symbol notified while this resync awaited may have been created after SCAN
+        # passed it: recompute it now, or it would wait for the next reconcile
+        symbols.extend(sorted(dirty.keys() - set(symbols)))
         for symbol in symbols:
             dirty.setdefault(symbol, monotonic())
         await self._recompute(symbols, dirty, force=True)

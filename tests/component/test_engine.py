@@ -345,6 +345,26 @@ def test_a_closed_symbol_is_forgotten_once_its_floor_window_has_passed() -> None
     assert e.symbols() == ["B"]
 
 
+def test_seq_keeps_increasing_when_a_closed_symbol_is_forgotten_and_comes_back() -> None:
+    # with no floor a burst can run seq ahead of the millisecond clock; forgetting the
+    # counter then would restart it below what was already written
+    e, (first,) = started("A", gate=GateConfig(floor_sec=0.0, heartbeat_sec=HEARTBEAT))
+    outs: list[Output] = [first]
+    for pnl in (P25_PNL, P50_PNL, P75_PNL):
+        e.observe(inp("A", pnl))
+        outs.append(publish(e, "A", T0))
+    e.observe(inp("A", position=None))
+    retract = e.evaluate("A", T0)
+    assert isinstance(retract, RetractOut)
+    e.confirm([retract])
+    outs.append(retract)
+    e.forget_absent("A", T0 + 0.001)
+    e.observe(inp("A", P25_PNL))
+    outs.append(publish(e, "A", T0 + 0.001))
+    seqs = [o.seq for o in outs]
+    assert seqs == sorted(set(seqs)), seqs
+
+
 # -- startup adoption -------------------------------------------------------------------
 
 

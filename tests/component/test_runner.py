@@ -15,7 +15,6 @@ import anyio
 import anyio.lowlevel
 import pytest
 from anyio.abc import TaskStatus
-from harvest_async.service.runner import Changed, Event, Gap, Runner
 
 from harvest_async.backoff import Backoff
 from harvest_async.clock import FakeClock
@@ -23,6 +22,7 @@ from harvest_async.core.codec import Hash, SymbolInputs
 from harvest_async.core.engine import Engine, EngineConfig, Output, PublishOut, RetractOut
 from harvest_async.core.gate import GateConfig
 from harvest_async.errors import RedisUnavailable, WriteRefused, WriteUncertain
+from harvest_async.service.runner import Changed, Event, Gap, Runner
 
 T0 = 1_700_000_000.0
 FLOOR = 10.0
@@ -514,3 +514,39 @@ async def test_nothing_is_written_before_an_uncertain_write_is_settled() -> None
         h.clock.advance(1.0)
         await settle()
         assert len(h.sink.publishes("A", since=1)) == 1
+
+
+class ChurnReader(MemReader):
+    """Discovery that takes its snapshot, then lets a producer act before it returns: a
+    key created after SCAN passed its slot, its notification consumed during the await."""
+
+    def __init__(self, inputs: dict[str, SymbolInputs]) -> None:
+        super().__init__(inputs)
+        self.during_discover: Callable[[], None] | None = None
+
+    async def discover(self) -> list[str]:
+        found = await super().discover()
+        act, self.during_discover = self.during_discover, None
+        if act is not None:
+            act()
+        await anyio.lowlevel.checkpoint()
+        return found
+
+
+async def test_symbol_created_while_discovery_runs_is_published_by_that_resync() -> None:
+    h = build(symbols=None, reconcile_every=HEARTBEAT)
+    reader = ChurnReader(h.reader.inputs)
+    h.reader = h.runner.reader = h.sink.reader = reader
+
+    def new_position() -> None:
+        reader.inputs["NEW"] = inp("NEW", P25_PNL)
+        h.source.changed("NEW")
+
+    async with running(h):
+        reader.during_discover = new_position
+        h.clock.advance(HEARTBEAT)  # the periodic reconcile, which scans again
+        await until(lambda: h.runner.passes == 2)
+        # published by this very reconcile, not a heartbeat later
+        (out,) = h.sink.publishes("NEW")
+        assert out.trigger == "change"
+        assert out.decision.harvest_action == "PARTIAL_25"

@@ -210,7 +210,8 @@ def test_original_env_file_starts_it_unchanged(
         client.hset(KEYS.position("ETHUSDT"), mapping={"side": "FLAT", "quantity": "0"})
         wait_until(lambda: not client.exists(KEYS.proposal("ETHUSDT")), "the retraction", 2.0)
         assert not client.exists(KEYS.proposal("SOLUSDT"))  # no inputs, no proposal
-        assert client.exists(KEYS.liveness("envfile"))
+        # the startup pass publishes before the first liveness refresh: wait for it
+        wait_until(lambda: client.exists(KEYS.liveness("envfile")), "the liveness key")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0, log()
     assert not client.exists(KEYS.stream)  # ENABLE_STREAM=false

@@ -413,18 +413,22 @@ async def test_invalid_inputs_retract_with_a_reason_and_recover(
 
 
 async def test_stale_inputs_retract_and_recover(redis_url: str, client: aioredis.Redis) -> None:
-    await put_inputs(client, pnl=5.0)
+    def fresh_market() -> dict[str, str]:
+        # to the millisecond: a whole-second stamp can be ~1 s old when written
+        return market(ts_timestamp=repr(round(now(), 3)))
+
     async with running(make_settings(redis_url, MAX_INPUT_AGE_SEC="1")):
+        await put_inputs(client, pnl=5.0, mkt=fresh_market())
         await wait_published(client)
         # market state written long ago
         await put(client, KEYS.marketstate(SYM), market(ts_timestamp=str(int(now() - 60))))
         await wait_absent(client)
-        await put(client, KEYS.marketstate(SYM), market())
+        await put(client, KEYS.marketstate(SYM), fresh_market())
         await wait_published(client, what="recovery from a stale market state")
         # position snapshot written long ago
         await put(client, KEYS.position(SYM), position(5.0, ts_epoch=repr(now() - 60)))
         await wait_absent(client)
-        await put_inputs(client, pnl=5.0)
+        await put_inputs(client, pnl=5.0, mkt=fresh_market())
         recovered = await wait_published(client, what="recovery from a stale position")
         # no new writes: the inputs age past the limit by themselves
         await wait_absent(client, limit=2.5)
@@ -523,6 +527,9 @@ async def test_each_publish_and_its_audit_entry_land_together(
             for i in range(60):
                 if i % 15 == 14:
                     await client.delete(KEYS.position(SYM))
+                    # a position re-created within a few ms may never be seen absent (a
+                    # notification only says "look again"): let each deletion be seen
+                    await wait_absent(client)
                 else:
                     await put(client, KEYS.position(SYM), position((i % 4) * 4.5))
                 await anyio.sleep(0.004)
@@ -595,6 +602,55 @@ async def test_symbols_star_discovers_symbols_including_later_ones(
         assert "NOPOSUSDT" not in runner.engine.symbols()
     assert sol["harvest_action"] == "PARTIAL_75"
     assert sol["trigger"] == "change"
+
+
+async def test_symbols_churning_through_reconciles_are_each_published_at_once(
+    redis_url: str, client: aioredis.Redis
+) -> None:
+    """New positions keep appearing (50/s, each closed 2 s later) while a full reconcile
+    runs every second. Other keys in the database make its SCAN take many round trips,
+    a wide window for a position to appear behind the cursor: each new symbol must still
+    be published within the normal latency, none a reconcile later (or never)."""
+    rate, lifetime, duration = 50.0, 2.0, 10.0
+    async with client.pipeline(transaction=False) as pipe:
+        for batch in range(50):
+            pipe.mset({f"other:{batch}:{i}": "x" for i in range(1000)})
+        await pipe.execute()
+    created: dict[str, float] = {}
+
+    async def churn() -> None:
+        start = time.perf_counter()
+        open_: list[tuple[float, str]] = []
+        for i in range(int(rate * duration)):
+            await anyio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            symbol = f"C{i:04d}USDT"
+            await put_inputs(client, symbol, pnl=5.0)
+            created[symbol] = now()
+            open_.append((time.perf_counter() + lifetime, symbol))
+            while open_ and open_[0][0] <= time.perf_counter():
+                await client.delete(KEYS.position(open_.pop(0)[1]))
+
+    async with running(make_settings(redis_url, SYMBOLS="*", MAX_PUBLISH_AGE_SEC="1")) as runner:
+        passes = runner.passes
+        await churn()
+        reconciles = runner.passes - passes
+        ended = runner.passes
+
+        async def reconciled_since_the_end() -> bool:
+            return runner.passes > ended
+
+        await wait_for(reconciled_since_the_end, "one more reconcile", limit=5.0)
+        entries = await client.xrange(KEYS.stream)
+    first_publish: dict[str, float] = {}
+    for entry_id, fields in entries:
+        if fields["event"] == "publish":
+            first_publish.setdefault(fields["symbol"], int(entry_id.split("-")[0]) / 1000)
+    assert reconciles >= duration / 2  # reconciles did run all along
+    missed = sorted(set(created) - set(first_publish))
+    assert not missed, missed[:10]
+    delays = sorted((first_publish[s] - t, s) for s, t in created.items())
+    late = [(round(d, 3), s) for d, s in delays if d > 0.5]
+    assert not late, late[-10:]
 
 
 async def test_theta_from_env_and_file_is_used(

@@ -333,6 +333,83 @@ async def test_started_without_notifications_it_polls(
             await wait_action(client, "PARTIAL_50", limit=2.0)
 
 
+# the commands the service runs, except config|get
+SERVICE_COMMANDS = (
+    "client|setname",
+    "ping",
+    "hgetall",
+    "scan",
+    "multi",
+    "exec",
+    "del",
+    "hset",
+    "xadd",
+    "pexpire",
+    "psubscribe",
+)
+
+
+async def test_without_notifications_nor_config_get_it_polls_and_returns_to_notify(
+    redis_url: str, redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CONFIG GET is denied, so only the canary can tell that notifications are off: when
+    it fails, one line and poll mode (no reconnect every beat), back to notify after."""
+    caplog.set_level(logging.INFO, logger="harvest_async")
+    commands = [f"+{name}" for name in SERVICE_COMMANDS]
+    async with connected(redis_url) as admin:
+        await admin.execute_command(
+            "ACL", "SETUSER", "svc", "on", ">pw", "~*", "&*", "-@all", *commands
+        )
+        try:
+            await admin.config_set("notify-keyspace-events", "")
+            url = redis_url.replace("unix://", "unix://svc:pw@")
+            settings = make_settings(
+                url, LIVENESS_TTL_SEC="1.5", CANARY_TIMEOUT_SEC="0.5", POLL_INTERVAL_SEC="0.3"
+            )
+            async with running(settings):
+                await wait_for(
+                    lambda: anyio.to_thread.run_sync(messages, caplog, "change detection: poll"),
+                    "the poll-mode line",
+                )
+                reactions = []
+                for pnl, action in ((5.0, "PARTIAL_25"), (9.0, "PARTIAL_50"), (0.0, "NONE")):
+                    sent = time.perf_counter()
+                    await put_inputs(admin, pnl=pnl)
+                    await wait_action(admin, action, limit=2.0)
+                    reactions.append(time.perf_counter() - sent)
+                await _beats(admin, 3)  # several missed canaries later: still quiet
+                warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+                assert len(warnings) == 1, warnings
+                assert "CONFIG GET is not allowed" in warnings[0]
+                await admin.config_set(
+                    "notify-keyspace-events", redis_server.notify_keyspace_events
+                )
+                await wait_for(
+                    lambda: anyio.to_thread.run_sync(messages, caplog, "arriving again"),
+                    "notify mode again",
+                )
+                sent = time.perf_counter()
+                await put_inputs(admin, pnl=13.0)
+                await wait_action(admin, "PARTIAL_75", limit=1.0)
+                assert time.perf_counter() - sent < 0.15  # a notification, not the next poll
+        finally:
+            await admin.execute_command("ACL", "DELUSER", "svc")
+    assert max(reactions) < 0.3 + 0.4, reactions  # the poll interval, with some slack
+
+
+async def _beats(client: aioredis.Redis, count: int) -> None:
+    """Wait until the liveness key has been refreshed `count` more times."""
+    seen: set[str] = set()
+
+    async def probe() -> bool:
+        beat = await client.hget(KEYS.liveness("it"), "last_beat_epoch")
+        if beat is not None:
+            seen.add(beat)
+        return len(seen) > count
+
+    await wait_for(probe, f"{count} liveness beats", limit=5.0)
+
+
 async def test_a_key_of_another_type_is_bad_input_not_a_crash(redis_url: str) -> None:
     async with connected(redis_url) as client, running(make_settings(redis_url)):
         await put_inputs(client, pnl=5.0)
