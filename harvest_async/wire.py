@@ -278,7 +278,10 @@ class Wire:
         """Send `payload` (packed commands, one write), return its `replies` replies.
 
         RedisUnavailable: nothing was sent. WriteUncertain / ReplyTimeout: it was sent
-        and not all replies came back: the outcome is unknown.
+        and not all replies came back: the outcome is unknown. A connection the server
+        closed while idle (CLIENT KILL, restart) is replaced before sending once the loop
+        has seen it close; closed at the very moment of the write, it is a WriteUncertain
+        on a connection that was not `fresh`.
         """
         if self._busy:
             raise RuntimeError("Wire.roundtrip called while another round trip is running")
