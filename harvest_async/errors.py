@@ -14,13 +14,16 @@ if TYPE_CHECKING:
     from harvest_async.core.engine import Output
 
 __all__ = [
+    "AuthenticationFailed",
     "ConfigError",
     "HarvestError",
     "KernelInputError",
     "PlotUnavailable",
     "RecordingError",
+    "RedisReplyError",
     "RedisServerError",
     "RedisUnavailable",
+    "ReplyTimeout",
     "TimelineError",
     "WriteRefused",
     "WriteUncertain",
@@ -53,7 +56,28 @@ class RedisUnavailable(HarvestError):
 
 
 class WriteUncertain(RedisUnavailable):
-    """A transaction's outcome is unknown (the connection dropped during EXEC)."""
+    """A request was sent but its outcome is unknown (the connection dropped, or no reply
+    came in time, before all its replies were read)."""
+
+
+class AuthenticationFailed(RedisUnavailable):
+    """Redis refused our credentials (wrong password or ACL user, or one is required)."""
+
+
+class ReplyTimeout(WriteUncertain):
+    """A request was sent and no reply came in time: it may still run on the server."""
+
+
+class RedisReplyError(HarvestError):
+    """A command's error reply. The wire returns these as values, not raised.
+
+    `code` is the reply's first word (WRONGTYPE, OOM, NOPERM, READONLY, EXECABORT,
+    NOSCRIPT, BUSY, LOADING, ...): classify by it, never by the message's text.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = message.partition(" ")[0]
 
 
 class WriteRefused(RedisUnavailable):
