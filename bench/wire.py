@@ -31,13 +31,13 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
-from harvest_async.codec import PROPOSAL_FIELDS
-from harvest_async.keys import Keys
-from harvest_async.publisher import _Wire
-from harvest_async.redis_server import EmbeddedRedis
 
-from harvest_async.redis_io import client_for
+from harvest_async.core.codec import PROPOSAL_FIELDS
+from harvest_async.core.keys import Keys
+from harvest_async.redis_io.client import client_for
+from harvest_async.redis_io.publisher import _Wire
 from harvest_async.redis_io.wire import Subscriber, Wire, command, endpoint_from_url
+from harvest_async.tools.embedded_server import EmbeddedRedis
 
 KEYS = Keys()
 SYMBOLS = [f"SYM{i:03d}USDT" for i in range(250)]

@@ -22,16 +22,17 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
-from harvest_async.redis_server import EmbeddedRedis, RedisServerError
 
 from harvest_async.errors import (
     AuthenticationFailed,
     RedisReplyError,
+    RedisServerError,
     RedisUnavailable,
     ReplyTimeout,
     WriteUncertain,
 )
 from harvest_async.redis_io.wire import Subscriber, Wire, command, endpoint_from_url
+from harvest_async.tools.embedded_server import EmbeddedRedis
 
 
 async def until(condition: Callable[[], Any], limit: float = 5.0) -> None:
