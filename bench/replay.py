@@ -137,7 +137,7 @@ def profile(path: Path, top: int = 8) -> str:
     prof.disable()
     raw: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
     raw = pstats.Stats(prof).stats  # type: ignore[attr-defined]
-    whole = next(v[3] for k, v in raw.items() if Path(k[0]).name == "replay.py" and k[2] == "run")
+    whole = next(v[3] for k, v in raw.items() if Path(k[0]).name == "replayer.py" and k[2] == "run")
     lines = ["| part (cumulative) | time | share |", "|---|---|---|"]
     for (file, name), label in _SPLIT:
         cum = sum(v[3] for k, v in raw.items() if Path(k[0]).name == file and k[2] == name)

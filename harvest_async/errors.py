@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from harvest_async.core.engine import Output
+    from harvest_async.core.ports import Output
 
 __all__ = [
     "AuthenticationFailed",

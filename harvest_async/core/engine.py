@@ -14,7 +14,6 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter  # a duration for metrics, not a time of day
-from typing import Protocol
 
 import msgspec
 
@@ -22,66 +21,11 @@ from harvest_async.core import codec, gate
 from harvest_async.core.codec import Hash, NoAdvice, Ready, SymbolInputs
 from harvest_async.core.kernel import KernelInputError, compute
 from harvest_async.core.models import Decision, KComponents, Theta
+from harvest_async.core.ports import NullHooks, Observer, Output, PublishOut, RetractOut
 
-__all__ = ["Engine", "EngineConfig", "Observer", "Output", "PublishOut", "RetractOut"]
+__all__ = ["Engine", "EngineConfig"]
 
 log = logging.getLogger(__name__)
-
-
-class PublishOut(msgspec.Struct, frozen=True, gc=False):
-    symbol: str
-    fields: Hash  # the whole proposal hash (also the audit entry's fields)
-    decision: Decision
-    plan_id: str
-    seq: int
-    at: float
-    trigger: str
-    material: bool
-
-    def audit_fields(self) -> Hash:
-        return {"event": "publish", **self.fields}
-
-
-class RetractOut(msgspec.Struct, frozen=True, gc=False):
-    symbol: str
-    reason: str
-    seq: int
-    at: float
-
-    def audit_fields(self) -> Hash:
-        return {
-            "event": "retract",
-            "symbol": self.symbol,
-            "reason": self.reason,
-            "seq": str(self.seq),
-            "ts_epoch": repr(round(self.at, 6)),
-        }
-
-
-Output = PublishOut | RetractOut
-
-
-class Observer(Protocol):
-    """Hooks for metrics; the engine calls them synchronously."""
-
-    def on_publish(self, out: PublishOut) -> None: ...
-    def on_retract(self, out: RetractOut) -> None: ...
-    def on_invalid(self, symbol: str, reason: str) -> None: ...
-    def on_compute(self, seconds: float) -> None: ...
-
-
-class _NullObserver:
-    def on_publish(self, out: PublishOut) -> None:
-        pass
-
-    def on_retract(self, out: RetractOut) -> None:
-        pass
-
-    def on_invalid(self, symbol: str, reason: str) -> None:
-        pass
-
-    def on_compute(self, seconds: float) -> None:
-        pass
 
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,7 +57,7 @@ class _State:
 class Engine:
     def __init__(self, config: EngineConfig, observer: Observer | None = None) -> None:
         self.config = config
-        self.observer: Observer = observer or _NullObserver()
+        self.observer: Observer = observer or NullHooks()
         self.theta_id = codec.theta_id_for(config.theta)
         self._states: dict[str, _State] = {}
         self._heap: list[tuple[float, str]] = []

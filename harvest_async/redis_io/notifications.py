@@ -22,9 +22,9 @@ from redis.exceptions import ResponseError
 
 from harvest_async.clock import monotonic
 from harvest_async.core.keys import Keys, glob_escape
+from harvest_async.core.ports import Changed, Event, Gap
 from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url
-from harvest_async.service.runner import Changed, Event, Gap
 
 __all__ = ["KeyspaceSource", "notify_flags_cover", "read_notify_flags"]
 

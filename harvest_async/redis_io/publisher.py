@@ -32,8 +32,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from harvest_async import __version__
 from harvest_async.core.codec import PROPOSAL_FIELDS, Hash, SymbolInputs, iso_utc, trim
-from harvest_async.core.engine import Output, PublishOut
 from harvest_async.core.keys import Keys
+from harvest_async.core.ports import Output, PublishOut
 from harvest_async.errors import RedisUnavailable, WriteRefused, WriteUncertain
 from harvest_async.redis_io.client import REDIS_ERRORS, scan_symbols
 

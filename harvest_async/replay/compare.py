@@ -9,7 +9,8 @@ from typing import Any
 
 import msgspec
 
-from harvest_async.core.engine import EngineConfig, Output, PublishOut
+from harvest_async.core.engine import EngineConfig
+from harvest_async.core.ports import Output, PublishOut
 from harvest_async.core.timefmt import iso_utc_ms
 from harvest_async.replay.replayer import ReplayStats, replay
 

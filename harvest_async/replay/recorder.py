@@ -30,13 +30,13 @@ from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings
 from harvest_async.core.codec import Hash, trim
 from harvest_async.core.keys import Keys, glob_escape
+from harvest_async.core.ports import Event, Gap
 from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url
 from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.replay.format import FORMAT, KINDS, VERSION, Header, Prefixes, SymbolState
 from harvest_async.replay.recording_writer import RecordingWriter
 from harvest_async.service.app import check_redis
-from harvest_async.service.runner import Event, Gap
 
 __all__ = ["RecordStats", "Recorder", "record"]
 

@@ -25,25 +25,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from harvest_async.config import Settings
 from harvest_async.core.codec import Hash, SymbolInputs, trim
-from harvest_async.core.engine import Engine, EngineConfig, Output, PublishOut, RetractOut
+from harvest_async.core.engine import Engine, EngineConfig
+from harvest_async.core.ports import NullHooks, Output, PublishOut
+from harvest_async.core.rounds import Discover, Fetch, ReadPublished, Request, Rounds, Step, Write
 from harvest_async.replay.format import Delete, End, RecordingError, Set, Snapshot, SymbolState
 from harvest_async.replay.recording_reader import RecordingReader
 from harvest_async.service.app import engine_config
-from harvest_async.service.runner import FETCH_CHUNK  # a resync observes and evaluates per chunk
 
 __all__ = ["RecordingError", "ReplayStats", "engine_config_for", "replay"]
 
 log = logging.getLogger(__name__)
 
 _KIND_INDEX = {"marketstate": 0, "risk": 1, "position": 2}
-_INF = math.inf
 
 
 @dataclass(slots=True)
@@ -65,35 +65,31 @@ class ReplayStats:
         return self.publishes + self.retracts
 
 
-class _CountingObserver:
+class _CountingObserver(NullHooks):
     def __init__(self, stats: ReplayStats) -> None:
         self.stats = stats
-
-    def on_publish(self, out: PublishOut) -> None:
-        pass
-
-    def on_retract(self, out: RetractOut) -> None:
-        pass
 
     def on_invalid(self, symbol: str, reason: str) -> None:
         self.stats.invalid += 1
 
-    def on_compute(self, seconds: float) -> None:
-        pass
-
 
 @contextlib.contextmanager
 def _quiet_engine_log() -> Iterator[None]:
-    """The engine logs one INFO line per publish: right for a service, noise for a replay
-    of a million changes. Keep its warnings; show the rest only at DEBUG."""
-    engine_log = logging.getLogger("harvest_async.core.engine")
-    before = engine_log.level
+    """The engine logs one INFO line per publish (and the rounds one per resync): right
+    for a service, noise for a replay of a million changes. Keep their warnings; show the
+    rest only at DEBUG."""
+    loggers = [
+        logging.getLogger(n) for n in ("harvest_async.core.engine", "harvest_async.core.rounds")
+    ]
+    before = [lg.level for lg in loggers]
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        engine_log.setLevel(logging.WARNING)
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        engine_log.setLevel(before)
+        for lg, level in zip(loggers, before, strict=True):
+            lg.setLevel(level)
 
 
 def engine_config_for(settings: Settings) -> EngineConfig:
@@ -102,7 +98,13 @@ def engine_config_for(settings: Settings) -> EngineConfig:
 
 
 class _Replayer:
-    """One replay: the store, the engine and virtual time. `run()` drives it."""
+    """One replay: the recorded input state, the engine, its rounds and virtual time.
+
+    It answers the rounds' requests as the live runner does, from memory: `Fetch` from
+    the input state as the recording left it at the current virtual time, `Discover` the
+    symbols with a position or a proposal, `ReadPublished` what this replay has written,
+    `Write` by confirming to the engine and handing the outputs to `emit`.
+    """
 
     def __init__(
         self,
@@ -114,23 +116,26 @@ class _Replayer:
         progress: Callable[[float, ReplayStats], None] | None,
     ) -> None:
         self.reader = reader
-        self.config = config
         self.stats = ReplayStats()
         self.engine = Engine(config, _CountingObserver(self.stats))
+        self.at = 0.0  # virtual time
+        self.rounds = Rounds(
+            self.engine, symbols=config.symbols, reconcile_every=reconcile_every, now=self._now
+        )
         self.emit = emit
-        self.reconcile_every = reconcile_every
-        self.next_reconcile = _INF
         self.progress = progress
-        # the live reader's trim: a rewrite of an ignored field is "no change" here too
-        self.trim = trim
         self.allowed = frozenset(config.symbols) if config.symbols is not None else None
         # symbol -> [marketstate, risk, position], trimmed as the live reader returns them
+        # (a rewrite of an ignored field is "no change" here too)
         self.store: dict[str, list[Hash | None]] = {}
+        self.published: dict[str, Hash] = {}  # the proposal hashes this replay wrote
         self.seen: set[str] = set()  # every symbol that had an input (for the summary)
 
-    # -- store -------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.at
+
+    # -- the input state ---------------------------------------------------------------
     def _load(self, state: dict[str, SymbolState]) -> None:
-        trim = self.trim
         allowed = self.allowed
         store: dict[str, list[Hash | None]] = {}
         for symbol in sorted(state):
@@ -146,118 +151,91 @@ class _Replayer:
         self.seen.update(self.store)
         self.store = store
 
-    def _inputs(self, symbol: str) -> SymbolInputs:
-        row = self.store.get(symbol)
-        if row is None:
-            return SymbolInputs(symbol)
-        return SymbolInputs(symbol, row[0], row[1], row[2])
-
-    # -- engine rounds (what Runner._recompute / _resync / process do) ------------------
-    def _evaluate(self, symbols: list[str], now: float) -> None:
-        engine = self.engine
-        outputs: list[Output] = []
-        for symbol in dict.fromkeys(symbols) if len(symbols) > 1 else symbols:
-            out = engine.evaluate(symbol, now)
-            if out is not None:
-                outputs.append(out)
-        if outputs:
-            engine.confirm(outputs)
-            for out in outputs:
-                if type(out) is PublishOut:
-                    self.stats.publishes += 1
-                else:
-                    self.stats.retracts += 1
-            self.emit(outputs)
-
-    def _resync(self, now: float) -> None:
-        engine = self.engine
-        if self.allowed is not None:
-            assert self.config.symbols is not None
-            symbols = list(self.config.symbols)
-        else:
-            with_position = {s for s, row in self.store.items() if row[2] is not None}
-            symbols = sorted(with_position | set(engine.symbols()))
-        for start in range(0, len(symbols), FETCH_CHUNK):
-            changed: list[str] = []
-            for symbol in symbols[start : start + FETCH_CHUNK]:
-                inputs = self._inputs(symbol)
-                engine.observe(inputs)
-                changed.append(symbol)
-                if inputs.position is None:
-                    engine.forget_absent(symbol, now)
-            changed.extend(engine.due(now))
-            self._evaluate(changed, now)
-        self.next_reconcile = now + self.reconcile_every
-        self.stats.rounds += 1
-
-    def _round(self, pending: dict[str, None], now: float) -> None:
-        """Changes seen together (one live fetch): observe each symbol once, evaluate the
-        changed ones with the due deadlines, then the deadlines due after that."""
-        if self.next_reconcile <= now:
-            pending.clear()  # a reconcile observes every symbol anyway
-            self._resync(now)
+    def _apply(self, line: Set | Delete) -> None:
+        symbol = line.symbol
+        if self.allowed is not None and symbol not in self.allowed:
             return
-        engine = self.engine
+        index = _KIND_INDEX[line.kind]
         store = self.store
-        changed: list[str] = []
-        for symbol in pending:
-            row = store.get(symbol)
-            inputs = (
-                SymbolInputs(symbol, row[0], row[1], row[2])
-                if row is not None
-                else SymbolInputs(symbol)
-            )
-            if engine.observe(inputs):
-                changed.append(symbol)
-            if inputs.position is None:
-                engine.forget_absent(symbol, now)
-        pending.clear()
-        due = engine.due(now)
-        if due:
-            changed.extend(due)
-        if changed:
-            self._evaluate(changed, now)
-        due = engine.due(now)
-        if due:
-            self._evaluate(due, now)
+        row = store.get(symbol)
+        if type(line) is Set:
+            if row is None:
+                row = store[symbol] = [None, None, None]
+            row[index] = trim(line.kind, line.fields)
+        elif row is not None:
+            row[index] = None
+            if row[0] is None and row[1] is None and row[2] is None:
+                del store[symbol]
+                self.seen.add(symbol)
+        self.rounds.changed(symbol, self.at)
+
+    # -- answering the rounds ----------------------------------------------------------
+    def _drive(self, step: Step) -> None:
+        answer: Any = None
+        try:
+            while True:
+                answer = self._answer(step.send(answer))
+        except StopIteration:
+            return
+
+    def _answer(self, request: Request) -> Any:
+        if type(request) is Fetch:
+            store = self.store
+            out = []
+            for symbol in request.symbols:
+                row = store.get(symbol)
+                out.append(
+                    SymbolInputs(symbol)
+                    if row is None
+                    else SymbolInputs(symbol, row[0], row[1], row[2])
+                )
+            return out
+        if type(request) is Write:
+            self._write(request.outputs)
+            return None
+        if type(request) is Discover:
+            with_position = [s for s, row in self.store.items() if row[2] is not None]
+            return [*with_position, *self.published]
+        assert type(request) is ReadPublished
+        names = self.published if request.symbols is None else request.symbols
+        return {s: self.published[s] for s in names if s in self.published}
+
+    def _write(self, outputs: list[Output]) -> None:
+        self.engine.confirm(outputs)
+        stats = self.stats
+        published = self.published
+        for out in outputs:
+            if type(out) is PublishOut:
+                stats.publishes += 1
+                published[out.symbol] = out.fields
+            else:
+                stats.retracts += 1
+                published.pop(out.symbol, None)
+        self.emit(outputs)
+
+    def _round(self, at: float) -> None:
+        self.at = at
+        self._drive(self.rounds.round())
         self.stats.rounds += 1
 
     def _advance(self, limit: float, *, inclusive: bool) -> None:
-        """Fire every deadline (and reconcile) before `limit` (or at it), in time order."""
-        engine = self.engine
+        """Every timer and reconcile before `limit` (or at it), at its own time, in order."""
+        rounds = self.rounds
         while True:
-            deadline = engine.next_deadline()
-            reconcile = self.next_reconcile
-            if deadline is None or reconcile <= deadline:
-                at, is_reconcile = reconcile, True  # the runner checks the reconcile first
-            else:
-                at, is_reconcile = deadline, False
-            if at > limit or (at == limit and not inclusive):
+            at = rounds.wake_at()
+            if at is None or at > limit or (at == limit and not inclusive):
                 return
-            if is_reconcile:
-                self._resync(at)
-            else:
-                due = engine.due(at)
-                if due:
-                    self._evaluate(due, at)
+            self._round(at)
 
     # -- main loop ---------------------------------------------------------------------
     def run(self) -> ReplayStats:
         reader = self.reader
         header = reader.header
         stats = self.stats
-        stats.start = header.start
-        engine = self.engine
+        stats.start = self.at = header.start
         self._load(header.snapshot)
-        engine.starting = True
-        self._resync(header.start)
-        engine.starting = False
-
-        store = self.store
-        trim = self.trim
-        allowed = self.allowed
-        kind_index = _KIND_INDEX
-        pending: dict[str, None] = {}
+        self._drive(self.rounds.startup())
+        rounds = self.rounds
         group_at = header.start
         end_at: float | None = None
         changes = 0
@@ -266,43 +244,24 @@ class _Replayer:
             for line in batch:
                 at = line.at
                 if at != group_at:
-                    if pending:
-                        self._round(pending, group_at)
-                    deadline = engine.next_deadline()
-                    if (deadline is not None and deadline < at) or self.next_reconcile < at:
+                    # the changes stamped with one time are one live fetch: one round
+                    if rounds.pending:
+                        self._round(group_at)
+                    wake = rounds.wake_at()
+                    if wake is not None and wake < at:
                         self._advance(at, inclusive=False)
-                    group_at = at
+                    group_at = self.at = at
                 cls = type(line)
-                if cls is Set:
-                    symbol = line.symbol  # type: ignore[union-attr]
-                    if allowed is not None and symbol not in allowed:
-                        continue
-                    row = store.get(symbol)
-                    if row is None:
-                        row = store[symbol] = [None, None, None]
-                    kind = line.kind  # type: ignore[union-attr]
-                    row[kind_index[kind]] = trim(kind, line.fields)  # type: ignore[union-attr]
-                    pending[symbol] = None
-                    changes += 1
-                elif cls is Delete:
-                    symbol = line.symbol  # type: ignore[union-attr]
-                    if allowed is not None and symbol not in allowed:
-                        continue
-                    row = store.get(symbol)
-                    if row is not None:
-                        row[kind_index[line.kind]] = None  # type: ignore[union-attr]
-                        if row[0] is None and row[1] is None and row[2] is None:
-                            del store[symbol]
-                            self.seen.add(symbol)
-                    pending[symbol] = None
+                if cls is Set or cls is Delete:
+                    self._apply(line)  # type: ignore[arg-type]
                     changes += 1
                 elif cls is Snapshot:
-                    if pending:
-                        self._round(pending, at)
+                    if rounds.pending:
+                        self._round(at)
                     self._load(line.state)  # type: ignore[union-attr]
-                    store = self.store
                     stats.snapshots += 1
-                    self._resync(at)
+                    rounds.gap("snapshot")  # a recorded gap: a resync, as live
+                    self._round(at)
                 else:
                     assert cls is End
                     end_at = at
@@ -310,13 +269,13 @@ class _Replayer:
             stats.changes = changes
             if progress is not None:
                 progress(reader.progress(), stats)
-        if pending:
-            self._round(pending, group_at)
+        if rounds.pending:
+            self._round(group_at)
         stats.changes = changes
         stats.complete = end_at is not None
         stats.end = end_at if end_at is not None else reader.last_at
         self._advance(stats.end, inclusive=True)
-        stats.symbols = len(self.seen | set(store))
+        stats.symbols = len(self.seen | set(self.store))
         return stats
 
 

@@ -17,13 +17,14 @@ from anyio.abc import TaskStatus
 from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings
 from harvest_async.core import gate
-from harvest_async.core.engine import Engine, EngineConfig, Observer
+from harvest_async.core.engine import Engine, EngineConfig
+from harvest_async.core.ports import Observer, RunnerHooks
 from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url, is_auth_error
 from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.redis_io.publisher import LivenessWriter, RedisInputReader, RedisSink
 from harvest_async.service.metrics import start_for as start_metrics
-from harvest_async.service.runner import Runner, RunnerHooks
+from harvest_async.service.runner import Runner
 from harvest_async.service.sdnotify import Notifier
 
 __all__ = ["build_engine", "serve"]

@@ -30,9 +30,8 @@ from prometheus_client import (
 from harvest_async import __version__
 from harvest_async.cli.exits import EXIT_ERROR, CliError
 from harvest_async.config import Settings
-from harvest_async.core.engine import Observer, PublishOut, RetractOut
 from harvest_async.core.models import Theta
-from harvest_async.service.runner import RunnerHooks
+from harvest_async.core.ports import Observer, PublishOut, RetractOut, RunnerHooks
 
 __all__ = [
     "ACTION_CODES",

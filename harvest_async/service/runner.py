@@ -1,104 +1,39 @@
-"""The live driver: feeds the engine from a change source and an input reader, writes its
-outputs through a sink, and keeps time with an injected clock.
+"""The live driver: feeds the rounds (`core.rounds`) from a change source, answers their
+requests from an input reader and a sink, and keeps time with an injected clock.
 
-Never imports redis: the adapters (`sources`, `publisher`) implement the protocols below,
-and tests use in-memory ones.
+What it adds to the rounds is what only live has: waiting for events and time, writes
+that fail (refused, uncertain, or Redis gone) and their retries. Never imports redis: the
+adapters in `redis_io` implement the protocols of `core.ports`, tests use in-memory ones.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
-import msgspec
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from harvest_async.backoff import Backoff, Outage
 from harvest_async.clock import Clock, monotonic
-from harvest_async.core.codec import Hash, SymbolInputs
-from harvest_async.core.engine import Engine, Output
+from harvest_async.core.engine import Engine
+from harvest_async.core.ports import (
+    ChangeSource,
+    Event,
+    Gap,
+    InputReader,
+    Output,
+    RunnerHooks,
+    Sink,
+)
+from harvest_async.core.rounds import Discover, Fetch, ReadPublished, Request, Rounds, Step, Write
 from harvest_async.errors import RedisUnavailable, WriteRefused, WriteUncertain
 
-__all__ = ["ChangeSource", "Changed", "Gap", "InputReader", "Runner", "Sink"]
+__all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
-
-# symbols per fetch + evaluate + write round; smaller chunks leave less transient garbage
-# after a burst (1,000 kept ~0.6 KiB more RSS per tracked symbol) and shorter EXECs
-FETCH_CHUNK = 250
-# resyncs that need not re-read the proposal hashes: startup adopts them itself, and the
-# timers' reconciles follow no gap
-_NO_VERIFY = frozenset({"startup", "periodic reconcile", "poll"})
-
-
-class Changed(msgspec.Struct, frozen=True, gc=False):
-    """An input of `symbol` may have changed ("look again")."""
-
-    symbol: str
-    kind: str  # "marketstate" | "risk" | "position" | "stream"
-
-
-class Gap(msgspec.Struct, frozen=True, gc=False):
-    """Notifications may have been lost: resync every symbol before trusting events."""
-
-    reason: str
-
-
-Event = Changed | Gap
-
-
-class ChangeSource(Protocol):
-    async def run(self, emit: Callable[[Event], None], *, task_status: TaskStatus[None]) -> None:
-        """Subscribe, signal readiness with task_status.started(), then emit forever."""
-        ...
-
-
-class InputReader(Protocol):
-    async def fetch(self, symbols: Sequence[str]) -> list[SymbolInputs]: ...
-
-    async def discover(self) -> list[str]:
-        """Symbols that have a position key (used when SYMBOLS is '*')."""
-        ...
-
-    async def read_published(self, symbols: Sequence[str] | None) -> dict[str, Hash]:
-        """Existing proposal hashes (all of them when `symbols` is None)."""
-        ...
-
-
-class Sink(Protocol):
-    async def write(self, outputs: Sequence[Output]) -> None:
-        """Write all outputs atomically. Raise WriteRefused when Redis answered no (it
-        says what it applied all the same), WriteUncertain when the outcome is unknown,
-        RedisUnavailable when nothing was written."""
-        ...
-
-    async def landed(self, outputs: Sequence[Output]) -> bool:
-        """Whether a write that raised WriteUncertain was applied (RedisUnavailable while
-        that cannot be told)."""
-        ...
-
-
-class RunnerHooks(Protocol):
-    def on_event(self, kind: str) -> None: ...
-    def on_resync(self, reason: str) -> None: ...
-    def on_latency(self, seconds: float) -> None: ...
-    def on_cycle(self, tracked: int) -> None: ...
-
-
-class _NoHooks:
-    def on_event(self, kind: str) -> None:
-        pass
-
-    def on_resync(self, reason: str) -> None:
-        pass
-
-    def on_latency(self, seconds: float) -> None:
-        pass
-
-    def on_cycle(self, tracked: int) -> None:
-        pass
 
 
 class Runner:
@@ -119,15 +54,18 @@ class Runner:
         self.reader = reader
         self.sink = sink
         self.clock = clock
-        self.symbols = symbols
-        self.reconcile_every = reconcile_every
         self.shutdown_grace = shutdown_grace
-        self.hooks: RunnerHooks = hooks or _NoHooks()
-        self._dirty: dict[str, float] = {}  # symbol -> monotonic time first seen dirty
-        self._resync_reason: str | None = None
+        self.rounds = Rounds(
+            engine,
+            symbols=symbols,
+            reconcile_every=reconcile_every,
+            now=clock.now,
+            mark=monotonic,
+            hooks=hooks,
+        )
+        self.hooks = self.rounds.hooks
         self._wake = anyio.Event()
-        self._next_reconcile = 0.0
-        self.passes = 0  # completed full resyncs (tests and readiness use it)
+        self._idle = False  # waiting for an event or a deadline, nothing pending
         self.writes = 0
         # writes whose outcome is unknown (WriteUncertain): settled before anything else
         # is written, so one that did land is confirmed instead of written twice
@@ -137,30 +75,26 @@ class Runner:
         self._retry_at: float | None = None
         self._refusals = Outage("Redis refuses proposal writes", log, clock, refusal_backoff)
 
+    @property
+    def passes(self) -> int:
+        """Completed full passes (startup, resyncs, reconciles)."""
+        return self.rounds.passes
+
     # -- events --------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
         """Called by the source for every event; O(1), coalesces per symbol."""
         if isinstance(event, Gap):
-            if self._resync_reason is None:
-                self._resync_reason = event.reason
+            self.rounds.gap(event.reason)
         else:
             self.hooks.on_event(event.kind)
-            if event.symbol not in self._dirty and self.engine.wants(event.symbol):
-                self._dirty[event.symbol] = monotonic()
+            self.rounds.changed(event.symbol, monotonic())
         self._wake.set()
-
-    def request_resync(self, reason: str) -> None:
-        self.emit(Gap(reason))
 
     # -- lifecycle -----------------------------------------------------------------------
     async def startup(self) -> None:
         """The first full pass: adopt existing hashes, compute and publish every symbol."""
         await self._settle_uncertain()
-        published = await self.reader.read_published(self.symbols)
-        for symbol, fields in published.items():
-            self.engine.note_existing(symbol, fields)
-        await self._resync("startup")
-        self.engine.starting = False
+        await self._drive(self.rounds.startup())
 
     async def run(
         self,
@@ -172,12 +106,21 @@ class Runner:
         async with anyio.create_task_group() as tg:
             if source is not None:
                 await tg.start(source.run, self.emit)
-            # a Gap emitted while subscribing is covered by the startup resync
-            self._resync_reason = None
+            self.rounds.forget_gap()  # a Gap emitted while subscribing: startup covers it
             await self._with_retry(self.startup)
             task_status.started()
             while True:
                 await self._cycle()
+
+    async def wait_idle(self) -> None:
+        """Return once the runner waits with nothing to do before its next deadline (for
+        tests on a FakeClock: every event and due timer so far has been processed)."""
+        while True:
+            if self._idle and not self.rounds.pending and not self._wake.is_set():
+                wake = self._wake_at()
+                if wake is None or wake > self.clock.now():
+                    return
+            await anyio.lowlevel.checkpoint()
 
     async def _with_retry(self, step: Callable[[], Any]) -> None:
         delay = 0.2
@@ -190,102 +133,63 @@ class Runner:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _wake_at(self) -> float | None:
+        wake = self.rounds.wake_at()
+        retry = self._retry_at
+        if retry is not None and (wake is None or retry < wake):
+            return retry
+        return wake
+
     async def _cycle(self) -> None:
-        deadline = self.engine.next_deadline()
-        if self._next_reconcile and (deadline is None or self._next_reconcile < deadline):
-            deadline = self._next_reconcile
-        if self._retry_at is not None and (deadline is None or self._retry_at < deadline):
-            deadline = self._retry_at
-        if not self._dirty and self._resync_reason is None:
-            await self.clock.wait(self._wake, deadline)
+        if not self.rounds.pending:
+            self._idle = True
+            try:
+                await self.clock.wait(self._wake, self._wake_at())
+            finally:
+                self._idle = False
         self._wake = anyio.Event()
         try:
             await self.process()
         except RedisUnavailable as exc:
             log.warning("redis unavailable during processing (%s); will resync", exc)
-            if self._resync_reason is None:
-                self._resync_reason = "redis error"
+            self.rounds.gap("redis error")
             await anyio.sleep(0.5)
 
     async def process(self) -> None:
-        """One round: resync if needed, fetch dirty symbols, run due timers, write."""
+        """One round (a resync, the dirty symbols, the due timers), then the refused
+        symbols' retry when it is due."""
         await self._settle_uncertain()
-        now = self.clock.now()
-        if self._resync_reason is None and self._next_reconcile and now >= self._next_reconcile:
-            self._resync_reason = "periodic reconcile"
-        if self._resync_reason is not None:
-            reason = self._resync_reason
-            self._resync_reason = None
-            try:
-                await self._resync(reason)
-            except BaseException:
-                self._resync_reason = self._resync_reason or reason
-                raise
-            return
-        batch = self._dirty
-        if batch:
-            self._dirty = {}
-            try:
-                await self._recompute(list(batch), batch, force=False)
-            except BaseException:
-                for symbol, seen in batch.items():
-                    self._dirty.setdefault(symbol, seen)
-                raise
-        due = self.engine.due(self.clock.now())
-        if due:
-            await self._evaluate_and_write(due, {})
+        await self._drive(self.rounds.round())
         if self._retry_at is not None and self.clock.now() >= self._retry_at:
             await self._retry_refused()
 
-    async def _resync(self, reason: str) -> None:
-        self.hooks.on_resync(reason)
-        if reason not in ("periodic reconcile", "poll"):
-            log.info("resync (%s)", reason)
-        if self.symbols is not None:
-            symbols = list(self.symbols)
-        else:
-            found = set(await self.reader.discover())
-            symbols = sorted(found | set(self.engine.symbols()))
-        if reason not in _NO_VERIFY:
-            # after a gap the proposals may be gone too (a server restart loses them while
-            # the inputs come back unchanged): check them, or nothing would be republished
-            published = await self.reader.read_published(symbols)
-            for symbol in symbols:
-                self.engine.check_published(symbol, published.get(symbol))
-        dirty, self._dirty = self._dirty, {}
-        # a symbol notified while this resync awaited may have been created after SCAN
-        # passed it: recompute it now, or it would wait for the next reconcile
-        symbols.extend(sorted(dirty.keys() - set(symbols)))
-        for symbol in symbols:
-            dirty.setdefault(symbol, monotonic())
-        await self._recompute(symbols, dirty, force=True)
-        self.passes += 1
-        self._next_reconcile = self.clock.now() + self.reconcile_every
+    # -- answering the rounds' requests ---------------------------------------------------
+    async def _drive(self, step: Step) -> None:
+        answer: Any = None
+        failure: BaseException | None = None
+        while True:
+            try:
+                request = step.send(answer) if failure is None else step.throw(failure)
+            except StopIteration:
+                return
+            answer = failure = None
+            try:
+                answer = await self._answer(request)
+            except RedisUnavailable as exc:
+                failure = exc  # the round restores what it was doing, then re-raises
 
-    async def _recompute(self, symbols: list[str], seen: dict[str, float], *, force: bool) -> None:
-        for start in range(0, len(symbols), FETCH_CHUNK):
-            chunk = symbols[start : start + FETCH_CHUNK]
-            inputs = await self.reader.fetch(chunk)
-            changed = []
-            now = self.clock.now()
-            for item in inputs:
-                if self.engine.observe(item) or force:
-                    changed.append(item.symbol)
-                if item.position is None:
-                    self.engine.forget_absent(item.symbol, now)
-            changed.extend(self.engine.due(self.clock.now()))
-            await self._evaluate_and_write(changed, seen)
+    async def _answer(self, request: Request) -> Any:
+        if type(request) is Fetch:
+            return await self.reader.fetch(request.symbols)
+        if type(request) is Write:
+            await self._write_all(request.outputs, request.seen)
+            return None
+        if type(request) is Discover:
+            return await self.reader.discover()
+        assert type(request) is ReadPublished
+        return await self.reader.read_published(request.symbols)
 
-    async def _evaluate_and_write(self, symbols: list[str], seen: dict[str, float]) -> None:
-        now = self.clock.now()
-        outputs: list[Output] = []
-        for symbol in dict.fromkeys(symbols):
-            out = self.engine.evaluate(symbol, now)
-            if out is not None:
-                outputs.append(out)
-            elif self._refused:
-                self._refused.discard(symbol)  # nothing (left) to write for it
-        self.hooks.on_cycle(len(self.engine))
+    async def _write_all(self, outputs: list[Output], seen: dict[str, float]) -> None:
         while outputs:
             try:
                 await self._write(outputs)
@@ -343,13 +247,17 @@ class Runner:
         """Re-read and re-evaluate the symbols whose write was refused: the latest inputs
         decide what is written now (a publish, a retraction, or nothing any more)."""
         symbols = sorted(self._refused)
+        self._refused.clear()  # refused again: back in through _on_refused
         self._retry_at = None
         try:
-            await self._recompute(symbols, {}, force=True)
+            await self._drive(self.rounds.recompute(symbols, {}, force=True))
         except BaseException:
-            if self._refused and self._retry_at is None:
-                self._retry_at = self.clock.now()  # not refused, just interrupted
+            self._refused.update(symbols)  # not refused, just interrupted: keep them
+            if self._retry_at is None:
+                self._retry_at = self.clock.now()
             raise
+        if not self._refused and self._refusals.active:
+            self._refusals.recovered()
 
     async def _settle_uncertain(self) -> None:
         """Before anything is written again: did the writes whose outcome was unknown land?

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.core.engine import PublishOut, RetractOut
+from harvest_async.core.ports import PublishOut, RetractOut
 from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url
 from harvest_async.service.app import serve
 from harvest_async.service.metrics import reason_label

@@ -8,10 +8,11 @@ import pytest
 
 from harvest_async.core import engine as engine_mod
 from harvest_async.core.codec import SymbolInputs
-from harvest_async.core.engine import Engine, EngineConfig, Output, PublishOut, RetractOut
+from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.gate import GateConfig
 from harvest_async.core.kernel import compute
 from harvest_async.core.models import Theta
+from harvest_async.core.ports import Output, PublishOut, RetractOut
 
 T0 = 1_700_000_000.0
 FLOOR = 10.0

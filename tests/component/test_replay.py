@@ -7,11 +7,9 @@ output to be byte-identical: the replay is the live engine driven the live way.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import importlib.util
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -26,8 +24,9 @@ from anyio.abc import TaskStatus
 from harvest_async.clock import FakeClock
 from harvest_async.config import settings_from_env
 from harvest_async.core.codec import Hash, SymbolInputs
-from harvest_async.core.engine import Engine, EngineConfig, Output, PublishOut
+from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.gate import GateConfig
+from harvest_async.core.ports import Changed, Event, Gap, Output, PublishOut
 from harvest_async.redis_io.publisher import trim
 from harvest_async.replay.compare import compare
 from harvest_async.replay.format import (
@@ -45,7 +44,7 @@ from harvest_async.replay.recording_reader import read_all
 from harvest_async.replay.recording_writer import RecordingWriter, write_recording
 from harvest_async.replay.replayer import engine_config_for, replay
 from harvest_async.replay.timeline import replay_to_file
-from harvest_async.service.runner import Changed, Event, Gap, Runner
+from harvest_async.service.runner import Runner
 from harvest_async.tools.simulate import Simulator, symbols_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -365,25 +364,13 @@ async def live_runner_outputs(path: Path, config: EngineConfig) -> list[dict[str
     )
     source = _Source()
 
-    async def settle() -> None:
-        # anyio.wait_all_tasks_blocked sleeps 0.1 s whenever a task is runnable; this
-        # only yields (every task waiting on an unfinished future = nothing left to do)
-        this = asyncio.current_task()
-        for _ in range(100_000):
-            await asyncio.sleep(0)
-            if all(_blocked(t) for t in asyncio.all_tasks() if t is not this):
-                return
-        raise AssertionError("the runner did not settle")
-
     async def run_timers(limit: float, inclusive: bool) -> None:
         while True:
-            deadline = engine.next_deadline()
-            reconcile = runner._next_reconcile or math.inf
-            at = min(deadline if deadline is not None else math.inf, reconcile)
-            if at > limit or (at == limit and not inclusive):
+            at = runner.rounds.wake_at()
+            if at is None or at > limit or (at == limit and not inclusive):
                 return
             clock.set(at)
-            await settle()
+            await runner.wait_idle()
 
     groups: list[list[Line]] = []
     for line in lines:
@@ -414,15 +401,10 @@ async def live_runner_outputs(path: Path, config: EngineConfig) -> list[dict[str
                     source.emit(Gap(line.reason))
                 else:
                     assert isinstance(line, End)
-            await settle()
+            await runner.wait_idle()
         await run_timers(end, inclusive=True)
         tg.cancel_scope.cancel()
     return [o.audit_fields() for o in sink.outputs]
-
-
-def _blocked(task: asyncio.Task[Any]) -> bool:
-    waiter = getattr(task, "_fut_waiter", None)
-    return waiter is not None and not waiter.done()
 
 
 def short_session(path: Path, *, symbols: int = 8, seconds: int = 400, rate: int = 2) -> None:

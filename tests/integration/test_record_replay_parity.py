@@ -43,8 +43,8 @@ import redis.asyncio as aioredis
 
 from harvest_async.clock import SystemClock
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.core.engine import Output
 from harvest_async.core.keys import Keys
+from harvest_async.core.ports import Output
 from harvest_async.replay.format import Delete, End, Set, Snapshot
 from harvest_async.replay.into_redis import replay_into
 from harvest_async.replay.recorder import Recorder, record

@@ -25,9 +25,9 @@ import redis.asyncio as aioredis
 
 from harvest_async.config import Settings, settings_from_env
 from harvest_async.core import codec
-from harvest_async.core.engine import PublishOut, RetractOut
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
+from harvest_async.core.ports import PublishOut, RetractOut
 from harvest_async.service.app import serve
 from harvest_async.service.runner import Runner
 

@@ -29,10 +29,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from harvest_async.config import Settings, settings_from_env
 from harvest_async.core import codec
 from harvest_async.core.codec import SymbolInputs
-from harvest_async.core.engine import Engine, EngineConfig, Output
+from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.kernel import KernelInputError, compute
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
+from harvest_async.core.ports import Output
 from harvest_async.errors import RedisUnavailable, WriteUncertain
 from harvest_async.redis_io.client import client_for
 from harvest_async.redis_io.publisher import RedisSink, trim

@@ -21,8 +21,9 @@ import redis.asyncio as aioredis
 
 from harvest_async.config import Settings, settings_from_env
 from harvest_async.core.codec import SymbolInputs
-from harvest_async.core.engine import Engine, EngineConfig, Output
+from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.keys import Keys
+from harvest_async.core.ports import Output
 from harvest_async.errors import WriteRefused
 from harvest_async.redis_io.client import client_for
 from harvest_async.redis_io.publisher import RedisSink

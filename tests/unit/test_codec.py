@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 from harvest_async.core import codec
 from harvest_async.core.codec import NoAdvice, Ready, SymbolInputs, evaluate, parse_epoch
-from harvest_async.core.engine import Engine, EngineConfig, PublishOut, RetractOut
+from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.kernel import KernelInputError, compute
 from harvest_async.core.models import Decision, KComponents, Theta
+from harvest_async.core.ports import PublishOut, RetractOut
 
 SYM = "BTCUSDT"
 NOW = 1_700_000_100.0  # 2023-11-14T22:15:00Z

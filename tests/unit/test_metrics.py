@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-from harvest_async.core.engine import PublishOut, RetractOut
 from harvest_async.core.models import Decision, KComponents, Theta
+from harvest_async.core.ports import PublishOut, RetractOut
 from harvest_async.service.metrics import (
     ACTION_CODES,
     METRIC_NAMES,
