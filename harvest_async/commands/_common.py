@@ -61,10 +61,11 @@ def settings_from_args(args: argparse.Namespace, extra: dict[str, str] | None = 
 
 
 def run_async(main: Callable[[], Awaitable[T]]) -> T:
-    """Run on uvloop when available; RedisUnavailable -> exit 3 with one line."""
+    """Run on uvloop when available; one line and exit 2 for PermissionDenied (an ACL
+    problem is a configuration error), exit 3 for any other RedisUnavailable."""
     import anyio
 
-    from harvest_async.errors import RedisUnavailable
+    from harvest_async.errors import PermissionDenied, RedisUnavailable
 
     try:
         import uvloop  # noqa: F401
@@ -75,7 +76,8 @@ def run_async(main: Callable[[], Awaitable[T]]) -> T:
     try:
         return anyio.run(main, backend="asyncio", backend_options=options)
     except RedisUnavailable as exc:
-        raise CliError(str(exc), EXIT_REDIS) from exc
+        code = EXIT_USAGE if isinstance(exc, PermissionDenied) else EXIT_REDIS
+        raise CliError(str(exc), code) from exc
     except BaseExceptionGroup as group:
         # a TaskGroup wraps the one error that ended it; report that one
         redis_errors, rest = group.split(RedisUnavailable)
@@ -83,5 +85,6 @@ def run_async(main: Callable[[], Awaitable[T]]) -> T:
             first = redis_errors.exceptions[0]
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
-            raise CliError(str(first), EXIT_REDIS) from group
+            code = EXIT_USAGE if isinstance(first, PermissionDenied) else EXIT_REDIS
+            raise CliError(str(first), code) from group
         raise
