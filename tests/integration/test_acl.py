@@ -195,6 +195,18 @@ async def test_the_documented_acl_is_enough(redis_url: str) -> None:
             assert runner.engine.status(SYM) == "ok"
 
 
+async def test_config_get_is_optional(redis_url: str) -> None:
+    """Without CONFIG GET the service cannot read the notification flags; it starts and
+    trusts its canary instead."""
+    async with admin_client(redis_url) as admin:
+        user = await create_user(admin, without("+config|get", None))
+        await put_inputs(admin)
+        async with running(make_settings(user_url(redis_url, user))):
+            await wait_for(published(admin, 0.0), "the first publish")
+            await admin.hset(KEYS.position(SYM), mapping=position(5.0))  # type: ignore[arg-type]
+            await wait_for(published(admin, 5.0), "a publish on a change")
+
+
 async def _no_proposal(client: aioredis.Redis) -> bool:
     return not await client.exists(KEYS.proposal(SYM))
 
