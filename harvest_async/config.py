@@ -45,6 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_maxlen: int = 100_000
     max_input_age_sec: float = 300.0
     max_clock_skew_sec: float = 5.0
+    # an input hash with more fields, or a used field's value longer, is invalid input
+    max_input_fields: int = 256
+    max_input_value_bytes: int = 4096
     input_streams: tuple[str, ...] = ()
     keys: Keys = Keys()
     theta: Theta = Theta()
@@ -315,6 +318,11 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         stream_maxlen=_int(env, "STREAM_MAXLEN", 100_000, lo=1, hi=10**10) or 100_000,
         max_input_age_sec=_float(env, "MAX_INPUT_AGE_SEC", 300.0, positive=True),
         max_clock_skew_sec=_float(env, "MAX_CLOCK_SKEW_SEC", 5.0, non_negative=True),
+        max_input_fields=_int(env, "MAX_INPUT_FIELDS", 256, lo=1, hi=1_000_000) or 256,
+        # >= 64: the read script's O(1) size bound assumes no value is shorter in memory
+        # than as text, which holds above the ~20 characters of an integer-encoded value
+        max_input_value_bytes=_int(env, "MAX_INPUT_VALUE_BYTES", 4096, lo=64, hi=512 * 2**20)
+        or 4096,
         input_streams=_csv(_get(env, "INPUT_STREAMS")),
         keys=keys,
         theta=_theta(env, fallback),

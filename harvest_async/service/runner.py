@@ -19,7 +19,8 @@ from harvest_async.backoff import Backoff, Outage
 from harvest_async.clock import Clock, monotonic
 from harvest_async.core.codec import Hash, SymbolInputs
 from harvest_async.core.engine import Engine, Output
-from harvest_async.errors import RedisUnavailable, WriteRefused, WriteUncertain
+from harvest_async.errors import PermissionDenied, RedisUnavailable, WriteRefused, WriteUncertain
+from harvest_async.service.logs import DenialLog
 
 __all__ = ["ChangeSource", "Changed", "Gap", "InputReader", "Runner", "Sink"]
 
@@ -136,6 +137,8 @@ class Runner:
         self._refused: set[str] = set()
         self._retry_at: float | None = None
         self._refusals = Outage("Redis refuses proposal writes", log, clock, refusal_backoff)
+        self._denials = DenialLog(log)
+        self._denied_delay = 0.5
 
     # -- events --------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
@@ -185,6 +188,8 @@ class Runner:
             try:
                 await step()
                 return
+            except PermissionDenied:
+                raise  # at startup a missing permission is a configuration error (exit 2)
             except RedisUnavailable as exc:
                 log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
                 await anyio.sleep(delay)
@@ -201,11 +206,21 @@ class Runner:
         self._wake = anyio.Event()
         try:
             await self.process()
+        except PermissionDenied as exc:
+            # the ACL changed under us: what failed stays pending (dirty symbols, the
+            # resync, the writes) and is retried with backoff, logged once
+            self._denials.denied(exc)
+            await anyio.sleep(self._denied_delay)
+            self._denied_delay = min(self._denied_delay * 2, 5.0)
+            return
         except RedisUnavailable as exc:
             log.warning("redis unavailable during processing (%s); will resync", exc)
             if self._resync_reason is None:
                 self._resync_reason = "redis error"
             await anyio.sleep(0.5)
+            return
+        self._denials.allowed()
+        self._denied_delay = 0.5
 
     async def process(self) -> None:
         """One round: resync if needed, fetch dirty symbols, run due timers, write."""

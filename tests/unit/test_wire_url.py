@@ -5,8 +5,9 @@ from __future__ import annotations
 import ssl
 
 import pytest
-from harvest_async.redis_io.wire_url import endpoint_from_url
 from redis.connection import parse_url
+
+from harvest_async.redis_io.wire_url import endpoint_from_url
 
 
 def test_tcp_url_with_acl_user_and_database() -> None:
