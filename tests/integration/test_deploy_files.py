@@ -85,6 +85,7 @@ def test_unit_says_what_the_issue_asks() -> None:
     svc = "Service"
     assert unit_value(entries, svc, "Type") == "notify"
     assert unit_value(entries, svc, "Restart") == "on-failure"
+    assert "2" in unit_value(entries, svc, "RestartPreventExitStatus").split()  # config error
     assert seconds(unit_value(entries, svc, "WatchdogSec")) >= 10
     assert "StartLimitIntervalSec" in {k for s, k, _ in entries if s == "Unit"}
     assert "StartLimitBurst" in {k for s, k, _ in entries if s == "Unit"}
