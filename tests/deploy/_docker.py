@@ -62,10 +62,8 @@ def engine_problem() -> str | None:
         check=False,
     )
     if done.returncode != 0:
-        return (
-            "no Docker engine answers (`docker info` failed: "
-            f"{done.stderr.strip().splitlines()[-1:] or '?'}); .ci/run starts dockerd as root"
-        )
+        why = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return f"no Docker engine answers (`docker info`: {why}); .ci/run starts dockerd as root"
     return None
 
 
