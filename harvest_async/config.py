@@ -7,6 +7,7 @@ are accepted and ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import socket
@@ -54,6 +55,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
     metrics_symbol_cap: int = 50
     instance: str = "default"
     liveness_ttl_sec: float = 30.0
@@ -134,6 +136,17 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: Mapping[st
     if key not in choices:
         raise ConfigError(name, f"expected one of {', '.join(sorted(choices))}, got {raw!r}")
     return choices[key]
+
+
+def _ip_address(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        expected = "an IP address (127.0.0.1, 0.0.0.0, ::)"
+        raise ConfigError(name, f"expected {expected}, got {raw!r}") from None
 
 
 def _prefix(env: Mapping[str, str], name: str, default: str) -> str:
@@ -329,6 +342,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         log_level=log_level,
         log_format=_choice(env, "LOG_FORMAT", "text", {"text": "text", "json": "json"}),  # type: ignore[arg-type]
         metrics_port=_int(env, "METRICS_PORT", None, lo=1, hi=65535),
+        metrics_addr=_ip_address(env, "METRICS_ADDR", "127.0.0.1"),
         metrics_symbol_cap=_int(env, "METRICS_SYMBOL_CAP", 50, lo=0, hi=100_000) or 0,
         instance=instance,
         liveness_ttl_sec=_float(env, "LIVENESS_TTL_SEC", 30.0, positive=True),
