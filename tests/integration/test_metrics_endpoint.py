@@ -160,7 +160,7 @@ async def test_metrics_port_in_use_is_one_clear_error(redis_url: str) -> None:
 def test_metrics_addr_chooses_the_listening_address() -> None:
     """METRICS_ADDR (a container sets 0.0.0.0 so Prometheus can scrape it over the compose
     network) is where the endpoint listens; 127.0.0.2 is a loopback address of its own."""
-    from harvest_async.metrics import start_for
+    from harvest_async.service.metrics import start_for
 
     port = free_port()
     settings = settings_from_env({"METRICS_PORT": str(port), "METRICS_ADDR": "127.0.0.2"})
