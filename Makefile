@@ -7,10 +7,10 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check --quiet
 BENCH_SCRIPTS := $(sort $(wildcard bench/*.py))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test check fmt bench demo clean distclean
+.PHONY: help venv test check fmt bench demo clean distclean lock wheelhouse images deploy-test
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: PYTHON=$(PYTHON) (creates the venv), DURATION=<s> (demo)"
 
 venv: $(STAMP) ## create .venv and install the package with its test extra
@@ -51,6 +51,25 @@ demo: venv ## run the demo against a private server (DURATION=seconds to stop ea
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+# -- deployment: lock, wheelhouse, local images, the container tiers ---------------------------
+# The lock pins the runtime dependencies to the versions this venv tests with, with every
+# file's hash; the Dockerfile and the systemd install instructions install from it.
+lock: venv ## refresh requirements/lock.txt from pyproject.toml (the venv's tested versions)
+	$(PIP) install uv
+	$(BIN)/python -m pip freeze --exclude-editable > $(VENV)/tested-versions.txt
+	$(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 \
+		--generate-hashes --no-annotate --custom-compile-command 'make lock' \
+		-c $(VENV)/tested-versions.txt -o requirements/lock.txt
+
+wheelhouse: venv ## the lock's wheels + this project's wheel in ./wheelhouse (the image installs only those)
+	PYTHON=$(BIN)/python deploy/wheelhouse.sh
+
+images: ## local base/Redis/Prometheus images from Debian's archive (no registry needed; root)
+	deploy/local-images.sh
+
+deploy-test: venv ## only the container tiers: compose stack + the unit under a real systemd
+	$(BIN)/python -m pytest -v -p no:cacheprovider tests/deploy
 
 distclean: clean ## clean, and remove .venv too
 	rm -rf $(VENV)

@@ -12,8 +12,9 @@ import random
 from collections.abc import Callable
 
 from harvest_async.clock import Clock
+from harvest_async.errors import PermissionDenied
 
-__all__ = ["Backoff", "Outage"]
+__all__ = ["Backoff", "DenialLog", "Outage"]
 
 
 class Backoff:
@@ -90,3 +91,24 @@ class Outage:
         """Record a failure and wait (on the injected clock) until the next attempt."""
         delay = self.failed(detail)
         await self.clock.sleep_until(self.clock.now() + delay)
+
+
+class DenialLog:
+    """Logs each permission refusal once while it lasts, and when it is over: work that
+    waits for a permission (the ACL changed under us) is retried without a line per try."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._active: set[str] = set()
+
+    def denied(self, exc: PermissionDenied) -> None:
+        if exc.what in self._active:
+            self._log.debug("still %s", exc)
+            return
+        self._active.add(exc.what)
+        self._log.error("%s; the affected work waits and is retried", exc)
+
+    def allowed(self) -> None:
+        if self._active:
+            self._log.info("permission granted again: %s", ", ".join(sorted(self._active)))
+            self._active.clear()

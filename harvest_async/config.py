@@ -7,6 +7,7 @@ are accepted and ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import socket
@@ -45,12 +46,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_maxlen: int = 100_000
     max_input_age_sec: float = 300.0
     max_clock_skew_sec: float = 5.0
+    # an input hash with more fields, or a used field's value longer, is invalid input
+    max_input_fields: int = 256
+    max_input_value_bytes: int = 4096
     input_streams: tuple[str, ...] = ()
     keys: Keys = Keys()
     theta: Theta = Theta()
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
     metrics_symbol_cap: int = 50
     instance: str = "default"
     liveness_ttl_sec: float = 30.0
@@ -131,6 +136,17 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: Mapping[st
     if key not in choices:
         raise ConfigError(name, f"expected one of {', '.join(sorted(choices))}, got {raw!r}")
     return choices[key]
+
+
+def _ip_address(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        expected = "an IP address (127.0.0.1, 0.0.0.0, ::)"
+        raise ConfigError(name, f"expected {expected}, got {raw!r}") from None
 
 
 def _prefix(env: Mapping[str, str], name: str, default: str) -> str:
@@ -315,12 +331,18 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         stream_maxlen=_int(env, "STREAM_MAXLEN", 100_000, lo=1, hi=10**10) or 100_000,
         max_input_age_sec=_float(env, "MAX_INPUT_AGE_SEC", 300.0, positive=True),
         max_clock_skew_sec=_float(env, "MAX_CLOCK_SKEW_SEC", 5.0, non_negative=True),
+        max_input_fields=_int(env, "MAX_INPUT_FIELDS", 256, lo=1, hi=1_000_000) or 256,
+        # >= 64: the read script's O(1) size bound assumes no value is shorter in memory
+        # than as text, which holds above the ~20 characters of an integer-encoded value
+        max_input_value_bytes=_int(env, "MAX_INPUT_VALUE_BYTES", 4096, lo=64, hi=512 * 2**20)
+        or 4096,
         input_streams=_csv(_get(env, "INPUT_STREAMS")),
         keys=keys,
         theta=_theta(env, fallback),
         log_level=log_level,
         log_format=_choice(env, "LOG_FORMAT", "text", {"text": "text", "json": "json"}),  # type: ignore[arg-type]
         metrics_port=_int(env, "METRICS_PORT", None, lo=1, hi=65535),
+        metrics_addr=_ip_address(env, "METRICS_ADDR", "127.0.0.1"),
         metrics_symbol_cap=_int(env, "METRICS_SYMBOL_CAP", 50, lo=0, hi=100_000) or 0,
         instance=instance,
         liveness_ttl_sec=_float(env, "LIVENESS_TTL_SEC", 30.0, positive=True),

@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "HarvestError",
     "KernelInputError",
+    "PermissionDenied",
     "PlotUnavailable",
     "RecordingError",
     "RedisReplyError",
@@ -127,3 +128,19 @@ class PlotUnavailable(HarvestError):
 
 class RedisServerError(HarvestError):
     """A server binary is missing or broken, or the server did not start or answer."""
+
+
+class PermissionDenied(RedisUnavailable):
+    """Redis refused a command, key or channel to our ACL user (NOPERM).
+
+    A configuration error: at startup the command exits 2 with this one line; while
+    running (the ACL changed under us) the affected work waits and is retried.
+    `what` names what was refused (`command HMGET`, `write access to key ...`)."""
+
+    def __init__(self, what: str, detail: str = "") -> None:
+        hint = f" ({detail})" if detail else ""
+        super().__init__(
+            f"permission denied: {what}{hint}; grant it to the Redis ACL user "
+            "(docs/operations.md lists the ACL the service needs)"
+        )
+        self.what = what

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harvest_async.errors import ConfigError, HarvestError, RedisUnavailable
+from harvest_async.errors import ConfigError, HarvestError, PermissionDenied, RedisUnavailable
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -21,8 +21,8 @@ class CliError(Exception):
 
 def exit_code_for(exc: BaseException) -> int | None:
     """The exit status a project exception ends the command with (None: not ours)."""
-    if isinstance(exc, ConfigError):
-        return EXIT_USAGE
+    if isinstance(exc, ConfigError | PermissionDenied):
+        return EXIT_USAGE  # a missing ACL permission is a configuration error too
     if isinstance(exc, RedisUnavailable):
         return EXIT_REDIS
     if isinstance(exc, HarvestError):

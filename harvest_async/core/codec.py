@@ -18,6 +18,8 @@ import msgspec
 from harvest_async.core.models import Decision, MarketState, Position, RiskProposal, Theta
 
 __all__ = [
+    "OVERSIZED",
+    "USED_FIELDS",
     "NoAdvice",
     "ParsedMarket",
     "ParsedPosition",
@@ -38,6 +40,10 @@ __all__ = [
 Hash = dict[str, str]
 
 SCHEMA_VERSION = "2"
+
+# A hash the reader refused because it breaks a size limit (MAX_INPUT_FIELDS,
+# MAX_INPUT_VALUE_BYTES) arrives as this one field, saying which: invalid input.
+OVERSIZED = "<oversized>"
 
 
 class SymbolInputs(msgspec.Struct, frozen=True, gc=False):
@@ -415,6 +421,8 @@ def parse_position(fields: Hash | None, symbol: str, *, needs_quantity: bool) ->
     """Parse a position hash once (when it changes); None when the key is absent."""
     if fields is None:
         return None
+    if OVERSIZED in fields:
+        return NoAdvice("invalid_position", fields[OVERSIZED])
     fast = _position_fast(fields, symbol, needs_quantity)
     if fast is not None:
         return fast
@@ -427,6 +435,8 @@ def parse_position(fields: Hash | None, symbol: str, *, needs_quantity: bool) ->
 def parse_market(fields: Hash | None) -> MarketPart:
     if fields is None:
         return None
+    if OVERSIZED in fields:
+        return NoAdvice("invalid_marketstate", fields[OVERSIZED])
     fast = _market_fast(fields)
     if fast is not None:
         return fast
@@ -437,6 +447,8 @@ def parse_market(fields: Hash | None) -> MarketPart:
 
 
 def parse_risk(fields: Hash | None) -> RiskPart:
+    if fields is not None and OVERSIZED in fields:
+        return NoAdvice("invalid_risk", fields[OVERSIZED])
     try:
         return _risk(fields)
     except _Bad as bad:
@@ -582,6 +594,10 @@ _USED = {
     ),
 }  # fmt: skip
 
+# The same names in a fixed order, for readers that ask for exactly these (HMGET)
+USED_FIELDS: dict[str, tuple[str, ...]] = {
+    kind: tuple(sys.intern(n) for n in sorted(names)) for kind, names in _USED.items()
+}
 
 _CANONICAL = {kind: {sys.intern(n): sys.intern(n) for n in names} for kind, names in _USED.items()}
 
@@ -595,6 +611,8 @@ def trim(kind: str, fields: dict[str, str] | Exception) -> dict[str, str] | None
         return {_NOT_A_HASH_FIELD[kind]: f"<not a hash: {fields}>"}
     if not fields:
         return None
+    if OVERSIZED in fields:
+        return {OVERSIZED: fields[OVERSIZED]}
     # keys from the canonical (interned) names: the parser makes a new string per key
     # and reply, which would cost ~1 KiB per tracked symbol in copies of "unrealized_pnl"
     names = _CANONICAL[kind]

@@ -84,6 +84,11 @@ class Engine:
         state = self._states.get(symbol)
         return state.status if state else None
 
+    def inputs(self, symbol: str) -> SymbolInputs | None:
+        """The input hashes last observed for `symbol` (what the engine holds)."""
+        state = self._states.get(symbol)
+        return state.inputs if state else None
+
     def next_deadline(self) -> float | None:
         return self._heap[0][0] if self._heap else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -12,14 +13,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from harvest_async.core.keys import glob_escape
-from harvest_async.errors import RedisUnavailable
+from harvest_async.errors import PermissionDenied, RedisUnavailable
 
 __all__ = [
     "REDIS_ERRORS",
+    "REDIS_OR_REPLY_ERRORS",
     "Client",
     "client_for",
+    "denied_command",
     "describe_url",
     "is_auth_error",
+    "is_permission_error",
+    "refused",
     "scan_symbols",
     "translate",
 ]
@@ -37,6 +42,8 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     rexc.BusyLoadingError,
     OSError,
 )
+# ... or an error reply: a refusal (NOPERM, OOM, WRONGTYPE, ...) to report, not a crash
+REDIS_OR_REPLY_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, rexc.ResponseError)
 
 
 def client_for(
@@ -82,6 +89,40 @@ def is_auth_error(text: str) -> bool:
     """Whether a Redis error message means our credentials were refused."""
     lowered = text.lower()
     return any(marker in lowered for marker in _AUTH_MARKERS)
+
+
+# How Redis 6.2/7.x and Valkey word an ACL refusal: NOPERM replies, redis-py's wrapping
+# of a refused CLIENT SETNAME, and a refusal inside a script (Redis 7.0 names no command)
+_PERMISSION_MARKERS = ("noperm", "no permissions", "can't run this command", "acl failure")
+_DENIED_COMMAND = re.compile(r"run the '([^']+)' command|\[([A-Z|]+)\]")
+
+
+def is_permission_error(text: str) -> bool:
+    """Whether a Redis error message means our ACL user may not do that."""
+    lowered = text.lower()
+    return any(marker in lowered for marker in _PERMISSION_MARKERS)
+
+
+def denied_command(text: str) -> str | None:
+    """The command an ACL refusal names (`hgetall`, `client|setname`), if it names one."""
+    found = _DENIED_COMMAND.search(text)
+    return (found.group(1) or found.group(2)).lower() if found else None
+
+
+def refused(context: str, exc: BaseException) -> RedisUnavailable:
+    """The project's error for a failed Redis call made while `context`: PermissionDenied
+    (naming the command, or the kind of access, when Redis says) for an ACL refusal."""
+    text = str(exc)
+    if not is_permission_error(text):
+        return RedisUnavailable(f"{context}: {text}")
+    command = denied_command(text)
+    if command:
+        thing = f"command {command}"
+    elif "channel" in text.lower():
+        thing = "channel access"
+    else:
+        thing = "key access"
+    return PermissionDenied(f"{thing} while {context}", text)
 
 
 async def scan_symbols(client: aioredis.Redis, prefix: str, limit: int | None = None) -> list[str]:

@@ -20,11 +20,19 @@ import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 from redis.exceptions import ResponseError
 
+from harvest_async.backoff import DenialLog
 from harvest_async.clock import monotonic
 from harvest_async.core.keys import Keys, glob_escape
 from harvest_async.core.ports import Changed, Event, Gap
-from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url
+from harvest_async.errors import PermissionDenied, RedisUnavailable
+from harvest_async.redis_io.client import (
+    REDIS_ERRORS,
+    REDIS_OR_REPLY_ERRORS,
+    client_for,
+    describe_url,
+    is_permission_error,
+    refused,
+)
 
 __all__ = ["KeyspaceSource", "notify_flags_cover", "read_notify_flags"]
 
@@ -79,12 +87,17 @@ class KeyspaceSource:
         self._liveness_channel = keys.liveness_channel(instance)
         self._subscribed = False  # the current session got as far as subscribing
         self._flags_readable = True  # False: CONFIG GET denied, only the canary can tell
+        self._denials = DenialLog(log)
 
     # -- canary --------------------------------------------------------------------------
     def expect_canary(self) -> None:
         """The liveness key was just written: its notification must arrive soon."""
         if self._canary_due is None:
             self._canary_due = monotonic() + self.canary_timeout
+
+    def cancel_canary(self) -> None:
+        """The liveness write failed: no notification is coming for it."""
+        self._canary_due = None
 
     def _canary_seen(self) -> None:
         self._canary_due = None
@@ -123,7 +136,14 @@ class KeyspaceSource:
                     started = True
                     if self._subscribed:
                         delay = 0.0  # a working subscription dropped: reconnect at once
-                    log.warning("notification connection lost: %s; retrying in %.1f s", exc, delay)
+                    if isinstance(exc, PermissionDenied):
+                        # the ACL no longer lets us subscribe: keep serving by polling
+                        self._denials.denied(exc)
+                        self._set_mode("poll", "subscribing is not permitted")
+                    else:
+                        log.warning(
+                            "notification connection lost: %s; retrying in %.1f s", exc, delay
+                        )
                     await anyio.sleep(delay)
                     delay = min(max(delay * 2, 0.2), 5.0)
 
@@ -147,10 +167,13 @@ class KeyspaceSource:
                 await conn.send_command("PSUBSCRIBE", *patterns)
                 for _ in patterns:
                     await conn.read_response()  # the confirmations
-            except REDIS_ERRORS as exc:
+            except REDIS_OR_REPLY_ERRORS as exc:
+                if is_permission_error(str(exc)):  # PSUBSCRIBE, a channel, CLIENT SETNAME
+                    raise refused("subscribing to keyspace notifications", exc) from exc
                 raise RedisUnavailable(
                     f"subscribing at {describe_url(self.url)}: {type(exc).__name__}: {exc}"
                 ) from exc
+            self._denials.allowed()
             self._apply_flags(flags)
             self.subscriptions += 1
             self._subscribed = True
@@ -272,8 +295,12 @@ class KeyspaceSource:
                             if symbol:
                                 self._emit(Changed(symbol, "stream"))
                     delay = 0.2
-            except REDIS_ERRORS as exc:
-                log.warning("input stream read failed: %s; retrying in %.1f s", exc, delay)
+            except REDIS_OR_REPLY_ERRORS as exc:
+                error = refused("reading input streams", exc)
+                if isinstance(error, PermissionDenied):
+                    self._denials.denied(error)
+                else:
+                    log.warning("input stream read failed: %s; retrying in %.1f s", exc, delay)
                 self._emit(Gap("stream reconnect"))
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -27,17 +27,32 @@ import hiredis  # a dependency (redis[hiredis]); the fast reply path reads its R
 import redis.asyncio as aioredis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from harvest_async import __version__
 from harvest_async.core.codec import PROPOSAL_FIELDS, Hash, SymbolInputs, iso_utc, trim
 from harvest_async.core.keys import Keys
 from harvest_async.core.ports import Output, PublishOut
-from harvest_async.errors import RedisUnavailable, WriteRefused, WriteUncertain
-from harvest_async.redis_io.client import REDIS_ERRORS, scan_symbols
+from harvest_async.errors import PermissionDenied, RedisUnavailable, WriteRefused, WriteUncertain
+from harvest_async.redis_io.client import (
+    REDIS_ERRORS,
+    REDIS_OR_REPLY_ERRORS,
+    is_permission_error,
+    refused,
+    scan_symbols,
+)
+from harvest_async.redis_io.inputs_io import (
+    READ_COMMANDS,
+    READ_SCRIPT,
+    READ_SHA,
+    InputLimits,
+    decode_reply,
+    read_error,
+    unknown_command,
+)
 
-__all__ = ["LivenessWriter", "RedisInputReader", "RedisSink"]
+__all__ = ["LivenessWriter", "RedisInputReader", "RedisSink", "trim"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +79,7 @@ _NAMES: dict[str, bytes] = {
 _MULTI = _command(b"MULTI")
 _EXEC = _command(b"EXEC")
 _DEL = b"*2\r\n" + _bulk(b"DEL")
-_HGETALL = b"*2\r\n" + _bulk(b"HGETALL")
+_LOAD_READ_SCRIPT = _command(b"SCRIPT", b"LOAD", READ_SCRIPT.encode())
 
 
 _NAMES_TEXT: dict[str, str] = {name: f"${len(name)}\r\n{name}\r\n" for name in _NAMES}
@@ -143,13 +158,19 @@ class _Wire:
         finally:
             timer.cancel()
             if not done:
-                self._conn = None
-                with anyio.CancelScope(shield=True):
-                    with contextlib.suppress(Exception):
-                        await conn.disconnect()
-                    conn.socket_timeout = self._socket_timeout
-                    with contextlib.suppress(Exception):
-                        await self._pool.release(conn)
+                await self.drop()
+
+    async def drop(self) -> None:
+        """Close the kept connection; the next round trip opens a new one."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            conn.socket_timeout = self._socket_timeout
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
 
 
 async def _read_replies(conn: Any, count: int) -> list[Any]:
@@ -251,49 +272,109 @@ def _as_hash(reply: Any) -> dict[str, str] | Exception:
 
 
 class RedisInputReader:
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, timeout: float = 5.0) -> None:
+    """Input hashes through the size-guarded read script (`inputs_io`), one call
+    (EVALSHA_RO) per key, all of a chunk in one round trip; the script is loaded in the
+    same round trip whenever the connection is new (it may be a restarted server) and
+    after a NOSCRIPT."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        *,
+        limits: InputLimits | None = None,
+        timeout: float = 5.0,
+    ) -> None:
         self.client = client
         self.keys = keys
+        self.limits = limits or InputLimits()
         self._wire = _Wire(client, timeout)
+        self._calls: dict[str, tuple[bytes, bytes]] = {}
+        self._use(READ_COMMANDS[0])
+
+    def _use(self, command: str) -> None:
+        """Per kind: `command` <sha> 1, then the key, then the script's ARGV (packed once)."""
+        self.command = command
+        for kind in ("marketstate", "risk", "position"):
+            argv = self.limits.args(kind, "used")
+            head = b"*%d\r\n" % (4 + len(argv)) + _bulk(command.encode())
+            head += _bulk(READ_SHA.encode()) + _bulk(b"1")
+            self._calls[kind] = (head, b"".join(_bulk(a.encode()) for a in argv))
 
     async def fetch(self, symbols: Sequence[str]) -> list[SymbolInputs]:
         keys = self.keys
+        raw = await self._replies(self._payload(symbols), 3 * len(symbols))
+        if symbols and unknown_command(raw[0]) and self.command != READ_COMMANDS[-1]:
+            self._use(READ_COMMANDS[-1])  # a server without EVALSHA_RO (Redis 6.2)
+            raw = await self._replies(self._payload(symbols), 3 * len(symbols))
+        out = []
+        for i, sym in enumerate(symbols):
+            out.append(
+                SymbolInputs(
+                    sys.intern(sym),  # one string per symbol however often it is read
+                    self._hash("marketstate", keys.marketstate, sym, raw[3 * i]),
+                    self._hash("risk", keys.risk, sym, raw[3 * i + 1]),
+                    self._hash("position", keys.position, sym, raw[3 * i + 2]),
+                )
+            )
+        return out
+
+    def _payload(self, symbols: Sequence[str]) -> bytes:
+        keys = self.keys
+        calls = self._calls
         parts = []
         for sym in symbols:
-            for key in (keys.marketstate(sym), keys.risk(sym), keys.position(sym)):
-                parts.append(_HGETALL)
+            for kind, key in (
+                ("marketstate", keys.marketstate(sym)),
+                ("risk", keys.risk(sym)),
+                ("position", keys.position(sym)),
+            ):
+                head, argv = calls[kind]
+                parts.append(head)
                 parts.append(_bulk(key.encode()))
-        payload = b"".join(parts)
+                parts.append(argv)
+        return b"".join(parts)
+
+    def _hash(self, kind: str, key_of: Callable[[str], str], sym: str, reply: Any) -> Hash | None:
+        if reply is None:
+            return None
+        fields = decode_reply(kind, key_of(sym), reply, self.limits, "used")
+        if isinstance(fields, Exception):
+            # a WRONGTYPE reply is bad input for one symbol, not a reason to stop
+            return read_error(kind, fields, "reading inputs")
+        return fields
+
+    async def _replies(self, body: bytes, count: int) -> list[Any]:
         kept = not self._wire.fresh
         try:
             try:
-                raw = await self._wire.roundtrip(payload, 3 * len(symbols))
+                raw = await self._roundtrip(body, count, load=not kept)
             except REDIS_ERRORS as exc:
                 if not (kept and _dropped(exc)):
                     raise
                 # the kept connection died while idle (CLIENT KILL, server restart):
                 # reading is idempotent, so once more on a new connection
-                raw = await self._wire.roundtrip(payload, 3 * len(symbols))
+                raw = await self._roundtrip(body, count, load=True)
+            if any(isinstance(reply, NoScriptError) for reply in raw):
+                # the server forgot the script (SCRIPT FLUSH, a failover): load, read again
+                raw = await self._roundtrip(body, count, load=True)
         except REDIS_ERRORS as exc:
             raise RedisUnavailable(f"reading inputs: {exc}") from exc
-        out = []
-        for i, sym in enumerate(symbols):
-            # a WRONGTYPE reply is bad input for one symbol, not a reason to stop
-            out.append(
-                SymbolInputs(
-                    sys.intern(sym),  # one string per symbol however often it is read
-                    trim("marketstate", _as_hash(raw[3 * i])),
-                    trim("risk", _as_hash(raw[3 * i + 1])),
-                    trim("position", _as_hash(raw[3 * i + 2])),
-                )
-            )
-        return out
+        return raw
+
+    async def _roundtrip(self, body: bytes, count: int, *, load: bool) -> list[Any]:
+        if not load:
+            return await self._wire.roundtrip(body, count)
+        raw = await self._wire.roundtrip(_LOAD_READ_SCRIPT + body, count + 1)
+        if isinstance(raw[0], Exception):
+            raise refused("loading the input read script (SCRIPT LOAD)", raw[0])
+        return raw[1:]
 
     async def _scan_symbols(self, prefix: str) -> set[str]:
         try:
             return set(await scan_symbols(self.client, prefix))
-        except REDIS_ERRORS as exc:
-            raise RedisUnavailable(f"scanning {prefix}*: {exc}") from exc
+        except REDIS_OR_REPLY_ERRORS as exc:
+            raise refused(f"scanning {prefix}*", exc) from exc
 
     async def discover(self) -> list[str]:
         # proposals too: one whose position key vanished must be retracted
@@ -316,6 +397,9 @@ class RedisInputReader:
                 raw = await pipe.execute(raise_on_error=False)
         except REDIS_ERRORS as exc:
             raise RedisUnavailable(f"reading proposals: {exc}") from exc
+        for fields in raw:
+            if isinstance(fields, Exception) and is_permission_error(str(fields)):
+                raise refused("reading proposals", fields)
         return {
             # not a hash (WRONGTYPE): something to replace or delete, never to adopt
             sym: {"error": str(fields)} if isinstance(fields, Exception) else fields
@@ -339,6 +423,7 @@ class RedisSink:
         self.enable_stream = enable_stream
         self.stream_maxlen = stream_maxlen
         self._wire = _Wire(client, timeout)
+        self._multi_allowed = True  # as the startup permission check saw it (_exchange)
         # XADD <stream> MAXLEN ~ <n> * : the same for every entry
         self._xadd_head = (
             _bulk(b"XADD")
@@ -364,7 +449,7 @@ class RedisSink:
             # EXEC may or may not have run. Find out before anyone retries.
             try:
                 landed = await self._landed(outputs[-1])
-            except REDIS_ERRORS as exc:
+            except REDIS_OR_REPLY_ERRORS as exc:
                 raise WriteUncertain(
                     f"transaction outcome unknown ({failure}); check failed: {exc}"
                 ) from exc
@@ -413,10 +498,25 @@ class RedisSink:
                 parts.append(b"*%d\r\n%b%b" % (6 + 2 * n, self._xadd_head, pairs))
             counts.append(len(parts) - first)
         parts.append(_EXEC)
-        replies = await self._wire.roundtrip(b"".join(parts), len(parts))
+        replies = await self._exchange(parts)
         refusal = _refusal(outputs, counts, replies)
         if refusal is not None:
             raise refusal
+
+    async def _exchange(self, parts: list[bytes]) -> list[Any]:
+        """Send MULTI ... EXEC; its replies. A refused MULTI (the ACL changed under us)
+        lets the commands after it run one by one: that one write counts as what ran (its
+        replies tell), and until MULTI is accepted again it is sent alone first, with
+        nothing following a refusal, so no later write runs without a transaction."""
+        if self._multi_allowed:
+            replies = await self._wire.roundtrip(b"".join(parts), len(parts))
+        else:
+            first = await self._wire.roundtrip(parts[0], 1)
+            if isinstance(first[0], Exception):
+                raise WriteRefused(_server_words(first[0]))  # nothing else was sent
+            replies = first + await self._wire.roundtrip(b"".join(parts[1:]), len(parts) - 1)
+        self._multi_allowed = not isinstance(replies[0], Exception)
+        return replies
 
     async def _landed(self, out: Output) -> bool:
         """Did the transaction whose last output is `out` get applied?"""
@@ -459,13 +559,13 @@ class LivenessWriter:
                 pipe.hset(self.key, mapping=fields)  # type: ignore[arg-type]
                 pipe.pexpire(self.key, int(self.ttl * 1000))
                 await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise RedisUnavailable(f"liveness write: {exc}") from exc
-        except ResponseError as exc:  # refused (OOM, READONLY): Redis is up, not the key
-            raise RedisUnavailable(f"liveness write refused: {_server_words(exc)}") from exc
+        except REDIS_OR_REPLY_ERRORS as exc:
+            if "exec without multi" in str(exc).lower():  # how redis-py tells MULTI refused
+                raise PermissionDenied("command multi while liveness write", str(exc)) from exc
+            raise refused("liveness write", exc) from exc
 
     async def clear(self) -> None:
         try:
             await self.client.delete(self.key)
-        except REDIS_ERRORS as exc:
+        except REDIS_OR_REPLY_ERRORS as exc:
             log.debug("liveness clear failed: %s", exc)

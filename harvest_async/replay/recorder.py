@@ -20,7 +20,6 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
@@ -28,15 +27,24 @@ import redis.asyncio as aioredis
 from harvest_async import __version__
 from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings
-from harvest_async.core.codec import Hash, trim
+from harvest_async.core.codec import Hash
 from harvest_async.core.keys import Keys, glob_escape
 from harvest_async.core.ports import Event, Gap
 from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url
+from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS, client_for, describe_url, refused
+from harvest_async.redis_io.inputs_io import InputLimits, read_hashes
 from harvest_async.redis_io.notifications import KeyspaceSource
-from harvest_async.replay.format import FORMAT, KINDS, VERSION, Header, Prefixes, SymbolState
+from harvest_async.redis_io.permissions import verify_permissions
+from harvest_async.replay.format import (
+    FORMAT,
+    KINDS,
+    VERSION,
+    Header,
+    Prefixes,
+    SymbolState,
+)
 from harvest_async.replay.recording_writer import RecordingWriter
-from harvest_async.service.app import check_redis
+from harvest_async.service.app import check_redis, input_limits
 
 __all__ = ["RecordStats", "Recorder", "record"]
 
@@ -63,15 +71,6 @@ class RecordStats:
         )
 
 
-def _hash(kind: str, reply: Any) -> Hash | None:
-    """A HGETALL reply as recorded. A key of another type (WRONGTYPE) is recorded as the
-    live reader sees it: a hash whose required field says so, which the replay then
-    treats as invalid input exactly like the service."""
-    if isinstance(reply, Exception):
-        return trim(kind, reply)
-    return reply or None
-
-
 class Recorder:
     """Reads inputs from Redis and writes what changed. Driven by `record()`."""
 
@@ -82,11 +81,13 @@ class Recorder:
         clock: Clock,
         *,
         symbols: tuple[str, ...] | None,
+        limits: InputLimits | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
         self.clock = clock
         self.symbols = symbols
+        self.limits = limits or InputLimits()
         self._allowed = frozenset(symbols) if symbols is not None else None
         self.known: dict[str, list[Hash | None]] = {}  # symbol -> last recorded hashes
         self._dirty: dict[str, None] = {}
@@ -117,27 +118,23 @@ class Recorder:
                     hit = self.keys.classify(key)
                     if hit is not None:
                         found.add(hit[1])
-        except REDIS_ERRORS as exc:
-            raise RedisUnavailable(f"scanning input keys: {exc}") from exc
+        except REDIS_OR_REPLY_ERRORS as exc:
+            raise refused("scanning input keys", exc) from exc
         return sorted(found)
 
     async def _fetch(self, symbols: Sequence[str]) -> dict[str, list[Hash | None]]:
         keys = self.keys
         out: dict[str, list[Hash | None]] = {}
+        prefixes = keys.input_prefixes()
         for start in range(0, len(symbols), FETCH_CHUNK):
             chunk = symbols[start : start + FETCH_CHUNK]
-            try:
-                # one transaction: a symbol's three hashes as they were at one instant
-                async with self.client.pipeline(transaction=True) as pipe:
-                    for symbol in chunk:
-                        pipe.hgetall(keys.marketstate(symbol))
-                        pipe.hgetall(keys.risk(symbol))
-                        pipe.hgetall(keys.position(symbol))
-                    raw: list[Any] = await pipe.execute(raise_on_error=False)
-            except REDIS_ERRORS as exc:
-                raise RedisUnavailable(f"reading inputs: {exc}") from exc
+            # Whole hashes within the service's size limits (an oversized one is recorded
+            # as the service reads it: invalid input saying why; so is a key of another
+            # type), in one transaction: a symbol's three hashes as they were at one instant
+            wanted = [(kind, prefixes[kind] + s) for s in chunk for kind in KINDS]
+            raw = await read_hashes(self.client, wanted, self.limits, "all", transaction=True)
             for i, symbol in enumerate(chunk):
-                out[symbol] = [_hash(kind, raw[3 * i + k]) for k, kind in enumerate(KINDS)]
+                out[symbol] = raw[3 * i : 3 * i + 3]
         return out
 
     @staticmethod
@@ -237,11 +234,14 @@ async def record(
     cannot be reached at the start."""
     clock = clock or SystemClock()
     await check_redis(settings)
+    await verify_permissions(settings, "record")
     client = client_for(
         settings.redis_url, settings.redis_password, retries=3, name="harvest-async-record"
     )
     keys = settings.keys
-    recorder = Recorder(client, keys, clock, symbols=settings.symbols)
+    recorder = Recorder(
+        client, keys, clock, symbols=settings.symbols, limits=input_limits(settings)
+    )
     source = KeyspaceSource(
         settings.redis_url,
         settings.redis_password,

@@ -14,14 +14,24 @@ from functools import partial
 import anyio
 from anyio.abc import TaskStatus
 
+from harvest_async.backoff import DenialLog
 from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings
 from harvest_async.core import gate
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.ports import Observer, RunnerHooks
-from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url, is_auth_error
+from harvest_async.errors import PermissionDenied, RedisUnavailable
+from harvest_async.redis_io.client import (
+    REDIS_OR_REPLY_ERRORS,
+    client_for,
+    describe_url,
+    is_auth_error,
+    is_permission_error,
+    refused,
+)
+from harvest_async.redis_io.inputs_io import InputLimits
 from harvest_async.redis_io.notifications import KeyspaceSource
+from harvest_async.redis_io.permissions import verify_permissions
 from harvest_async.redis_io.publisher import LivenessWriter, RedisInputReader, RedisSink
 from harvest_async.service.metrics import start_for as start_metrics
 from harvest_async.service.runner import Runner
@@ -52,13 +62,19 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
     return Engine(engine_config(settings), observer)
 
 
+def input_limits(settings: Settings) -> InputLimits:
+    return InputLimits(settings.max_input_fields, settings.max_input_value_bytes)
+
+
 async def check_redis(settings: Settings) -> None:
     """Fail fast (exit 3) with one clear line when Redis is unreachable or refuses us."""
     client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-check")
     try:
         await client.ping()
-    except REDIS_ERRORS as exc:
+    except REDIS_OR_REPLY_ERRORS as exc:
         where = describe_url(settings.redis_url)
+        if is_permission_error(str(exc)):  # CLIENT SETNAME or PING refused by the ACL
+            raise refused(f"connecting to Redis at {where}", exc) from exc
         if is_auth_error(str(exc)):
             raise RedisUnavailable(
                 f"Redis at {where} refused our credentials ({exc}); check the password "
@@ -84,6 +100,7 @@ async def serve(
 ) -> int:
     clock = clock or SystemClock()
     await check_redis(settings)
+    await verify_permissions(settings, "once" if once else "run")
     stop_metrics: Callable[[], None] | None = None
     if settings.metrics_port is not None and not once:
         observer, hooks, stop_metrics = start_metrics(settings, observer, hooks)
@@ -94,7 +111,7 @@ async def serve(
     engine = build_engine(settings, observer)
     runner = Runner(
         engine,
-        RedisInputReader(client, settings.keys, timeout=timeout),
+        RedisInputReader(client, settings.keys, timeout=timeout, limits=input_limits(settings)),
         RedisSink(
             client,
             settings.keys,
@@ -189,6 +206,7 @@ async def _liveness_loop(
     interval = min(settings.liveness_ttl_sec / 3, 5.0)
     if notifier.watchdog_sec is not None:
         interval = min(interval, notifier.watchdog_sec / 3)
+    denials = DenialLog(log)
     while True:
         # the watchdog ping comes from this loop: a stuck event loop stops it
         notifier.watchdog()
@@ -200,6 +218,11 @@ async def _liveness_loop(
             notifier.status(
                 f"{len(runner.engine)} symbols, {runner.writes} writes, mode={source.mode}"
             )
+            denials.allowed()
+        except PermissionDenied as exc:
+            source.cancel_canary()  # nothing was written, so nothing will be notified
+            denials.denied(exc)
+            notifier.status(str(exc))
         except RedisUnavailable as exc:
             log.warning("liveness write failed: %s", exc)
             notifier.status(f"redis unavailable: {exc}")

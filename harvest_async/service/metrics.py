@@ -1,6 +1,6 @@
 """Prometheus metrics: one object that is both the engine's `Observer` and the runner's
 `RunnerHooks`, on a `CollectorRegistry` of its own (never the global one), served on
-127.0.0.1 by `serve_metrics` when `METRICS_PORT` is set.
+`METRICS_ADDR` (default 127.0.0.1) by `serve_metrics` when `METRICS_PORT` is set.
 
 Cardinality: per-symbol series (kill score and its components, R_net, action, input ages)
 exist only for the first `symbol_cap` symbols that have a proposal (`METRICS_SYMBOL_CAP`,
@@ -435,21 +435,23 @@ def start_for(
     settings: Settings, observer: Observer | None, hooks: RunnerHooks | None
 ) -> tuple[Observer, RunnerHooks, Callable[[], None]]:
     """What `service.serve` does when METRICS_PORT is set: build the metrics, serve them on
-    127.0.0.1, and return the observer/hooks to use plus the function that stops serving."""
+    METRICS_ADDR (default 127.0.0.1), and return the observer/hooks to use plus the function
+    that stops serving."""
     metrics = Metrics(
         symbol_cap=settings.metrics_symbol_cap,
         theta=settings.theta,
         floor_sec=settings.publish_interval_sec,
         heartbeat_sec=settings.max_publish_age_sec,
     )
-    port = settings.metrics_port
+    port, addr = settings.metrics_port, settings.metrics_addr
     assert port is not None
+    where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
     try:
-        server = serve_metrics(metrics.registry, port)
+        server = serve_metrics(metrics.registry, port, addr)
     except OSError as exc:
         raise CliError(
-            f"METRICS_PORT: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}", EXIT_ERROR
+            f"METRICS_PORT: cannot listen on {where}: {exc.strerror or exc}", EXIT_ERROR
         ) from exc
-    log.info("metrics on http://127.0.0.1:%d/metrics", port)
+    log.info("metrics on http://%s/metrics", where)
     obs, hks = combine(metrics, observer, hooks)
     return obs, hks, server.stop

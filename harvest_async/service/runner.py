@@ -16,7 +16,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 
-from harvest_async.backoff import Backoff, Outage
+from harvest_async.backoff import Backoff, DenialLog, Outage
 from harvest_async.clock import Clock, monotonic
 from harvest_async.core.engine import Engine
 from harvest_async.core.ports import (
@@ -29,7 +29,7 @@ from harvest_async.core.ports import (
     Sink,
 )
 from harvest_async.core.rounds import Discover, Fetch, ReadPublished, Request, Rounds, Step, Write
-from harvest_async.errors import RedisUnavailable, WriteRefused, WriteUncertain
+from harvest_async.errors import PermissionDenied, RedisUnavailable, WriteRefused, WriteUncertain
 
 __all__ = ["Runner"]
 
@@ -74,6 +74,8 @@ class Runner:
         self._refused: set[str] = set()
         self._retry_at: float | None = None
         self._refusals = Outage("Redis refuses proposal writes", log, clock, refusal_backoff)
+        self._denials = DenialLog(log)
+        self._denied_delay = 0.5
 
     @property
     def passes(self) -> int:
@@ -128,6 +130,8 @@ class Runner:
             try:
                 await step()
                 return
+            except PermissionDenied:
+                raise  # at startup a missing permission is a configuration error (exit 2)
             except RedisUnavailable as exc:
                 log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
                 await anyio.sleep(delay)
@@ -150,10 +154,20 @@ class Runner:
         self._wake = anyio.Event()
         try:
             await self.process()
+        except PermissionDenied as exc:
+            # the ACL changed under us: what failed stays pending (dirty symbols, the
+            # resync, the writes) and is retried with backoff, logged once
+            self._denials.denied(exc)
+            await anyio.sleep(self._denied_delay)
+            self._denied_delay = min(self._denied_delay * 2, 5.0)
+            return
         except RedisUnavailable as exc:
             log.warning("redis unavailable during processing (%s); will resync", exc)
             self.rounds.gap("redis error")
             await anyio.sleep(0.5)
+            return
+        self._denials.allowed()
+        self._denied_delay = 0.5
 
     async def process(self) -> None:
         """One round (a resync, the dirty symbols, the due timers), then the refused

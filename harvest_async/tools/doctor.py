@@ -31,6 +31,7 @@ from harvest_async.config import Settings
 from harvest_async.core import codec
 from harvest_async.core.codec import SymbolInputs
 from harvest_async.core.models import ACTIONS
+from harvest_async.errors import PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import (
     REDIS_ERRORS,
     client_for,
@@ -38,6 +39,7 @@ from harvest_async.redis_io.client import (
     is_auth_error,
     scan_symbols,
 )
+from harvest_async.redis_io.inputs_io import InputLimits, read_hashes
 from harvest_async.redis_io.notifications import notify_flags_cover, read_notify_flags
 
 __all__ = ["CHECK_NAMES", "Check", "Report", "render_text", "run_doctor"]
@@ -58,6 +60,7 @@ _NAME_LIMIT = 5
 _DETAIL_LIMIT = 10
 _SCAN_LIMIT = 100_000
 _CHUNK = 500
+_UNREACHABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, RedisUnavailable)
 _NO_POSITION = frozenset({"no_position", "flat", "zero_quantity"})
 _CONFIG_HINT = (
     "put `notify-keyspace-events KEA` in the server's config file (redis.conf) or on its "
@@ -158,7 +161,9 @@ async def run_doctor(
                 continue
             try:
                 check = await step(client, settings, clock.now(), ctx, instance)
-            except REDIS_ERRORS as exc:
+            except PermissionDenied as exc:
+                check = Check(name=name, status="FAIL", message=str(exc))
+            except _UNREACHABLE as exc:
                 report.checks.append(
                     Check(
                         name=name,
@@ -349,10 +354,19 @@ async def _check_inputs(
             "its keys, or list the symbols in SYMBOLS",
             details={"symbols": 0},
         )
-    names: list[str] = []
+    # whole hashes (the ages shown include the risk proposal's ts_epoch), within the
+    # service's size limits: an oversized one shows as the invalid input it is
+    wanted: list[tuple[str, str]] = []
     for sym in symbols:
-        names += [keys.marketstate(sym), keys.risk(sym), keys.position(sym)]
-    raw = await _hgetall_many(client, names)
+        wanted += [
+            ("marketstate", keys.marketstate(sym)),
+            ("risk", keys.risk(sym)),
+            ("position", keys.position(sym)),
+        ]
+    limits = InputLimits(settings.max_input_fields, settings.max_input_value_bytes)
+    raw: list[dict[str, str] | None] = []
+    for start in range(0, len(wanted), _CHUNK):
+        raw += await read_hashes(client, wanted[start : start + _CHUNK], limits, "all")
     per_symbol: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     fallback: list[str] = []

@@ -35,6 +35,8 @@ RULES = ROOT / "deploy" / "prometheus" / "harvest-alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "harvest-alerts.test.yml"
 PROM_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "harvest.json"
+LOCK = ROOT / "requirements" / "lock.txt"
+PYPROJECT = ROOT / "pyproject.toml"
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 PROMTOOL = shutil.which("promtool")
@@ -83,6 +85,7 @@ def test_unit_says_what_the_issue_asks() -> None:
     svc = "Service"
     assert unit_value(entries, svc, "Type") == "notify"
     assert unit_value(entries, svc, "Restart") == "on-failure"
+    assert "2" in unit_value(entries, svc, "RestartPreventExitStatus").split()  # config error
     assert seconds(unit_value(entries, svc, "WatchdogSec")) >= 10
     assert "StartLimitIntervalSec" in {k for s, k, _ in entries if s == "Unit"}
     assert "StartLimitBurst" in {k for s, k, _ in entries if s == "Unit"}
@@ -178,9 +181,13 @@ def test_env_example_is_accepted_by_the_service() -> None:
 
 
 # -- docker compose ----------------------------------------------------------------------------
-def compose() -> Any:
+def yaml_load(text: str) -> Any:
     yaml = pytest.importorskip("ruamel.yaml", reason="ruamel.yaml comes with check-jsonschema")
-    return yaml.YAML(typ="safe").load(COMPOSE.read_text())
+    return yaml.YAML(typ="safe").load(text)
+
+
+def compose() -> Any:
+    return yaml_load(COMPOSE.read_text())
 
 
 def test_compose_validates_against_the_compose_spec_schema() -> None:
@@ -204,11 +211,57 @@ def test_compose_validates_against_the_compose_spec_schema() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def image_default(value: str, variable: str) -> str:
+    """`${VARIABLE:-default}` -> default (the variable overrides the pinned image)."""
+    match = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", value)
+    assert match, f"{value!r} should be ${{{variable}:-<pinned image>}}"
+    assert match.group(1) == variable
+    return match.group(2)
+
+
+def exact(image: str, repository: str) -> bool:
+    """An exact release tag (x.y.z), optionally with its digest."""
+    pattern = rf"{re.escape(repository)}:v?\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{{64}})?"
+    return re.fullmatch(pattern, image) is not None
+
+
+def test_compose_images_are_pinned_and_replaceable() -> None:
+    """INTERFACE §8: HARVEST_BASE_IMAGE, REDIS_IMAGE (and PROMETHEUS_IMAGE) from the
+    environment, defaults the official images at exact versions; the harvest base default
+    is the Dockerfile's."""
+    services = compose()["services"]
+    assert exact(image_default(services["redis"]["image"], "REDIS_IMAGE"), "redis")
+    prometheus = image_default(services["prometheus"]["image"], "PROMETHEUS_IMAGE")
+    assert exact(prometheus, "prom/prometheus")
+    base = image_default(services["harvest"]["build"]["args"]["BASE_IMAGE"], "HARVEST_BASE_IMAGE")
+    assert exact(base, "python")
+    assert dockerfile_args()["BASE_IMAGE"] == base
+    # docker-compose 1.29 (Debian's) rejects a top-level `name:`; the v2 plugin accepts both
+    assert "name" not in compose()
+
+
+def test_compose_prometheus_scrapes_harvest_over_the_network() -> None:
+    """No shared network namespace (it breaks when harvest is recreated): Prometheus on the
+    compose network scrapes harvest:METRICS_PORT, which listens on METRICS_ADDR=0.0.0.0
+    inside its container and publishes no port."""
+    services = compose()["services"]
+    harvest, prometheus = services["harvest"], services["prometheus"]
+    assert "network_mode" not in prometheus
+    assert "ports" not in harvest
+    assert harvest["environment"]["METRICS_ADDR"] == "0.0.0.0"
+    port = harvest["environment"]["METRICS_PORT"]
+    config = yaml_load(PROM_CONFIG.read_text())
+    targets = [
+        t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    ]
+    assert targets == [f"harvest:{port}"]
+    assert all(p.startswith("127.0.0.1:") for p in prometheus["ports"])
+
+
 def test_compose_has_what_the_issue_asks() -> None:
     doc = compose()
     services = doc["services"]
     redis = services["redis"]
-    assert re.fullmatch(r"redis:[\w.-]+", redis["image"])  # the official image, pinned
     command = " ".join(redis["command"])
     flags = re.search(r"--notify-keyspace-events\s+(\S+)", command)
     assert flags, "notify-keyspace-events must be on the server's command line"
@@ -290,33 +343,71 @@ def test_compose_redis_command_and_healthcheck_really_work(tmp_path: Path) -> No
 
 
 # -- Dockerfile --------------------------------------------------------------------------------
-def test_dockerfile_basics() -> None:
-    lines = [
+def dockerfile_lines() -> list[str]:
+    return [
         line.strip()
         for line in DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
-    args = {m.group(1): m.group(2) for line in lines if (m := re.match(r"ARG (\w+)=(\S+)", line))}
+
+
+def dockerfile_args() -> dict[str, str]:
+    lines = dockerfile_lines()
+    return {m.group(1): m.group(2) for line in lines if (m := re.match(r"ARG (\w+)=(\S+)", line))}
+
+
+def test_dockerfile_basics() -> None:
+    lines = dockerfile_lines()
+    args = dockerfile_args()
+    assert "BASE_IMAGE" in args  # INTERFACE §8
     froms = [line.split()[1] for line in lines if line.startswith("FROM ")]
-    assert froms
-    for written in froms:
-        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], written)
-        assert ":" in image and not image.endswith(":latest"), image  # pinned tag
-        assert re.fullmatch(r"python:3\.\d+-slim[\w.-]*", image), image
+    assert froms and all(written == "${BASE_IMAGE}" for written in froms)
+    assert exact(args["BASE_IMAGE"], "python") and "slim" in args["BASE_IMAGE"]
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert any(line.startswith("HEALTHCHECK") and "doctor" in line for line in lines)
     entry = next(line for line in lines if line.startswith("ENTRYPOINT"))
     assert entry.startswith('ENTRYPOINT ["'), "exec form, so signals reach the service"
     assert not any(line.startswith("ADD ") for line in lines)
+    # no `# syntax=` line: BuildKit would pull its frontend image from a registry
+    assert "# syntax" not in DOCKERFILE.read_text()
+    installs = " ".join(line for line in lines if "pip" in line and "install" in line)
+    assert "--no-cache-dir" in installs
+    # from the lock, hash-checked; from the wheelhouse without an index when it is there
+    assert "--require-hashes -r requirements/lock.txt" in installs
+    assert "--no-index --find-links wheelhouse" in installs
     for line in lines:
-        if "pip install" in line:
-            assert "--no-cache-dir" in line
         if line.startswith("COPY") and "--from" not in line:
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+    assert not {"requirements", "wheelhouse"} & set(ignored)
+
+
+def requirement_name(text: str) -> str:
+    name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", text)
+    assert name, text
+    return re.sub(r"[-_.]+", "-", name.group(0)).lower()
+
+
+def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    """requirements/lock.txt (make lock): every runtime dependency of pyproject.toml at one
+    exact version, each with its files' sha256 hashes (pip --require-hashes accepts it)."""
+    import tomllib
+
+    entries = re.split(r"\n(?=[A-Za-z])", LOCK.read_text().split("\n", 2)[-1].strip())
+    pinned = {}
+    for entry in entries:
+        head = entry.splitlines()[0]
+        match = re.match(r"([A-Za-z0-9._-]+)==(\S+)", head)
+        assert match, head
+        assert "--hash=sha256:" in entry, head
+        pinned[requirement_name(match.group(1))] = match.group(2)
+    wanted = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    for requirement in wanted:
+        assert requirement_name(requirement) in pinned, requirement
+    assert "hiredis" in pinned and "uvloop" in pinned
 
 
 HADOLINT = shutil.which("hadolint") or shutil.which(

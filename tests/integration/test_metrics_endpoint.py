@@ -155,3 +155,29 @@ async def test_metrics_port_in_use_is_one_clear_error(redis_url: str) -> None:
         settings = settings_from_env({"REDIS_URL": redis_url, "METRICS_PORT": str(port)})
         with pytest.raises(CliError, match=f"METRICS_PORT: cannot listen on 127.0.0.1:{port}"):
             await serve(settings, handle_signals=False)
+
+
+def test_metrics_addr_chooses_the_listening_address() -> None:
+    """METRICS_ADDR (a container sets 0.0.0.0 so Prometheus can scrape it over the compose
+    network) is where the endpoint listens; 127.0.0.2 is a loopback address of its own."""
+    from harvest_async.service.metrics import start_for
+
+    port = free_port()
+    settings = settings_from_env({"METRICS_PORT": str(port), "METRICS_ADDR": "127.0.0.2"})
+    assert settings.metrics_addr == "127.0.0.2"
+    _observer, _hooks, stop = start_for(settings, None, None)
+    try:
+        assert "harvest_build_info" in scrape(port, "127.0.0.2")
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        stop()
+
+
+@pytest.mark.parametrize("value", ["localhost", "0.0.0", "*", "127.0.0.1:9108"])
+def test_metrics_addr_must_be_an_ip_address(value: str) -> None:
+    from harvest_async.config import ConfigError
+
+    with pytest.raises(ConfigError, match="METRICS_ADDR"):
+        settings_from_env({"METRICS_ADDR": value})
+    assert settings_from_env({}).metrics_addr == "127.0.0.1"

@@ -347,6 +347,14 @@ SERVICE_COMMANDS = (
     "xadd",
     "pexpire",
     "psubscribe",
+    # the input read script (docs/operations.md: the ACL the service needs)
+    "script|load",
+    "evalsha_ro",
+    "hlen",
+    "hstrlen",
+    "hmget",
+    "memory|usage",
+    "xrevrange",
 )
 
 

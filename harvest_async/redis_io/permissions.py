@@ -1,0 +1,223 @@
+"""The startup ACL check: every command, key and channel a command needs is tried
+harmlessly, so that a missing permission stops the start with one line naming it (exit 2)
+instead of a traceback later, or writes that land without their transaction.
+
+It needs no ACL DRYRUN (Redis 7+ and Valkey only, and an admin command the service's own
+user should not have), so it works the same on Redis 6.2, 7.x and Valkey:
+
+* reads (the input read script in its probe mode, HGETALL, SCAN, XREVRANGE) run on keys
+  named like the real ones (`<prefix><first of SYMBOLS>`, or `<prefix>harvest-async-acl-probe`);
+* writes are only queued: MULTI is sent alone (when it is refused nothing follows), then
+  each write the service makes, then a command with a wrong number of arguments, so that
+  EXEC aborts the transaction. Redis checks the ACL when it queues a command, so each
+  queued reply says whether that write is permitted, and nothing is ever executed;
+* channel patterns are subscribed to one at a time, on a connection closed afterwards.
+
+A permission lost while running (the ACL changed under us) is noticed where it is
+refused: the affected work waits and is retried, logged once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import anyio
+from redis.exceptions import ResponseError
+
+from harvest_async.config import Settings
+from harvest_async.core.keys import INPUT_KINDS, glob_escape
+from harvest_async.errors import PermissionDenied, RedisUnavailable
+from harvest_async.redis_io.client import (
+    REDIS_ERRORS,
+    client_for,
+    denied_command,
+    describe_url,
+    is_permission_error,
+)
+from harvest_async.redis_io.inputs_io import (
+    READ_COMMANDS,
+    READ_SCRIPT,
+    READ_SHA,
+    InputLimits,
+    Mode,
+    unknown_command,
+)
+
+__all__ = ["PROBE_SYMBOL", "Role", "verify_permissions"]
+
+PROBE_SYMBOL = "harvest-async-acl-probe"
+
+# run: the service; once: `run --once` (no liveness, no subscription); record: `record`
+Role = Literal["run", "once", "record"]
+
+
+async def verify_permissions(
+    settings: Settings, role: Role, *, instance: str | None = None
+) -> None:
+    """Raise PermissionDenied naming the first thing `role` needs and may not do."""
+    client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-check")
+    probe = _Probe(client, describe_url(settings.redis_url))
+    try:
+        async with probe.connected(protocol=None):
+            await _reads(probe, settings, "all" if role == "record" else "used", role)
+            if role == "record":
+                await _transaction(probe, [])  # the recorder reads in MULTI/EXEC
+            else:
+                await _transaction(probe, _writes(settings, role == "run", instance))
+        if role != "once":
+            recorder = role == "record"
+            name = instance or (f"{settings.instance}-recorder" if recorder else settings.instance)
+            keys = settings.keys
+            patterns = [*keys.keyspace_patterns(), glob_escape(keys.liveness_channel(name))]
+            async with probe.connected(protocol=2):
+                await _channels(probe, patterns)
+            await _input_streams(probe, settings.input_streams)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.aclose()
+
+
+# -- steps ---------------------------------------------------------------------------------
+
+
+async def _reads(probe: _Probe, settings: Settings, mode: Mode, role: Role) -> None:
+    keys = settings.keys
+    symbol = settings.symbols[0] if settings.symbols else PROBE_SYMBOL
+    await probe.check("input read script", "SCRIPT", "LOAD", READ_SCRIPT)
+    limits = InputLimits(settings.max_input_fields, settings.max_input_value_bytes)
+    command = READ_COMMANDS[0]
+    for kind in INPUT_KINDS:
+        prefix = keys.input_prefixes()[kind]
+        args = (READ_SHA, "1", prefix + symbol, *limits.args(kind, mode, probe=True))
+        what = f"read access to keys {prefix}*"
+        if unknown_command(await probe.check(what, command, *args)):
+            command = READ_COMMANDS[-1]  # Redis 6.2: no EVALSHA_RO
+            await probe.check(what, command, *args)
+    if settings.symbols is None:
+        prefixes = [keys.position_prefix, keys.harvest_prefix]
+        if role == "record":
+            prefixes = list(keys.input_prefixes().values())
+        for prefix in prefixes:
+            await probe.check("SCAN", "SCAN", "0", "MATCH", glob_escape(prefix) + "*", "COUNT", "1")
+    if role != "record":
+        await probe.check(
+            f"read access to keys {keys.harvest_prefix}*", "HGETALL", keys.proposal(symbol)
+        )
+
+
+def _writes(
+    settings: Settings, liveness: bool, instance: str | None
+) -> list[tuple[str, list[str]]]:
+    """(what it needs, command) for every write of a publish, a retraction, the check of
+    an uncertain write's outcome and the liveness key."""
+    keys = settings.keys
+    proposal = keys.proposal(settings.symbols[0] if settings.symbols else PROBE_SYMBOL)
+    on_proposals = f"write access to keys {keys.harvest_prefix}*"
+    out = [
+        (on_proposals, ["DEL", proposal]),
+        (on_proposals, ["HSET", proposal, "probe", "1"]),
+    ]
+    if settings.enable_stream:
+        stream = keys.stream
+        out.append(
+            (
+                f"write access to the stream {stream}",
+                ["XADD", stream, "MAXLEN", "~", str(settings.stream_maxlen), "*", "probe", "1"],
+            )
+        )
+        out.append(
+            (f"read access to the stream {stream}", ["XREVRANGE", stream, "+", "-", "COUNT", "1"])
+        )
+    else:
+        out.append((f"read access to keys {keys.harvest_prefix}*", ["HGET", proposal, "seq"]))
+    if liveness:
+        key = keys.liveness(instance or settings.instance)
+        on_liveness = f"write access to the liveness key {key}"
+        out.append((on_liveness, ["HSET", key, "probe", "1"]))
+        out.append((on_liveness, ["PEXPIRE", key, "1000"]))
+        out.append((on_liveness, ["DEL", key]))
+    return out
+
+
+async def _transaction(probe: _Probe, queued: Sequence[tuple[str, list[str]]]) -> None:
+    """MULTI alone, then each command queued (the ACL is checked when queueing), then a
+    command that cannot be queued, so EXEC discards everything: nothing runs."""
+    await probe.check("MULTI", "MULTI")
+    for what, command in queued:
+        await probe.check(what, *command)
+    if queued:
+        with contextlib.suppress(ResponseError):  # the wrong number of arguments
+            await probe.ask("HSET")
+    await probe.check("EXEC", "EXEC")
+
+
+async def _channels(probe: _Probe, patterns: Sequence[str]) -> None:
+    for pattern in patterns:
+        await probe.check(
+            f"channel pattern {pattern} (the ACL needs &{pattern})", "PSUBSCRIBE", pattern
+        )
+
+
+async def _input_streams(probe: _Probe, streams: Sequence[str]) -> None:
+    if not streams:
+        return
+    async with probe.connected(protocol=None):
+        for stream in streams:
+            what = f"read access to the input stream {stream}"
+            await probe.check(what, "XREVRANGE", stream, "+", "-", "COUNT", "1")
+            await probe.check(what, "XREAD", "COUNT", "1", "STREAMS", stream, "$")
+
+
+# -- the connection ------------------------------------------------------------------------
+
+
+class _Probe:
+    """One bare connection at a time; every reply checked for an ACL refusal."""
+
+    def __init__(self, client: Any, where: str) -> None:
+        self.client = client
+        self.where = where
+        self.conn: Any = None
+
+    @contextlib.asynccontextmanager
+    async def connected(self, *, protocol: int | None) -> Any:
+        conn = self.client.connection_pool.make_connection()
+        if protocol is not None:
+            conn.protocol = protocol  # subscription confirmations as plain arrays
+        self.conn = conn
+        try:
+            try:
+                await conn.connect()  # CLIENT SETNAME: refused by an ACL without it
+            except REDIS_ERRORS as exc:
+                self.refused("CLIENT SETNAME", exc)
+                raise RedisUnavailable(f"cannot reach Redis at {self.where}: {exc}") from exc
+            yield self
+        finally:
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await conn.disconnect()
+
+    async def ask(self, *args: str) -> Any:
+        try:
+            await self.conn.send_command(*args)
+            return await self.conn.read_response()
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"checking permissions at {self.where}: {exc}") from exc
+
+    async def check(self, what: str, *args: str) -> Any:
+        """Send one command; raise PermissionDenied if the ACL refuses it. Other
+        refusals (OOM while queueing, ...) are not this check's business."""
+        try:
+            return await self.ask(*args)
+        except ResponseError as exc:
+            self.refused(what, exc)
+            return exc
+
+    def refused(self, what: str, exc: BaseException) -> None:
+        text = str(exc)
+        if not is_permission_error(text):
+            return
+        command = denied_command(text)
+        raise PermissionDenied(f"command {command}" if command else what, text) from exc

@@ -1,0 +1,323 @@
+"""Input size limits (MAX_INPUT_FIELDS, MAX_INPUT_VALUE_BYTES) on real servers.
+
+A 100k-field position hash or a 10 MB value is invalid input, refused by the read script
+on the server before it crosses the wire: the symbol is retracted with a reason naming
+the key, the field and the size, the other symbols' latency stays normal and the engine
+holds nothing big. The service runs in-process (`service.serve`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from harvest_async.clock import SystemClock
+from harvest_async.config import Settings, settings_from_env
+from harvest_async.core import codec
+from harvest_async.core.codec import OVERSIZED
+from harvest_async.core.keys import Keys
+from harvest_async.redis_io.client import client_for
+from harvest_async.redis_io.inputs_io import InputLimits, read_hashes
+from harvest_async.redis_io.publisher import RedisInputReader
+from harvest_async.replay.recorder import Recorder
+from harvest_async.service.app import serve
+from harvest_async.service.runner import Runner
+from harvest_async.tools.doctor import run_doctor
+from harvest_async.tools.embedded_server import EmbeddedRedis
+
+T = TypeVar("T")
+KEYS = Keys()
+BIG = "BIGUSDT"
+OTHER = "BTCUSDT"
+TEN_MB = 10 * 2**20
+
+
+def now() -> float:
+    return time.time()
+
+
+def market() -> dict[str, str]:
+    return {
+        "sigma": "0.005",
+        "ts": "0.5",
+        "p_trend": "0.6",
+        "p_mr": "0.2",
+        "p_chop": "0.2",
+        "ts_timestamp": str(int(now())),
+        "buffer_size": "100",  # a field the codec does not read
+    }
+
+
+def position(pnl: float = 0.0) -> dict[str, str]:
+    return {
+        "side": "LONG",
+        "quantity": "1.0",
+        "entry_price": "100.0",
+        "current_price": repr(100.0 + pnl),
+        "unrealized_pnl": repr(float(pnl)),
+        "created_at": str(int(now())),
+        "ts_epoch": repr(round(now(), 3)),
+    }
+
+
+async def put(client: aioredis.Redis, key: str, fields: dict[str, str]) -> None:
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        await pipe.execute()
+
+
+async def put_inputs(client: aioredis.Redis, symbol: str, pnl: float = 0.0) -> dict[str, str]:
+    """Writes the three inputs; returns the market state written."""
+    ms = market()
+    await put(client, KEYS.marketstate(symbol), ms)
+    await put(client, KEYS.risk(symbol), {"stop_dist_pct": "0.02"})
+    await put(client, KEYS.position(symbol), position(pnl))
+    return ms
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]], what: str, limit: float = 5.0, every: float = 0.002
+) -> T:
+    deadline = time.perf_counter() + limit
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.perf_counter() > deadline:
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
+        await anyio.sleep(every)
+
+
+async def proposal(client: aioredis.Redis, symbol: str) -> dict[str, str]:
+    return await client.hgetall(KEYS.proposal(symbol))  # type: ignore[no-any-return,misc]
+
+
+async def published_pnl(client: aioredis.Redis, symbol: str, pnl: float) -> bool:
+    fields = await proposal(client, symbol)
+    return fields.get("position_unrealized_pnl") == repr(pnl)
+
+
+async def last_retraction(client: aioredis.Redis, symbol: str) -> dict[str, str]:
+    entries: Any = await client.xrevrange(KEYS.stream, count=50)
+    for _id, fields in entries:
+        if fields.get("symbol") == symbol:
+            return fields if fields.get("event") == "retract" else {}
+    return {}
+
+
+def make_settings(url: str, **env: str) -> Settings:
+    base = {
+        "REDIS_URL": url,
+        "SYMBOLS": f"{OTHER},{BIG}",
+        "PUBLISH_INTERVAL_SEC": "0",
+        "MAX_PUBLISH_AGE_SEC": "30",
+        "INSTANCE": "limits",
+    }
+    base.update(env)
+    return settings_from_env(base)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Runner]:
+    box: dict[str, Runner] = {}
+    ready = anyio.Event()
+
+    async def on_ready(runner: Runner) -> None:
+        box["runner"] = runner
+        ready.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(serve, settings, on_ready=on_ready, handle_signals=False))
+        with anyio.fail_after(10):
+            await ready.wait()
+        try:
+            yield box["runner"]
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def connected(url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def largest_value(runner: Runner, symbol: str) -> int:
+    """The longest input value the engine holds for `symbol`."""
+    held = runner.engine.inputs(symbol)
+    assert held is not None
+    hashes = (held.marketstate, held.risk, held.position)
+    return max(len(v) for fields in hashes if fields for v in fields.values())
+
+
+async def other_symbol_latency(client: aioredis.Redis, pnl: float) -> float:
+    """Touch the big hash and change the other symbol in the same breath (so both are
+    read in one round); seconds until the other symbol's proposal shows the change."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hset(KEYS.position(BIG), "touched", repr(pnl))
+        pipe.hset(KEYS.position(OTHER), mapping=position(pnl))  # type: ignore[arg-type]
+        await pipe.execute()
+    sent = time.perf_counter()
+    await wait_for(lambda: published_pnl(client, OTHER, pnl), f"{OTHER} at pnl {pnl}")
+    return time.perf_counter() - sent
+
+
+async def test_a_huge_hash_and_a_huge_value_are_retracted_and_not_kept(redis_url: str) -> None:
+    async with connected(redis_url) as client, running(make_settings(redis_url)) as runner:
+        for symbol in (OTHER, BIG):
+            await put_inputs(client, symbol)
+        for symbol in (OTHER, BIG):
+            await wait_for(lambda s=symbol: published_pnl(client, s, 0.0), f"{symbol} published")
+
+        # 100k fields: retracted, saying which key and how many fields
+        await client.hset(
+            KEYS.position(BIG),
+            mapping={f"extra{i}": "1" for i in range(100_000)},  # type: ignore[arg-type]
+        )
+        retraction = await wait_for(lambda: last_retraction(client, BIG), "the retraction")
+        fields = 100_000 + len(position())
+        assert retraction["reason"] == (
+            f"invalid_position: {KEYS.position(BIG)} has {fields} fields "
+            "(limit MAX_INPUT_FIELDS=256)"
+        )
+        assert not await proposal(client, BIG)
+        # touched twice a second, it does not slow the other symbol down (it was read
+        # in full each time: ~0.1-0.3 s per touch)
+        latencies = []
+        for i in range(1, 7):
+            latencies.append(await other_symbol_latency(client, float(i)))
+            await anyio.sleep(0.5)
+        assert max(latencies) < 0.1, latencies
+        assert largest_value(runner, BIG) < 200  # only the reason is held
+
+        # valid again, then a 10 MB value in a field the codec reads
+        await put(client, KEYS.position(BIG), position(1.0))
+        await wait_for(lambda: published_pnl(client, BIG, 1.0), f"{BIG} published again")
+        await client.hset(KEYS.position(BIG), "unrealized_pnl", "9" * TEN_MB)
+        retraction = await wait_for(lambda: last_retraction(client, BIG), "the retraction")
+        assert retraction["reason"] == (
+            f"invalid_position: {KEYS.position(BIG)} field unrealized_pnl is {TEN_MB} bytes "
+            "(limit MAX_INPUT_VALUE_BYTES=4096)"
+        )
+        assert largest_value(runner, BIG) < 200
+
+        # a 10 MB value in a field the codec does not read is never read at all
+        await put(client, KEYS.position(BIG), {**position(2.0), "notes": "x" * TEN_MB})
+        await wait_for(lambda: published_pnl(client, BIG, 2.0), f"{BIG} published again")
+        assert largest_value(runner, BIG) < 200
+        assert await published_pnl(client, OTHER, 6.0)  # and the other one never stopped
+
+
+async def test_the_read_script_tells_absent_empty_oversized_and_wrong_type_apart(
+    redis_url: str,
+) -> None:
+    limits = InputLimits(fields=20, value_bytes=100)
+    client = client_for(redis_url)
+    try:
+        async with connected(redis_url) as admin:
+            await admin.hset(KEYS.position("EMPTY"), "unread", "1")
+            await admin.hset(
+                KEYS.position("WIDE"),
+                mapping={f"f{i}": "1" for i in range(21)},  # type: ignore[arg-type]
+            )
+            pos = position()
+            await admin.hset(KEYS.position("LONGV"), mapping={**pos, "side": "L" * 101})
+            await admin.hset(KEYS.position("UNREAD"), mapping={**pos, "notes": "x" * 500})
+            await admin.set(KEYS.position("STRING"), "not a hash")
+            reader = RedisInputReader(client, KEYS, limits=limits)
+            names = ["ABSENT", "EMPTY", "WIDE", "LONGV", "UNREAD", "STRING"]
+            got = {i.symbol: i.position for i in await reader.fetch(names)}
+            assert got["ABSENT"] is None
+            assert got["EMPTY"] == {}  # exists, none of the fields the codec reads
+            empty = codec.parse_position(got["EMPTY"], "EMPTY", needs_quantity=False)
+            assert isinstance(empty, codec.NoAdvice) and empty.detail == "side is missing"
+            assert got["WIDE"] == {
+                OVERSIZED: f"{KEYS.position('WIDE')} has 21 fields (limit MAX_INPUT_FIELDS=20)"
+            }
+            assert got["LONGV"] == {
+                OVERSIZED: f"{KEYS.position('LONGV')} field side is 101 bytes "
+                "(limit MAX_INPUT_VALUE_BYTES=100)"
+            }
+            assert got["UNREAD"] == pos  # the long unread field is not read
+            wrong = codec.parse_position(got["STRING"], "STRING", needs_quantity=False)
+            assert isinstance(wrong, codec.NoAdvice) and wrong.reason == "invalid_position"
+
+            # whole hashes (record, doctor): the long unread field is left out
+            whole = await read_hashes(admin, [("position", KEYS.position("UNREAD"))], limits, "all")
+            assert whole == [pos]
+
+            # the server forgets the script (SCRIPT FLUSH, a failover): loaded again
+            await admin.script_flush()
+            assert (await reader.fetch(["UNREAD"]))[0].position == pos
+            await admin.script_flush()
+            unread = [("position", KEYS.position("UNREAD"))]
+            assert await read_hashes(admin, unread, limits, "all") == [pos]
+    finally:
+        await client.aclose()
+
+
+async def test_record_and_doctor_see_an_oversized_hash_as_the_service_does(
+    redis_url: str,
+) -> None:
+    settings = make_settings(redis_url, MAX_INPUT_FIELDS="50")
+    async with connected(redis_url) as client:
+        other_market = await put_inputs(client, OTHER)
+        await put_inputs(client, BIG)
+        await client.hset(
+            KEYS.position(BIG),
+            mapping={f"extra{i}": "1" for i in range(60)},  # type: ignore[arg-type]
+        )
+        expected = (
+            f"{KEYS.position(BIG)} has {60 + len(position())} fields (limit MAX_INPUT_FIELDS=50)"
+        )
+        recorder = Recorder(
+            client, KEYS, SystemClock(), symbols=settings.symbols, limits=InputLimits(fields=50)
+        )
+        _at, state = await recorder.snapshot()
+        assert state[BIG].position == {OVERSIZED: expected}
+        assert state[OTHER].marketstate == other_market  # whole hashes, unread fields too
+        replayed = codec.parse_position(state[BIG].position, BIG, needs_quantity=False)
+        assert isinstance(replayed, codec.NoAdvice)
+        assert replayed.text() == f"invalid_position: {expected}"
+
+        report = await run_doctor(settings, only=["inputs"])
+        entry = report.checks[-1].details["per_symbol"][BIG]
+        assert (entry["state"], entry["detail"]) == ("invalid_position", expected)
+
+
+async def test_a_server_without_evalsha_ro_is_read_with_evalsha(
+    redis_server_factory: Callable[..., EmbeddedRedis],
+) -> None:
+    """Redis 6.2 has no EVALSHA_RO: the service, `record` and the startup check use
+    EVALSHA there (simulated by renaming the command away)."""
+    server = redis_server_factory(extra_args=["--rename-command", "EVALSHA_RO", ""])
+    async with connected(server.url) as client:
+        with pytest.raises(ResponseError, match="unknown command"):
+            await client.execute_command("EVALSHA_RO", "0" * 40, 0)
+        await put_inputs(client, OTHER)
+        await put_inputs(client, BIG)
+        async with running(make_settings(server.url)):
+            for symbol in (OTHER, BIG):
+                await wait_for(lambda s=symbol: published_pnl(client, s, 0.0), f"{symbol}")
+            await client.hset(
+                KEYS.position(BIG),
+                mapping={f"extra{i}": "1" for i in range(300)},  # type: ignore[arg-type]
+            )
+            retraction = await wait_for(lambda: last_retraction(client, BIG), "the retraction")
+            assert f"has {300 + len(position())} fields" in retraction["reason"]
+        limits = InputLimits()
+        assert await read_hashes(client, [("risk", KEYS.risk(OTHER))], limits, "all") == [
+            {"stop_dist_pct": "0.02"}
+        ]

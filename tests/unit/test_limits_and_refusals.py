@@ -1,0 +1,98 @@
+"""Input size limits (settings, codec, reply decoding) and ACL refusal wording."""
+
+from __future__ import annotations
+
+import pytest
+
+from harvest_async.config import ConfigError, settings_from_env
+from harvest_async.core import codec
+from harvest_async.core.codec import OVERSIZED, USED_FIELDS
+from harvest_async.errors import PermissionDenied, RedisUnavailable
+from harvest_async.redis_io.client import refused
+from harvest_async.redis_io.inputs_io import InputLimits, decode_reply
+
+
+def test_limits_default_and_parse() -> None:
+    settings = settings_from_env({})
+    assert (settings.max_input_fields, settings.max_input_value_bytes) == (256, 4096)
+    settings = settings_from_env({"MAX_INPUT_FIELDS": "40", "MAX_INPUT_VALUE_BYTES": "100"})
+    assert (settings.max_input_fields, settings.max_input_value_bytes) == (40, 100)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MAX_INPUT_FIELDS", "0"),
+        ("MAX_INPUT_FIELDS", "many"),
+        ("MAX_INPUT_VALUE_BYTES", "63"),
+        ("MAX_INPUT_VALUE_BYTES", "4k"),
+    ],
+)
+def test_invalid_limits_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_env({variable: value})
+    assert info.value.variable == variable
+
+
+def test_an_oversized_hash_is_invalid_input_saying_why() -> None:
+    why = {OVERSIZED: "k has 300 fields (limit MAX_INPUT_FIELDS=256)"}
+    market = codec.parse_market(why)
+    risk = codec.parse_risk(why)
+    position = codec.parse_position(why, "X", needs_quantity=False)
+    assert market == codec.NoAdvice("invalid_marketstate", why[OVERSIZED])
+    assert risk == codec.NoAdvice("invalid_risk", why[OVERSIZED])
+    assert position == codec.NoAdvice("invalid_position", why[OVERSIZED])
+    # a replay trims hashes like the live reader: the verdict survives, alone
+    assert codec.trim("position", {**why, "side": "LONG"}) == why
+
+
+def test_decode_reply() -> None:
+    limits = InputLimits(fields=10, value_bytes=100)
+    names = USED_FIELDS["risk"]
+    assert decode_reply("risk", "k", None, limits, "used") is None
+    assert decode_reply("risk", "k", [None] * len(names), limits, "used") == {}
+    values = ["0.02" if n == "stop_dist_pct" else None for n in names]
+    assert decode_reply("risk", "k", values, limits, "used") == {"stop_dist_pct": "0.02"}
+    assert decode_reply("risk", "k", "fields 11", limits, "used") == {
+        OVERSIZED: "k has 11 fields (limit MAX_INPUT_FIELDS=10)"
+    }
+    assert decode_reply("risk", "k", "bytes proposed_sl 101", limits, "all") == {
+        OVERSIZED: "k field proposed_sl is 101 bytes (limit MAX_INPUT_VALUE_BYTES=100)"
+    }
+    # a producer's field that happens to carry the marker's name is not a verdict
+    pairs = ["stop_dist_pct", "0.02", OVERSIZED, "x"]
+    assert decode_reply("risk", "k", pairs, limits, "all") == {"stop_dist_pct": "0.02"}
+    error = ValueError("WRONGTYPE")
+    assert decode_reply("risk", "k", error, limits, "used") is error
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        # Redis 7.0 and Valkey 8 wordings
+        ("this user has no permissions to run the 'hgetall' command", "command hgetall"),
+        ("User u has no permissions to run the 'client|setname' command", "command client|setname"),
+        ("The user executing the script can't run this command or subcommand [HMGET] script: "
+         "abc, on @user_script:9.", "command hmget"),
+        ("ACL failure in script: User u has no permissions to run the 'memory|usage' command "
+         "[MEMORY|USAGE] script: abc", "command memory|usage"),
+        ("this user has no permissions to access one of the keys used as arguments", "key access"),
+        ("No permissions to access a key", "key access"),
+        ("this user has no permissions to access one of the channels used as arguments",
+         "channel access"),
+        ("Transaction discarded because of: NOPERM User u has no permissions to run the 'exec' "
+         "command", "command exec"),
+    ],
+)  # fmt: skip
+def test_acl_refusals_name_what_was_refused(text: str, what: str) -> None:
+    error = refused("doing it", RuntimeError(text))
+    assert isinstance(error, PermissionDenied)
+    assert error.what == f"{what} while doing it"
+    assert str(error).startswith(f"permission denied: {what} while doing it ({text})")
+    assert "\n" not in str(error)
+
+
+def test_other_refusals_are_outages() -> None:
+    error = refused("writing", RuntimeError("OOM command not allowed"))
+    assert type(error) is RedisUnavailable
+    assert str(error) == "writing: OOM command not allowed"
