@@ -26,10 +26,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 test: venv check ## lint + type-check, then the whole test suite
 	$(BIN)/python -m pytest -q
 
-check: venv ## ruff lint, ruff format check, mypy --strict
+check: venv ## ruff lint, ruff format check, mypy --strict, import contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict harvest_async
+	$(BIN)/lint-imports
 
 fmt: venv ## format the code and apply safe lint fixes
 	$(BIN)/ruff format .

@@ -35,9 +35,9 @@ from pathlib import Path
 import msgspec
 
 from harvest_async import __version__
-from harvest_async.config import settings_from_env
+from harvest_async.config import engine_config, settings_from_env
 from harvest_async.replay.recording_writer import write_recording
-from harvest_async.replay.replayer import engine_config_for, replay
+from harvest_async.replay.replayer import replay
 from harvest_async.replay.timeline import TimelineWriter
 from harvest_async.tools.simulate import InputWrite, Simulator, symbols_for
 
@@ -74,7 +74,7 @@ def head(path: Path, out: Path, lines: int) -> None:
 
 def child(path: str, mode: str) -> None:
     """Runs in a fresh process: one replay, one JSON line of results on stdout."""
-    config = engine_config_for(settings_from_env({}))
+    config = engine_config(settings_from_env({}))
     began = time.perf_counter()
     if mode == "engine":
         count = [0]
@@ -130,7 +130,7 @@ _SPLIT = (
 
 
 def profile(path: Path, top: int = 8) -> str:
-    config = engine_config_for(settings_from_env({}))
+    config = engine_config(settings_from_env({}))
     prof = cProfile.Profile()
     prof.enable()
     replay(path, config, lambda _outs: None)

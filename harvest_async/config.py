@@ -17,6 +17,8 @@ from typing import Literal
 
 import msgspec
 
+from harvest_async.core import gate
+from harvest_async.core.engine import EngineConfig
 from harvest_async.core.kernel import KernelInputError, validate_theta
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
@@ -26,6 +28,7 @@ __all__ = [
     "ConfigError",
     "Settings",
     "build_theta",
+    "engine_config",
     "load_env_file",
     "load_theta",
     "load_theta_file",
@@ -390,3 +393,21 @@ def environ_with(
     if overrides:
         merged.update(overrides)
     return merged
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    """The engine's configuration for these Settings: one code path for the service,
+    replay, doctor and explain, so they decide alike."""
+    return EngineConfig(
+        theta=settings.theta,
+        gate=gate.GateConfig(
+            floor_sec=settings.publish_interval_sec,
+            heartbeat_sec=settings.max_publish_age_sec,
+            change_eps=settings.change_eps_pct,
+            r_eps=settings.r_eps,
+        ),
+        max_input_age_sec=settings.max_input_age_sec,
+        max_clock_skew_sec=settings.max_clock_skew_sec,
+        synthetic_positions=settings.position_source == "synthetic",
+        symbols=settings.symbols,
+    )

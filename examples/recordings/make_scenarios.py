@@ -24,10 +24,9 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
-from harvest_async.config import settings_from_env
+from harvest_async.config import engine_config, settings_from_env
 from harvest_async.replay.plot import load_timeline, plot_timeline
 from harvest_async.replay.recording_writer import write_recording
-from harvest_async.replay.replayer import engine_config_for
 from harvest_async.replay.timeline import replay_to_file
 from harvest_async.tools.simulate import InputWrite, Simulator, symbols_for
 
@@ -226,7 +225,7 @@ def build(out: Path) -> list[Path]:
         },
     )
     written.append(path)
-    config = engine_config_for(settings_from_env({}))  # the defaults, not this shell's env
+    config = engine_config(settings_from_env({}))  # the defaults, not this shell's env
     for recording in written:
         replay_to_file(recording, config, str(expected_path(recording)), show_progress=False)
     return written

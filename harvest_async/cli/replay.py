@@ -113,7 +113,7 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace, settings: Any) -> int:
-    from harvest_async.replay.replayer import engine_config_for
+    from harvest_async.config import engine_config
     from harvest_async.replay.timeline import replay_to_file
 
     fmt = args.format or "jsonl"
@@ -121,7 +121,7 @@ def _replay(args: argparse.Namespace, settings: Any) -> int:
         raise CliError("replay: --format text is for --compare; use jsonl or csv", EXIT_USAGE)
     stats = replay_to_file(
         args.recording,
-        engine_config_for(settings),
+        engine_config(settings),
         args.out,
         fmt=fmt,
         show_progress=args.progress,
@@ -139,9 +139,8 @@ def _replay(args: argparse.Namespace, settings: Any) -> int:
 def _compare(args: argparse.Namespace, settings: Any) -> int:
     import msgspec
 
-    from harvest_async.config import load_theta, load_theta_file
+    from harvest_async.config import engine_config, load_theta, load_theta_file
     from harvest_async.replay.compare import compare, format_comparison
-    from harvest_async.replay.replayer import engine_config_for
     from harvest_async.replay.timeline import atomic_output
 
     fmt = args.format or "text"
@@ -150,7 +149,7 @@ def _compare(args: argparse.Namespace, settings: Any) -> int:
     other = load_theta_file(args.compare, variable="--compare")
     base = msgspec.structs.asdict(settings.theta)
     theta_b = load_theta(args.compare, variable="--compare", base=base)
-    config_a = engine_config_for(settings)
+    config_a = engine_config(settings)
     config_b = msgspec.structs.replace(config_a, theta=theta_b)
     rows, stats = compare(args.recording, config_a, config_b)
     if fmt == "jsonl":
@@ -178,7 +177,7 @@ def _into(args: argparse.Namespace, settings: Any) -> int:
     url = args.into
 
     async def main() -> Any:
-        from harvest_async.service.app import check_redis
+        from harvest_async.redis_io.client import check_redis
 
         await check_redis(settings)
         client = client_for(

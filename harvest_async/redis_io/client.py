@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
+from harvest_async.config import Settings
 from harvest_async.core.keys import glob_escape
 from harvest_async.errors import PermissionDenied, RedisUnavailable
 
@@ -19,6 +21,8 @@ __all__ = [
     "REDIS_ERRORS",
     "REDIS_OR_REPLY_ERRORS",
     "Client",
+    "ResponseError",
+    "check_redis",
     "client_for",
     "denied_command",
     "describe_url",
@@ -31,8 +35,10 @@ __all__ = [
 
 T = TypeVar("T")
 
-# The client type the rest of the package handles (created only by `client_for`).
+# The client type the rest of the package handles (created only by `client_for`), and the
+# error reply it raises: tools catch these without importing redis themselves.
 Client = aioredis.Redis
+ResponseError = rexc.ResponseError
 
 # Errors that mean "Redis is not usable right now" (not a bug in our command).
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
@@ -157,3 +163,25 @@ async def closing(client: aioredis.Redis) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+async def check_redis(settings: Settings) -> None:
+    """Fail fast (exit 3) with one clear line when Redis is unreachable or refuses us."""
+    client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-check")
+    try:
+        await client.ping()
+    except REDIS_OR_REPLY_ERRORS as exc:
+        where = describe_url(settings.redis_url)
+        if is_permission_error(str(exc)):  # CLIENT SETNAME or PING refused by the ACL
+            raise refused(f"connecting to Redis at {where}", exc) from exc
+        if is_auth_error(str(exc)):
+            raise RedisUnavailable(
+                f"Redis at {where} refused our credentials ({exc}); check the password "
+                "(REDIS_URL, REDIS_PASSWORD_FILE or the redis-password credential)"
+            ) from exc
+        raise RedisUnavailable(
+            f"cannot reach Redis at {where}: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.aclose()

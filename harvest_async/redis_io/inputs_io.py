@@ -20,6 +20,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from harvest_async.config import Settings
 from harvest_async.core.codec import OVERSIZED, USED_FIELDS, Hash, trim
 from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS, is_permission_error, refused
@@ -116,6 +117,10 @@ class InputLimits(msgspec.Struct, frozen=True):
 
     fields: int = 256
     value_bytes: int = 4096
+
+    @classmethod
+    def of(cls, settings: Settings) -> InputLimits:
+        return cls(settings.max_input_fields, settings.max_input_value_bytes)
 
     def args(self, kind: str, mode: Mode, *, probe: bool = False) -> tuple[str, ...]:
         """The script's ARGV for an input hash of `kind`."""

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
-import redis.asyncio as aioredis
 
 from harvest_async import __version__
 from harvest_async.clock import Clock, SystemClock
@@ -31,7 +30,14 @@ from harvest_async.core.codec import Hash
 from harvest_async.core.keys import Keys, glob_escape
 from harvest_async.core.ports import Event, Gap
 from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS, client_for, describe_url, refused
+from harvest_async.redis_io.client import (
+    REDIS_OR_REPLY_ERRORS,
+    Client,
+    check_redis,
+    client_for,
+    describe_url,
+    refused,
+)
 from harvest_async.redis_io.inputs_io import InputLimits, read_hashes
 from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.redis_io.permissions import verify_permissions
@@ -44,7 +50,6 @@ from harvest_async.replay.format import (
     SymbolState,
 )
 from harvest_async.replay.recording_writer import RecordingWriter
-from harvest_async.service.app import check_redis, input_limits
 
 __all__ = ["RecordStats", "Recorder", "record"]
 
@@ -76,7 +81,7 @@ class Recorder:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         keys: Keys,
         clock: Clock,
         *,
@@ -240,7 +245,7 @@ async def record(
     )
     keys = settings.keys
     recorder = Recorder(
-        client, keys, clock, symbols=settings.symbols, limits=input_limits(settings)
+        client, keys, clock, symbols=settings.symbols, limits=InputLimits.of(settings)
     )
     source = KeyspaceSource(
         settings.redis_url,

@@ -30,16 +30,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from harvest_async.config import Settings
 from harvest_async.core.codec import Hash, SymbolInputs, trim
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.ports import NullHooks, Output, PublishOut
 from harvest_async.core.rounds import Discover, Fetch, ReadPublished, Request, Rounds, Step, Write
 from harvest_async.replay.format import Delete, End, RecordingError, Set, Snapshot, SymbolState
 from harvest_async.replay.recording_reader import RecordingReader
-from harvest_async.service.app import engine_config
 
-__all__ = ["RecordingError", "ReplayStats", "engine_config_for", "replay"]
+__all__ = ["RecordingError", "ReplayStats", "replay"]
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +88,6 @@ def _quiet_engine_log() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, before, strict=True):
             lg.setLevel(level)
-
-
-def engine_config_for(settings: Settings) -> EngineConfig:
-    """The live service's engine configuration for these Settings (one code path)."""
-    return engine_config(settings)
 
 
 class _Replayer:

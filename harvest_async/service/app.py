@@ -16,18 +16,14 @@ from anyio.abc import TaskStatus
 
 from harvest_async.backoff import DenialLog
 from harvest_async.clock import Clock, SystemClock
-from harvest_async.config import Settings
-from harvest_async.core import gate
-from harvest_async.core.engine import Engine, EngineConfig
+from harvest_async.config import Settings, engine_config
+from harvest_async.core.engine import Engine
 from harvest_async.core.ports import Observer, RunnerHooks
 from harvest_async.errors import PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import (
-    REDIS_OR_REPLY_ERRORS,
+    check_redis,
     client_for,
     describe_url,
-    is_auth_error,
-    is_permission_error,
-    refused,
 )
 from harvest_async.redis_io.inputs_io import InputLimits
 from harvest_async.redis_io.notifications import KeyspaceSource
@@ -42,50 +38,8 @@ __all__ = ["build_engine", "serve"]
 log = logging.getLogger(__name__)
 
 
-def engine_config(settings: Settings) -> EngineConfig:
-    return EngineConfig(
-        theta=settings.theta,
-        gate=gate.GateConfig(
-            floor_sec=settings.publish_interval_sec,
-            heartbeat_sec=settings.max_publish_age_sec,
-            change_eps=settings.change_eps_pct,
-            r_eps=settings.r_eps,
-        ),
-        max_input_age_sec=settings.max_input_age_sec,
-        max_clock_skew_sec=settings.max_clock_skew_sec,
-        synthetic_positions=settings.position_source == "synthetic",
-        symbols=settings.symbols,
-    )
-
-
 def build_engine(settings: Settings, observer: Observer | None = None) -> Engine:
     return Engine(engine_config(settings), observer)
-
-
-def input_limits(settings: Settings) -> InputLimits:
-    return InputLimits(settings.max_input_fields, settings.max_input_value_bytes)
-
-
-async def check_redis(settings: Settings) -> None:
-    """Fail fast (exit 3) with one clear line when Redis is unreachable or refuses us."""
-    client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-check")
-    try:
-        await client.ping()
-    except REDIS_OR_REPLY_ERRORS as exc:
-        where = describe_url(settings.redis_url)
-        if is_permission_error(str(exc)):  # CLIENT SETNAME or PING refused by the ACL
-            raise refused(f"connecting to Redis at {where}", exc) from exc
-        if is_auth_error(str(exc)):
-            raise RedisUnavailable(
-                f"Redis at {where} refused our credentials ({exc}); check the password "
-                "(REDIS_URL, REDIS_PASSWORD_FILE or the redis-password credential)"
-            ) from exc
-        raise RedisUnavailable(
-            f"cannot reach Redis at {where}: {type(exc).__name__}: {exc}"
-        ) from exc
-    finally:
-        with anyio.CancelScope(shield=True):
-            await client.aclose()
 
 
 async def serve(
@@ -111,7 +65,7 @@ async def serve(
     engine = build_engine(settings, observer)
     runner = Runner(
         engine,
-        RedisInputReader(client, settings.keys, timeout=timeout, limits=input_limits(settings)),
+        RedisInputReader(client, settings.keys, timeout=timeout, limits=InputLimits.of(settings)),
         RedisSink(
             client,
             settings.keys,

@@ -28,10 +28,10 @@ from prometheus_client import (
 )
 
 from harvest_async import __version__
-from harvest_async.cli.exits import EXIT_ERROR, CliError
 from harvest_async.config import Settings
 from harvest_async.core.models import Theta
 from harvest_async.core.ports import Observer, PublishOut, RetractOut, RunnerHooks
+from harvest_async.errors import HarvestError
 
 __all__ = [
     "ACTION_CODES",
@@ -449,8 +449,9 @@ def start_for(
     try:
         server = serve_metrics(metrics.registry, port, addr)
     except OSError as exc:
-        raise CliError(
-            f"METRICS_PORT: cannot listen on {where}: {exc.strerror or exc}", EXIT_ERROR
+        # exit 1 through cli.exits, as any HarvestError that is not a configuration error
+        raise HarvestError(
+            f"METRICS_PORT: cannot listen on {where}: {exc.strerror or exc}"
         ) from exc
     log.info("metrics on http://%s/metrics", where)
     obs, hks = combine(metrics, observer, hooks)

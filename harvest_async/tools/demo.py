@@ -21,12 +21,11 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 import anyio
-import redis.asyncio as aioredis
 
 from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.config import Settings, settings_from_env
 from harvest_async.core.ports import PublishOut, RetractOut
-from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url
+from harvest_async.redis_io.client import REDIS_ERRORS, Client, client_for, describe_url
 from harvest_async.service.app import serve
 from harvest_async.service.metrics import reason_label
 from harvest_async.service.runner import Runner
@@ -243,7 +242,7 @@ async def run_demo(
 
 async def delete_namespace(url: str, password: str | None, prefix: str = DEMO_PREFIX) -> int:
     """Remove every key the demo created on a server it did not start."""
-    client: aioredis.Redis = client_for(url, password, name="harvest-demo-cleanup")
+    client: Client = client_for(url, password, name="harvest-demo-cleanup")
     deleted = 0
     try:
         pattern = prefix + "*"

@@ -23,8 +23,6 @@ from typing import Any, Literal
 
 import anyio
 import msgspec
-import redis.asyncio as aioredis
-from redis import exceptions as rexc
 
 from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.config import Settings
@@ -34,6 +32,8 @@ from harvest_async.core.models import ACTIONS
 from harvest_async.errors import PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import (
     REDIS_ERRORS,
+    Client,
+    ResponseError,
     client_for,
     describe_url,
     is_auth_error,
@@ -174,7 +174,7 @@ async def run_doctor(
                 )
                 report.unreachable = True
                 return report
-            except rexc.ResponseError as exc:
+            except ResponseError as exc:
                 check = Check(
                     name=name,
                     status="FAIL",
@@ -200,14 +200,14 @@ _AUTH_ACTION = (
 )
 
 
-async def _check_redis(client: aioredis.Redis, settings: Settings) -> Check:
+async def _check_redis(client: Client, settings: Settings) -> Check:
     where = describe_url(settings.redis_url)
     started = monotonic()
     try:
         await client.ping()
         elapsed = monotonic() - started
         info: dict[str, Any] = await client.info("server")
-    except rexc.ResponseError as exc:
+    except ResponseError as exc:
         text = str(exc)
         if _is_auth_error(text) or "NOPERM" in text:
             return Check(
@@ -260,11 +260,11 @@ async def _check_redis(client: aioredis.Redis, settings: Settings) -> Check:
 
 # -- notifications ---------------------------------------------------------------------------
 async def _check_notifications(
-    client: aioredis.Redis, settings: Settings, now: float, ctx: _Context, instance: str | None
+    client: Client, settings: Settings, now: float, ctx: _Context, instance: str | None
 ) -> Check:
     flags = await read_notify_flags(client)
     config_file = ""
-    with contextlib.suppress(rexc.ResponseError):
+    with contextlib.suppress(ResponseError):
         info: dict[str, Any] = await client.info("server")
         config_file = str(info.get("config_file") or "")
     where = f" ({config_file})" if config_file else ""
@@ -310,11 +310,11 @@ async def _check_notifications(
 
 
 # -- inputs ------------------------------------------------------------------------------------
-async def _scan(client: aioredis.Redis, prefix: str) -> list[str]:
+async def _scan(client: Client, prefix: str) -> list[str]:
     return await scan_symbols(client, prefix, _SCAN_LIMIT)
 
 
-async def _hgetall_many(client: aioredis.Redis, keys: Sequence[str]) -> list[dict[str, str]]:
+async def _hgetall_many(client: Client, keys: Sequence[str]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     for start in range(0, len(keys), _CHUNK):
         async with client.pipeline(transaction=False) as pipe:
@@ -334,7 +334,7 @@ def _epoch_age(fields: dict[str, str] | None, name: str, now: float) -> float | 
 
 
 async def _check_inputs(
-    client: aioredis.Redis, settings: Settings, now: float, ctx: _Context, instance: str | None
+    client: Client, settings: Settings, now: float, ctx: _Context, instance: str | None
 ) -> Check:
     keys = settings.keys
     if settings.symbols is not None:
@@ -444,7 +444,7 @@ async def _check_inputs(
 
 # -- publisher ---------------------------------------------------------------------------------
 async def _check_publisher(
-    client: aioredis.Redis, settings: Settings, now: float, ctx: _Context, instance: str | None
+    client: Client, settings: Settings, now: float, ctx: _Context, instance: str | None
 ) -> Check:
     prefix = settings.keys.liveness_prefix
     names = sorted(await _scan(client, prefix))
@@ -504,7 +504,7 @@ async def _check_publisher(
 
 # -- proposals ---------------------------------------------------------------------------------
 async def _check_proposals(
-    client: aioredis.Redis, settings: Settings, now: float, ctx: _Context, instance: str | None
+    client: Client, settings: Settings, now: float, ctx: _Context, instance: str | None
 ) -> Check:
     keys = settings.keys
     symbols = sorted(await _scan(client, keys.harvest_prefix))
@@ -590,7 +590,7 @@ async def _check_proposals(
 
 # -- stream ------------------------------------------------------------------------------------
 async def _check_stream(
-    client: aioredis.Redis, settings: Settings, now: float, ctx: _Context, instance: str | None
+    client: Client, settings: Settings, now: float, ctx: _Context, instance: str | None
 ) -> Check:
     name = settings.keys.stream
     if not settings.enable_stream:

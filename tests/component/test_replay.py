@@ -22,7 +22,7 @@ import pytest
 from anyio.abc import TaskStatus
 
 from harvest_async.clock import FakeClock
-from harvest_async.config import settings_from_env
+from harvest_async.config import engine_config, settings_from_env
 from harvest_async.core.codec import Hash, SymbolInputs
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.gate import GateConfig
@@ -42,7 +42,7 @@ from harvest_async.replay.format import (
 )
 from harvest_async.replay.recording_reader import read_all
 from harvest_async.replay.recording_writer import RecordingWriter, write_recording
-from harvest_async.replay.replayer import engine_config_for, replay
+from harvest_async.replay.replayer import replay
 from harvest_async.replay.timeline import replay_to_file
 from harvest_async.service.runner import Runner
 from harvest_async.tools.simulate import Simulator, symbols_for
@@ -54,7 +54,7 @@ T0 = 1_767_225_600.0
 SCENARIOS = sorted(p.name for p in EXAMPLES.glob("s*.jsonl") if ".expected." not in p.name)
 SHIPPED = [*SCENARIOS, "simulated_session.jsonl.gz"]
 
-DEFAULTS = engine_config_for(settings_from_env({}))
+DEFAULTS = engine_config(settings_from_env({}))
 
 
 def expected_path(name: str) -> Path:
@@ -184,20 +184,20 @@ def test_floor_trailing_edge_and_heartbeats_happen_in_virtual_time() -> None:
 
 def test_replay_applies_the_service_settings() -> None:
     env = {"PUBLISH_INTERVAL_SEC": "0", "MAX_PUBLISH_AGE_SEC": "45"}
-    rows = audit(EXAMPLES / "s1_increasing_pnl.jsonl", engine_config_for(settings_from_env(env)))
+    rows = audit(EXAMPLES / "s1_increasing_pnl.jsonl", engine_config(settings_from_env(env)))
     times = [float(r["ts_epoch"]) - T0 for r in rows]
     # no floor: the +63 s tick is published at once; heartbeats every 45 s after +100 s
     assert times == [0.0, 30.0, 60.0, 63.0, 100.0, 145.0, 190.0]
 
 
 def test_symbols_setting_filters() -> None:
-    config = engine_config_for(settings_from_env({"SYMBOLS": "ETHUSDT"}))
+    config = engine_config(settings_from_env({"SYMBOLS": "ETHUSDT"}))
     rows = audit(EXAMPLES / "s7_profit_lock.jsonl", config)
     assert {r["symbol"] for r in rows} == {"ETHUSDT"}
 
 
 def test_tunables_change_the_decisions() -> None:
-    config = engine_config_for(settings_from_env({"THETA_KILL_THRESHOLD": "0.8"}))
+    config = engine_config(settings_from_env({"THETA_KILL_THRESHOLD": "0.8"}))
     rows = audit(EXAMPLES / "s2_regime_flip.jsonl", config)
     assert {r["harvest_action"] for r in rows} == {"NONE"}  # K 0.73 no longer kills
 
@@ -432,7 +432,7 @@ async def test_replay_equals_the_live_runner_on_a_fake_clock(
 ) -> None:
     path = tmp_path / "session.jsonl"
     short_session(path)
-    config = engine_config_for(settings_from_env(env))
+    config = engine_config(settings_from_env(env))
     live = await live_runner_outputs(path, config)
     offline = audit(path, config)
     assert len(offline) > 50
@@ -472,7 +472,7 @@ def test_memory_is_bounded_by_symbols_not_changes(tmp_path: Path) -> None:
 
     replay_mod.Engine = spy  # type: ignore[misc]
     try:
-        no_floor = engine_config_for(settings_from_env({"PUBLISH_INTERVAL_SEC": "0"}))
+        no_floor = engine_config(settings_from_env({"PUBLISH_INTERVAL_SEC": "0"}))
         replay(path, no_floor, outputs.extend)
     finally:
         replay_mod.Engine = original  # type: ignore[misc]
@@ -489,5 +489,5 @@ class _W(msgspec.Struct, frozen=True):
 
 
 def test_gate_config_reaches_the_engine() -> None:
-    config = engine_config_for(settings_from_env({"CHANGE_EPS_PCT": "0.01", "R_EPS": "0.5"}))
+    config = engine_config(settings_from_env({"CHANGE_EPS_PCT": "0.01", "R_EPS": "0.5"}))
     assert config.gate == GateConfig(floor_sec=10.0, heartbeat_sec=60.0, change_eps=0.01, r_eps=0.5)

@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 
 from harvest_async.cli import main as cli
-from harvest_async.config import settings_from_env
+from harvest_async.config import engine_config, settings_from_env
 from harvest_async.replay import plot as plot_mod
 from harvest_async.replay.recording_writer import write_recording
-from harvest_async.replay.replayer import engine_config_for
 from harvest_async.replay.timeline import replay_to_file
 from harvest_async.tools.simulate import Simulator, symbols_for
 
@@ -36,7 +35,7 @@ def no_logging_changes() -> Iterator[None]:
 
 def test_load_timeline_jsonl_and_csv(tmp_path: Path) -> None:
     rec = EXAMPLES / "s8_no_risk_proposal.jsonl"
-    config = engine_config_for(settings_from_env({}))
+    config = engine_config(settings_from_env({}))
     replay_to_file(rec, config, str(tmp_path / "t.csv"), fmt="csv", show_progress=False)
     a = plot_mod.load_timeline(str(EXAMPLES / "s8_no_risk_proposal.expected.jsonl"))
     b = plot_mod.load_timeline(str(tmp_path / "t.csv"))
@@ -105,9 +104,7 @@ def test_plot_twenty_symbols_and_a_selection(tmp_path: Path) -> None:
 
     write_recording(rec, start=T0, initial=sim.initial(), changes=changes(), end_at=T0 + 600)
     timeline = tmp_path / "twenty.expected.jsonl"
-    replay_to_file(
-        rec, engine_config_for(settings_from_env({})), str(timeline), show_progress=False
-    )
+    replay_to_file(rec, engine_config(settings_from_env({})), str(timeline), show_progress=False)
     series = plot_mod.load_timeline(str(timeline))
     drawn = plot_mod.plot_timeline(series, str(tmp_path / "all.png"))
     assert len(drawn) == len(series) >= 15

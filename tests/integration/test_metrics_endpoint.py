@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from harvest_async.config import settings_from_env
 from harvest_async.core.keys import Keys
+from harvest_async.errors import HarvestError
 from harvest_async.service.app import serve
 from harvest_async.service.metrics import METRIC_NAMES
 from harvest_async.service.runner import Runner
@@ -146,14 +147,13 @@ def test_metrics_listen_on_loopback_only() -> None:
 
 
 async def test_metrics_port_in_use_is_one_clear_error(redis_url: str) -> None:
-    from harvest_async.cli.exits import CliError
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         settings = settings_from_env({"REDIS_URL": redis_url, "METRICS_PORT": str(port)})
-        with pytest.raises(CliError, match=f"METRICS_PORT: cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(HarvestError, match=f"METRICS_PORT: cannot listen on 127.0.0.1:{port}"):
             await serve(settings, handle_signals=False)
 
 

@@ -42,14 +42,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from harvest_async.clock import SystemClock
-from harvest_async.config import Settings, settings_from_env
+from harvest_async.config import Settings, engine_config, settings_from_env
 from harvest_async.core.keys import Keys
 from harvest_async.core.ports import Output
 from harvest_async.replay.format import Delete, End, Set, Snapshot
 from harvest_async.replay.into_redis import replay_into
 from harvest_async.replay.recorder import Recorder, record
 from harvest_async.replay.recording_reader import read_all
-from harvest_async.replay.replayer import engine_config_for, replay
+from harvest_async.replay.replayer import replay
 from harvest_async.service.app import serve
 from harvest_async.service.runner import Runner
 from harvest_async.tools.simulate import Simulator, run_simulator, symbols_for
@@ -148,7 +148,7 @@ async def test_live_service_and_offline_replay_make_the_same_decisions(
     def collect(outputs: list[Output]) -> None:
         offline.extend(o.audit_fields() for o in outputs)
 
-    stats = replay(path, engine_config_for(settings), collect)
+    stats = replay(path, engine_config(settings), collect)
     assert stats.complete and stats.changes >= CYCLES * 6
 
     live, replayed = per_symbol(live_entries), per_symbol(offline)
@@ -448,6 +448,6 @@ async def test_a_key_of_another_type_is_recorded_as_the_service_reads_it(
     assert isinstance(change, Set) and change.kind == "risk"
     assert change.fields["stop_dist_pct"].startswith("<not a hash")
     offline: list[Output] = []
-    replay(path, engine_config_for(settings), offline.extend)
+    replay(path, engine_config(settings), offline.extend)
     assert [o.audit_fields()["event"] for o in offline] == ["publish", "retract"]
     assert offline[1].audit_fields()["reason"].startswith("invalid_risk")

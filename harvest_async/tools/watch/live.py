@@ -11,13 +11,18 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import anyio
-import redis.asyncio as aioredis
 
 from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings
 from harvest_async.core.keys import Keys, glob_escape
 from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url, scan_symbols
+from harvest_async.redis_io.client import (
+    REDIS_ERRORS,
+    Client,
+    client_for,
+    describe_url,
+    scan_symbols,
+)
 from harvest_async.redis_io.notifications import notify_flags_cover, read_notify_flags
 from harvest_async.signals import cancel_on_signal
 
@@ -34,7 +39,7 @@ class Watcher:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         keys: Keys,
         *,
         symbols: Sequence[str] | None = None,
