@@ -6,6 +6,7 @@ compute` and `--help` never import redis or anyio; heavy imports happen in `hand
 
 COMMANDS: tuple[str, ...] = (
     "run",
+    "compute",
     "simulate",
     "record",
     "replay",
