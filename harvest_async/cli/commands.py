@@ -14,4 +14,6 @@ COMMANDS: tuple[str, ...] = (
     "doctor",
     "demo",
     "watch",
+    "explain",
+    "config",
 )

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from harvest_async.cli.args import positive_float, positive_int
+from harvest_async.cli.args import positive_float, positive_int, symbol_list
 from harvest_async.cli.common import run_async
 from harvest_async.cli.exits import EXIT_ERROR, EXIT_OK, CliError
 
@@ -32,12 +32,16 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="run S seconds non-interactively, print a summary, exit",
     )
-    p.add_argument(
-        "--symbols",
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--symbol-count",
         type=positive_int,
         default=6,
         metavar="N",
-        help="how many symbols to simulate (default 6)",
+        help="how many random symbols to simulate (default 6)",
+    )
+    which.add_argument(
+        "--symbols", type=symbol_list, metavar="A,B,...", help="simulate these random symbols"
     )
     p.add_argument(
         "--rate",
@@ -72,7 +76,7 @@ def handle(args: argparse.Namespace) -> int:
     env = environ_with(args.env_file)
     url = args.redis_url or env.get("REDIS_URL") or None
     password_file = env.get("REDIS_PASSWORD_FILE") or None
-    symbols = symbols_for(args.symbols)
+    symbols = symbols_for(args.symbol_count) if args.symbols is None else args.symbols.split(",")
     color = use_color(sys.stdout, args.color)
     # the live view owns the screen: only errors may be logged to it
     setup_logging("ERROR" if interactive else "WARNING", env.get("LOG_FORMAT", "text") or "text")

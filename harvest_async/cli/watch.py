@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
             "snapshot and exits (for scripts)."
         ),
     )
-    add_config_args(p, service=False)
+    add_config_args(p, logs=False)
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     p.add_argument(
         "--color",

@@ -57,7 +57,7 @@ def test_demo_against_a_given_server_uses_its_own_namespace(redis_url: str) -> N
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         client.hset("quantum:state:positions:BTCUSDT", mapping={"side": "FLAT"})
-        done = run_demo("--duration", "2", "--symbols", "3", env={"REDIS_URL": redis_url})
+        done = run_demo("--duration", "2", "--symbol-count", "3", env={"REDIS_URL": redis_url})
         assert done.returncode == 0, done.stderr
         assert "Redis at " in done.stdout.splitlines()[0]
         assert "service: " in done.stdout
@@ -106,7 +106,7 @@ def test_interactive_demo_in_tmux_stops_on_ctrl_c_and_cleans_up(tmp_path: Path) 
 
     command = (
         f"env -u REDIS_URL -u REDIS_SERVER TERM=xterm-256color "
-        f"{shlex.quote(sys.executable)} -m harvest_async demo --symbols 4; "
+        f"{shlex.quote(sys.executable)} -m harvest_async demo --symbol-count 4; "
         f"echo $? > {shlex.quote(str(marker))}; echo DEMO-EXITED; sleep 30"
     )
     subprocess.run(

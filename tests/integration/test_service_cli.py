@@ -361,7 +361,7 @@ def test_simulator_feeds_the_service_until_every_proposal_matches(
     with service(env=env, tmp_path=tmp_path) as (proc, log):
         wait_until(lambda: client.exists(KEYS.liveness("sim")), "the service to be ready")
         result = cli(
-            "simulate", "--symbols", "30", "--rate", "400", "--duration", "1.5", "--seed", "7",
+            "simulate", "--symbol-count", "30", "--rate", "400", "--duration", "1.5", "--seed", "7",
             env=clean_env(REDIS_URL=redis_url, **prefixes),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -402,8 +402,8 @@ def test_simulator_feeds_the_service_until_every_proposal_matches(
     [
         ["--rate", "0"],
         ["--duration", "-1"],
-        ["--symbols", "0"],
-        ["--symbols", "3", "--symbol-list", "BTCUSDT"],
+        ["--symbol-count", "0"],
+        ["--symbol-count", "3", "--symbols", "BTCUSDT"],
     ],
 )
 def test_simulate_bad_arguments_exit_2(args: list[str]) -> None:
