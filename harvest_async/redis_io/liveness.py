@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import msgspec
 import redis.asyncio as aioredis
 
@@ -35,11 +37,20 @@ def _epoch(raw: str | None) -> float | None:
         return None
 
 
-async def read_publishers(client: aioredis.Redis, keys: Keys, limit: int = 100) -> list[Publisher]:
-    """Every live publisher's liveness hash (sorted by instance)."""
+async def read_publishers(
+    client: aioredis.Redis,
+    keys: Keys,
+    *,
+    names: Iterable[str] | None = None,
+    limit: int = 100,
+) -> list[Publisher]:
+    """The live publishers' liveness hashes (sorted by instance): every one found by a
+    SCAN, or only those of `names` (no SCAN: cheap enough to repeat every second)."""
     prefix = keys.liveness_prefix
     try:
-        names = sorted(await scan_symbols(client, prefix, limit))
+        if names is None:
+            names = await scan_symbols(client, prefix, limit)
+        names = sorted(set(names))
         async with client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(prefix + name)
