@@ -2,8 +2,9 @@
 
 Layout, so that subcommands can be added and edited independently:
 
-* `build_parser()` calls one `_add_<cmd>(subparsers)` per subcommand;
-* each `_add_<cmd>` registers its arguments and `handler=_<cmd>` via `set_defaults`;
+* one module per subcommand under `harvest_async/cli` (listed in `cli.commands.COMMANDS`);
+  `build_parser()` calls each module's `register(subparsers)`, which adds its arguments and
+  `handler=handle` via `set_defaults`;
 * each handler takes the parsed `argparse.Namespace`, imports its implementation module
   lazily (so `compute` never imports redis or anyio) and returns the exit status.
 

@@ -255,6 +255,12 @@ def test_watch_never_shows_stale_advice_as_live(
                                  valid_until=repr(time.time() + 1.5)))  # fmt: skip
         screen = tmux.wait_for(lambda s: " exp" in row(s, "ETHUSDT"), "the expiry", limit=6)
         assert "past valid_until" in screen
+        # ... and when its key expires (no publisher refreshed its TTL), it is gone
+        client.pexpire(KEYS.proposal("ETHUSDT"), 100)
+        tmux.wait_for(
+            lambda s: "RETRACTED" in row(s, "ETHUSDT") and "expired: " in row(s, "ETHUSDT"),
+            "the expired key",
+        )
 
         # Redis goes away: the rows stay as last seen, marked, with the whole error
         server.kill()
