@@ -1,5 +1,5 @@
 """Kernel benchmark: µs per `compute` call, µs per case with decoding, and the
-`harvest-async compute` command on 100,000 JSON lines.
+`harvest-async compute --raw` command on 100,000 JSON lines.
 
 Run: `make bench` or `.venv/bin/python bench/kernel.py [--no-append] [--cases N]`.
 Results are printed and appended to the "## Kernel (issue 2)" section of BENCHMARKS.md.
@@ -44,7 +44,7 @@ Command: `make bench` or `.venv/bin/python bench/kernel.py`.
 * decode + compute: the same, starting from each case's compact JSON text
   (msgspec decode of position, market state and P1 proposal; theta cached by its text).
 * run_compute: the `compute` command's core in process (decode + compute + encode).
-* CLI: `harvest-async compute` on 100,000 JSON lines (the vectors cycled) in a
+* CLI: `harvest-async compute --raw` on 100,000 JSON lines (the vectors cycled) in a
   subprocess, wall time including interpreter start-up.
 
 Reference: the original kernel took ~32 µs/call; target ≤ 3 µs/call.
@@ -163,8 +163,8 @@ def bench_run_compute(
 def cli_command() -> list[str]:
     script = Path(sys.executable).with_name("harvest-async")
     if script.exists():
-        return [str(script), "compute"]
-    return [sys.executable, "-m", "harvest_async", "compute"]
+        return [str(script), "compute", "--raw"]
+    return [sys.executable, "-m", "harvest_async", "compute", "--raw"]
 
 
 def bench_cli(vectors: list[dict[str, Any]], n_cases: int, repeats: int) -> tuple[float, float]:
@@ -173,7 +173,12 @@ def bench_cli(vectors: list[dict[str, Any]], n_cases: int, repeats: int) -> tupl
         msgspec.json.encode({k: v for k, v in c.items() if k != "expected"}) + b"\n"
         for c in vectors
     ]
-    expected = [msgspec.json.encode({"name": c["name"], **c["expected"]}) for c in vectors]
+    expected = [
+        msgspec.json.encode(
+            {"index": i, "name": c["name"], "symbol": c["position"]["symbol"], **c["expected"]}
+        )
+        for i, c in enumerate(vectors)
+    ]
     with tempfile.TemporaryDirectory(prefix="harvest-bench-") as tmp:
         src = Path(tmp) / "cases.jsonl"
         dst = Path(tmp) / "out.jsonl"

@@ -1,12 +1,16 @@
-"""The only place the service reads time. Everything else gets a Clock injected."""
+"""The only place the service reads time. Everything else gets a Clock injected.
+
+anyio is imported where it is used, so that reading the time (`wall_time`, e.g. in the
+`compute` command) does not import the event-loop machinery.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import anyio
-import anyio.lowlevel
+if TYPE_CHECKING:
+    import anyio
 
 
 class Clock(Protocol):
@@ -28,6 +32,8 @@ class SystemClock:
         return time.time()
 
     async def sleep_until(self, deadline: float) -> None:
+        import anyio.lowlevel  # noqa: PLC0415 - see the module docstring
+
         delay = deadline - time.time()
         if delay > 0:
             await anyio.sleep(delay)
@@ -35,6 +41,8 @@ class SystemClock:
             await anyio.lowlevel.checkpoint()
 
     async def wait(self, event: anyio.Event, deadline: float | None) -> None:
+        import anyio  # noqa: PLC0415 - see the module docstring
+
         if deadline is None:
             await event.wait()
             return
@@ -50,6 +58,8 @@ class FakeClock:
     """
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
+        import anyio  # noqa: PLC0415 - see the module docstring
+
         self._now = start
         self._changed = anyio.Event()
 
@@ -57,6 +67,8 @@ class FakeClock:
         return self._now
 
     def set(self, value: float) -> None:
+        import anyio  # noqa: PLC0415 - see the module docstring
+
         if value < self._now:
             raise ValueError(f"FakeClock cannot go back: {value} < {self._now}")
         self._now = value
@@ -71,6 +83,8 @@ class FakeClock:
             await self._changed.wait()
 
     async def wait(self, event: anyio.Event, deadline: float | None) -> None:
+        import anyio  # noqa: PLC0415 - see the module docstring
+
         while not event.is_set() and (deadline is None or self._now < deadline):
             changed = self._changed
             async with anyio.create_task_group() as tg:
@@ -85,6 +99,11 @@ class FakeClock:
 
                 tg.start_soon(_event)
                 tg.start_soon(_time)
+
+
+def wall_time() -> float:
+    """Epoch seconds now, for one-shot tools that have no Clock (the `compute` command)."""
+    return time.time()
 
 
 def monotonic() -> float:

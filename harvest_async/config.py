@@ -1,8 +1,8 @@
 """Settings: one frozen object built from a mapping (the environment, an env file, flags).
 
 Invalid values raise ConfigError naming the variable; the CLI turns that into exit 2.
-Variables the original service's env file carries but we do not use (REDIS_HOST, ...)
-are accepted and ignored.
+The original service's REDIS_HOST/REDIS_PORT/REDIS_DB/REDIS_PASSWORD are honoured when
+REDIS_URL is unset; given together with REDIS_URL they must agree with it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
@@ -37,7 +38,7 @@ __all__ = [
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = "redis://localhost:6379/0"  # DEFAULT_REDIS_URL
     redis_password: str | None = None
     symbols: tuple[str, ...] | None = None  # None = "*": discover from position keys
     publish_interval_sec: float = 10.0
@@ -243,22 +244,114 @@ def _theta(env: Mapping[str, str], fallback_stop_pct: float | None) -> Theta:
     return build_theta(values, variable="THETA_FILE/THETA_*")
 
 
-def _password(env: Mapping[str, str]) -> str | None:
+def _password_file(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """(password, where it came from) from REDIS_PASSWORD_FILE or the systemd credential."""
     path = _get(env, "REDIS_PASSWORD_FILE")
+    name = "REDIS_PASSWORD_FILE"
     if path is None:
         creds = _get(env, "CREDENTIALS_DIRECTORY")  # systemd LoadCredential=
         if creds is not None and (Path(creds) / "redis-password").is_file():
             path = str(Path(creds) / "redis-password")
+            name = "the redis-password credential"
     if path is None:
         return None
     try:
-        return Path(path).read_text().strip() or None
+        text = Path(path).read_text().strip()
     except OSError as exc:
         raise ConfigError("REDIS_PASSWORD_FILE", f"cannot read {path!r}: {exc.strerror}") from None
+    return (text, name) if text else None
 
 
-def _redis_url(env: Mapping[str, str]) -> tuple[str, int]:
-    url = _get(env, "REDIS_URL") or "redis://localhost:6379/0"
+def _password(env: Mapping[str, str], url_password: str | None) -> str | None:
+    """The password from REDIS_PASSWORD_FILE / the credential / REDIS_PASSWORD (the
+    original service's variable); two of them, or one and the URL's, must agree."""
+    given: list[tuple[str, str]] = []
+    from_file = _password_file(env)
+    if from_file is not None:
+        given.append(from_file)
+    plain = env.get("REDIS_PASSWORD")  # not stripped: spaces may belong to a password
+    if plain:
+        given.append((plain, "REDIS_PASSWORD"))
+    if url_password:
+        given.append((url_password, "the password in REDIS_URL"))
+    for value, name in given[1:]:
+        if value != given[0][0]:
+            raise ConfigError(
+                "REDIS_PASSWORD",
+                f"{given[0][1]} and {name} give different passwords; set only one of them",
+            )
+    if from_file is not None:
+        return from_file[0]
+    return plain or None  # the URL's password stays in the URL
+
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+# the original service's connection variables (REDIS_PASSWORD is handled with the others)
+COMPAT_REDIS_VARS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB")
+_SAME_HOST = {"localhost": "127.0.0.1", "::1": "127.0.0.1", "[::1]": "127.0.0.1"}
+
+
+class _RedisTarget(msgspec.Struct, frozen=True):
+    host: str | None  # None: a unix socket
+    port: int
+    db: int
+
+
+def _compat_target(env: Mapping[str, str]) -> tuple[_RedisTarget, dict[str, str]]:
+    """What REDIS_HOST/REDIS_PORT/REDIS_DB say (defaults where unset), and the ones given."""
+    given = {name: v for name in COMPAT_REDIS_VARS if (v := _get(env, name)) is not None}
+    port = _int(env, "REDIS_PORT", 6379, lo=1, hi=65535)
+    db = _int(env, "REDIS_DB", 0, lo=0, hi=1_000_000)
+    assert port is not None and db is not None
+    return _RedisTarget(given.get("REDIS_HOST", "localhost"), port, db), given
+
+
+def _url_target(url: str, db: int) -> tuple[_RedisTarget, str | None]:
+    """Host, port and database of REDIS_URL, and the password it carries (if any)."""
+    if url.startswith("unix://"):
+        parts = urlsplit(url)
+        return _RedisTarget(None, 0, db), unquote(parts.password) if parts.password else None
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ConfigError("REDIS_URL", f"invalid port in {url!r}") from None
+    password = unquote(parts.password) if parts.password else None
+    return _RedisTarget(parts.hostname or "localhost", port, db), password
+
+
+def _disagreement(
+    url_side: _RedisTarget, compat: _RedisTarget, given: dict[str, str]
+) -> tuple[str, str] | None:
+    """(variable, how) for the first given REDIS_HOST/PORT/DB that contradicts REDIS_URL."""
+    if "REDIS_HOST" in given:
+        if url_side.host is None:
+            return "REDIS_HOST", f"the URL is a unix socket, REDIS_HOST={given['REDIS_HOST']}"
+        a, b = (h.lower() for h in (url_side.host, compat.host or ""))
+        if _SAME_HOST.get(a, a) != _SAME_HOST.get(b, b):
+            host = given["REDIS_HOST"]
+            return "REDIS_HOST", f"the URL's host is {url_side.host}, REDIS_HOST={host}"
+    if "REDIS_PORT" in given and url_side.port != compat.port:
+        where = "a unix socket" if url_side.host is None else f"port {url_side.port}"
+        return "REDIS_PORT", f"the URL connects to {where}, REDIS_PORT={compat.port}"
+    if "REDIS_DB" in given and url_side.db != compat.db:
+        return "REDIS_DB", f"the URL selects database {url_side.db}, REDIS_DB={compat.db}"
+    return None
+
+
+def _redis_url(env: Mapping[str, str]) -> tuple[str, int, str | None]:
+    """(url, db, password in the url): REDIS_URL, else one built from the original
+    service's REDIS_HOST/REDIS_PORT/REDIS_DB; both given must agree (else exit 2)."""
+    compat, given = _compat_target(env)
+    raw = _get(env, "REDIS_URL")
+    if raw is None:
+        if not given:
+            return DEFAULT_REDIS_URL, 0, None
+        host = compat.host or "localhost"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address
+        return f"redis://{host}:{compat.port}/{compat.db}", compat.db, None
+    url = raw
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             "REDIS_URL", f"must start with redis://, rediss:// or unix://, got {url!r}"
@@ -266,15 +359,24 @@ def _redis_url(env: Mapping[str, str]) -> tuple[str, int]:
     db = 0
     if url.startswith("unix://"):
         if "db=" in url:
-            raw = url.split("db=", 1)[1].split("&", 1)[0]
-            db = _parse_db(raw)
+            db = _parse_db(url.split("db=", 1)[1].split("&", 1)[0])
     else:
         rest = url.split("://", 1)[1]
         path = rest.split("/", 1)[1] if "/" in rest else ""
         path = path.split("?", 1)[0]
         if path:
             db = _parse_db(path)
-    return url, db
+    target, password = _url_target(url, db)
+    if given:
+        problem = _disagreement(target, compat, given)
+        if problem is not None:
+            variable, how = problem
+            raise ConfigError(
+                "REDIS_URL",
+                f"disagrees with {variable} ({how}); set REDIS_URL or the original "
+                "REDIS_HOST/REDIS_PORT/REDIS_DB, not both",
+            )
+    return url, db, password
 
 
 def _parse_db(raw: str) -> int:
@@ -289,7 +391,7 @@ def _parse_db(raw: str) -> int:
 
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """Build and validate Settings from a mapping of variables (never reads os.environ)."""
-    url, db = _redis_url(env)
+    url, db, url_password = _redis_url(env)
     publish_interval = _float(env, "PUBLISH_INTERVAL_SEC", 10.0, non_negative=True)
     max_age = _float(env, "MAX_PUBLISH_AGE_SEC", 60.0, positive=True)
     if max_age < publish_interval:
@@ -323,7 +425,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     instance = _get(env, "INSTANCE") or socket.gethostname()
     return Settings(
         redis_url=url,
-        redis_password=_password(env),
+        redis_password=_password(env, url_password),
         symbols=_symbols(env),
         publish_interval_sec=publish_interval,
         max_publish_age_sec=max_age,

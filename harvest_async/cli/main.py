@@ -2,8 +2,9 @@
 
 Layout, so that subcommands can be added and edited independently:
 
-* `build_parser()` calls one `_add_<cmd>(subparsers)` per subcommand;
-* each `_add_<cmd>` registers its arguments and `handler=_<cmd>` via `set_defaults`;
+* one module per subcommand under `harvest_async/cli` (listed in `cli.commands.COMMANDS`);
+  `build_parser()` calls each module's `register(subparsers)`, which adds its arguments and
+  `handler=handle` via `set_defaults`;
 * each handler takes the parsed `argparse.Namespace`, imports its implementation module
   lazily (so `compute` never imports redis or anyio) and returns the exit status.
 
@@ -46,59 +47,6 @@ def _fail(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
 
 
-def _subparser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        name, help=help_text, description=help_text
-    )
-    return parser
-
-
-# --- compute -------------------------------------------------------------------------
-
-
-def _add_compute(subparsers: Any) -> None:
-    p = _subparser(
-        subparsers,
-        "compute",
-        "What-if: run the kernel over cases (JSON array or JSON lines) and print one "
-        "JSON line per case.",
-    )
-    p.add_argument(
-        "input",
-        nargs="?",
-        default="-",
-        metavar="FILE",
-        help="cases file; '-' or omitted reads stdin",
-    )
-    p.add_argument(
-        "--theta",
-        metavar="FILE",
-        help="tunables (TOML if it ends in .toml, else JSON) used where a case sets none",
-    )
-    p.set_defaults(handler=_compute)
-
-
-def _compute(args: argparse.Namespace) -> int:
-    from harvest_async.config import load_theta
-    from harvest_async.tools import compute as whatif
-
-    theta = None if args.theta is None else load_theta(args.theta, variable="--theta")
-    if args.input == "-":
-        status = whatif.run_compute(sys.stdin.buffer, sys.stdout, theta)
-    else:
-        try:
-            stream = open(args.input, "rb")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise CliError(
-                f"compute: cannot read {args.input!r}: {exc.strerror or exc}", EXIT_USAGE
-            ) from exc
-        with stream:
-            status = whatif.run_compute(stream, sys.stdout, theta)
-    if status != EXIT_OK:
-        _fail("compute: some cases were rejected (see the 'error' lines)")
-    return status
-
-
 # --- the other subcommands: one module each under harvest_async/cli ------------
 
 
@@ -119,7 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_compute(subparsers)
     for register in _command_registrations():
         register(subparsers)
     return parser

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from harvest_async.cli.args import add_symbols_arg, add_theta_arg
 from harvest_async.cli.exits import EXIT_USAGE, CliError
 
 
@@ -26,13 +27,8 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="picture to write: .png, .svg or .pdf (default: TIMELINE with .png)",
     )
-    p.add_argument(
-        "--symbols",
-        nargs="+",
-        metavar="SYM",
-        help="symbols to draw (space or comma separated; default: all)",
-    )
-    p.add_argument("--theta", metavar="FILE", help="tunables for the T1/T2/T3 and kill lines")
+    add_symbols_arg(p, "symbols to draw (default: all)")
+    add_theta_arg(p, "tunables for the T1/T2/T3 and kill lines")
     p.add_argument("--title", help="a title above the plots")
     p.set_defaults(handler=handle)
 
@@ -51,9 +47,7 @@ def handle(args: argparse.Namespace) -> int:
     from harvest_async.replay.plot import load_timeline, plot_timeline
 
     theta = None if args.theta is None else load_theta(args.theta, variable="--theta")
-    symbols = None
-    if args.symbols:
-        symbols = [s.strip() for item in args.symbols for s in item.split(",") if s.strip()]
+    symbols = None if args.symbols in (None, "*") else args.symbols.split(",")
     out = args.out or _default_out(args.timeline)
     try:
         series = load_timeline(args.timeline)

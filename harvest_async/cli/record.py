@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="stop after S seconds (default: on SIGINT)",
     )
-    add_config_args(p, service=False)
+    add_config_args(p)
     p.set_defaults(handler=handle)
 
 

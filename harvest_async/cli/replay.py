@@ -38,7 +38,6 @@ def register(subparsers: Any) -> None:
         choices=("jsonl", "csv", "text"),
         help="output format: jsonl (default) or csv; with --compare: text (default) or jsonl",
     )
-    p.add_argument("--theta", metavar="FILE", help="tunables file (TOML or JSON), as THETA_FILE")
     p.add_argument(
         "--compare",
         metavar="THETA_FILE",
@@ -69,9 +68,7 @@ def register(subparsers: Any) -> None:
     progress.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
-    add_config_args(p, service=False)
-    p.add_argument("--publish-interval", metavar="SEC", help="overrides PUBLISH_INTERVAL_SEC")
-    p.add_argument("--max-publish-age", metavar="SEC", help="overrides MAX_PUBLISH_AGE_SEC")
+    add_config_args(p, theta=True, decisions=True)
     p.set_defaults(handler=handle)
 
 
@@ -86,8 +83,6 @@ def handle(args: argparse.Namespace) -> int:
     if len(modes) > 1:
         raise CliError("replay: --compare and --into cannot be combined", EXIT_USAGE)
     extra: dict[str, str] = {}
-    if args.theta is not None:
-        extra["THETA_FILE"] = args.theta
     if args.into is not None:
         if not args.into.startswith(("redis://", "rediss://", "unix://")):
             raise CliError(

@@ -14,7 +14,7 @@ def register(subparsers: Any) -> None:
         help="run the proposal publisher service",
         description="React to input changes in Redis and publish harvest proposals.",
     )
-    add_config_args(p)
+    add_config_args(p, theta=True, decisions=True, service=True)
     p.add_argument("--once", action="store_true", help="one full pass, publish, exit")
     p.set_defaults(handler=handle)
 

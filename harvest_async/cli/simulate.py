@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from harvest_async.cli.args import positive_float, positive_int
+from harvest_async.cli.args import positive_float, positive_int, symbol_list
 from harvest_async.cli.common import run_async, settings_from_args
-from harvest_async.cli.exits import EXIT_USAGE, CliError
 
 
 def register(subparsers: Any) -> None:
@@ -23,14 +22,20 @@ def register(subparsers: Any) -> None:
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument(
-        "--symbols",
-        dest="symbol_count",
+        "--symbol-count",
         type=positive_int,
         metavar="N",
         help="simulate N symbols (BTCUSDT, ETHUSDT, ...); default: SYMBOLS if it is a "
         "list, else 10",
     )
-    which.add_argument("--symbol-list", metavar="A,B,...", help="simulate these symbols")
+    which.add_argument(
+        "--symbols",
+        "--symbol-list",
+        dest="symbols",
+        type=symbol_list,
+        metavar="A,B,...",
+        help="simulate these symbols (overrides SYMBOLS)",
+    )
     p.add_argument(
         "--rate",
         type=positive_float,
@@ -48,19 +53,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--env-file", metavar="FILE", help="KEY=VALUE file read before the environment")
     p.add_argument("--redis-url", metavar="URL", help="overrides REDIS_URL")
-    p.add_argument("--log-level", metavar="LEVEL", help="overrides LOG_LEVEL")
-    p.add_argument("--log-format", choices=("text", "json"), help="overrides LOG_FORMAT")
     p.set_defaults(handler=handle)
 
 
 def _symbols(args: argparse.Namespace, configured: tuple[str, ...] | None) -> list[str]:
+    """--symbol-count N, else the list (--symbols or SYMBOLS), else 10 symbols."""
     from harvest_async.tools.simulate import symbols_for
 
-    if args.symbol_list is not None:
-        symbols = [s.strip() for s in args.symbol_list.split(",") if s.strip()]
-        if not symbols:
-            raise CliError("simulate: --symbol-list is empty", EXIT_USAGE)
-        return list(dict.fromkeys(symbols))
     if args.symbol_count is not None:
         return symbols_for(args.symbol_count)
     if configured is not None:

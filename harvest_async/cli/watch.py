@@ -9,6 +9,8 @@ from typing import Any
 from harvest_async.cli.common import add_config_args, run_async, settings_from_args
 from harvest_async.cli.exits import EXIT_USAGE, CliError
 
+SORTS = ("symbol", "action", "kill", "r", "age")  # tools.watch.model.SORTS
+
 
 def register(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
@@ -16,13 +18,28 @@ def register(subparsers: Any) -> None:
         help="live table of every symbol's current proposal",
         description=(
             "A live terminal table of every symbol's proposal (action, R_net, kill score, "
-            "proposed SL, trigger, age), updated by keyspace notifications; retractions are "
-            "shown with their reason as they happen. q or Ctrl-C quits. --once prints one "
-            "snapshot and exits (for scripts)."
+            "proposed SL, age, the inputs' ages MKT and POS, trigger, side), updated by "
+            "keyspace notifications (re-read every second when they are off); retractions "
+            "are shown with their reason as they happen. A banner says when the rows are not "
+            "live advice: no live publisher, Redis unreachable, a proposal past its "
+            "valid_until. q or Ctrl-C quits. --once prints one snapshot and exits (for scripts)."
         ),
     )
-    add_config_args(p, service=False)
+    add_config_args(p, logs=False)
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument(
+        "--sort",
+        choices=SORTS,
+        default="symbol",
+        help="row order: symbol (default); action (a full close first); kill, r (highest "
+        "first); age (oldest proposal first). Retracted rows come last",
+    )
+    p.add_argument(
+        "--filter",
+        metavar="GLOB,...",
+        help="show only rows whose symbol or action matches one of these globs "
+        "(case-insensitive), e.g. 'BTC*', 'FULL_CLOSE*,RETRACTED'",
+    )
     p.add_argument(
         "--color",
         choices=("auto", "always", "never"),
@@ -43,7 +60,11 @@ def handle(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     color = use_color(sys.stdout, args.color)
 
+    filters = [] if args.filter is None else args.filter.split(",")
+
     async def main() -> int:
-        return await run_watch(settings, once=args.once, color=color)
+        return await run_watch(
+            settings, once=args.once, color=color, sort=args.sort, filters=filters
+        )
 
     return run_async(main)

@@ -273,6 +273,11 @@ def _risk(fields: Hash | None) -> RiskProposal | None:
     if fields is None:
         return None
     stop = _number(fields, "stop_dist_pct", required=False)
+    # The locked kernel floors a negative stop's risk unit at 1e-9 (spec vector
+    # edge::p1_stop_negative_clamped_1e-9), which makes R_net enormous and proposes the
+    # largest partial exit: the service refuses it as corrupt input instead (docs/inputs.md).
+    if stop is not None and stop < 0.0:
+        raise _Bad("stop_dist_pct", f"is negative ({stop!r})")
     return RiskProposal(
         stop_dist_pct=stop,
         proposed_sl=_lenient(fields, "proposed_sl"),

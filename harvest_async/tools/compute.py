@@ -1,20 +1,30 @@
-"""The `compute` command: what-if runs of the kernel over cases read from a stream.
+"""The `compute` command: what-if runs over cases read from a stream.
 
 Input: a JSON array, or JSON lines, of objects shaped like the reference vectors (docs/kernel.md)
 (`position`, `market_state`, optional `p1_proposal`, optional `theta`, optional `name`;
 other keys such as `expected` are ignored). The first non-blank character decides:
 `[` means an array, anything else JSON lines (blank lines are skipped).
 
-Output: one JSON line per case, in input order. A computed case gives the decision
-(`name` first when the case has one); a rejected case gives
-`{"index": i, "name": ..., "error": "..."}` where `index` is the 0-based case number
-(JSON lines also get `line`, 1-based) and the error names the field. Empty input gives
-no output and status 0.
+Two modes:
+
+* the default, *what the service would do*: each object is read as the service reads
+  the input hash of that name (its fields as the producer would write them), through the
+  same validation (`codec`: parse, then evaluate at `now`), then the kernel. A case the
+  service would retract gets an `error` line with the service's reason text
+  (`invalid_position: entry_price must be > 0 (0.0)`, `flat: position side is FLAT`).
+* `raw`: the locked kernel alone, as the spec defines it (every reference vector,
+  including the `edge::` ones the service refuses); only malformed cases and inputs the
+  kernel itself refuses get an `error` line.
+
+Output: one JSON line per case, in input order: `index` (0-based), `name` and `symbol`
+when the case has them, then the decision; or, for a rejected case, `index` (JSON lines
+also `line`, 1-based), `name`, `symbol` and `error`. Empty input gives no output and
+status 0.
 
 A case's `theta` sets only the tunables it names; the others come from `theta_default`
 (the `--theta` file, else the kernel defaults).
 
-Pure apart from the two streams: standard library, msgspec and the kernel only.
+Pure apart from the two streams: standard library, msgspec, the codec and the kernel.
 """
 
 from __future__ import annotations
@@ -26,10 +36,12 @@ from typing import IO, Any
 
 import msgspec
 
+from harvest_async.core import codec
+from harvest_async.core.codec import NoAdvice
 from harvest_async.core.kernel import KernelInputError, compute, validate_theta
 from harvest_async.core.models import Decision, MarketState, Position, RiskProposal, Theta
 
-__all__ = ["run_compute"]
+__all__ = ["ServiceChecks", "run_compute"]
 
 _DEFAULT_THETA = Theta()
 
@@ -47,14 +59,40 @@ class _Case(msgspec.Struct, gc=False):
     name: str | None = None
 
 
+class _ServiceCase(msgspec.Struct, gc=False):
+    """A case read the service's way: each object is the input hash of that name."""
+
+    position: dict[str, Any]
+    market_state: dict[str, Any]
+    p1_proposal: dict[str, Any] | None = None
+    theta: msgspec.Raw = msgspec.Raw()
+    name: str | None = None
+
+
+class ServiceChecks(msgspec.Struct, frozen=True, kw_only=True):
+    """The service's validation settings (docs/inputs.md): time fields are judged at `now`."""
+
+    now: float
+    max_input_age_sec: float = 300.0
+    max_clock_skew_sec: float = 5.0
+
+
+class _Position(msgspec.Struct):
+    symbol: Any = None
+
+
 class _NameOnly(msgspec.Struct):
-    """Used on the error path only, to report the name of a case that failed to decode."""
+    """Used on the error path only, to report the name (and symbol) of a case that failed
+    to decode."""
 
     name: Any = None
+    position: _Position | None = None
 
 
 _case_decoder = msgspec.json.Decoder(_Case)
 _cases_decoder = msgspec.json.Decoder(list[_Case])
+_service_case_decoder = msgspec.json.Decoder(_ServiceCase)
+_service_cases_decoder = msgspec.json.Decoder(list[_ServiceCase])
 _raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _name_decoder = msgspec.json.Decoder(_NameOnly)
 _theta_decoder = msgspec.json.Decoder(Theta)
@@ -128,18 +166,47 @@ def _check_outputs(d: Decision) -> str | None:
     return None
 
 
-def _error_name(raw: bytes | msgspec.Raw) -> Any:
+def _error_labels(raw: bytes | msgspec.Raw) -> tuple[Any, Any]:
+    """(name, symbol) of a case that failed to decode, when they can be read."""
     try:
-        return _name_decoder.decode(raw).name
+        labels = _name_decoder.decode(raw)
     except msgspec.DecodeError:
-        return None
+        return None, None
+    symbol = labels.position.symbol if labels.position is not None else None
+    return labels.name, symbol if isinstance(symbol, str) else None
+
+
+def _json_text(value: Any) -> str:
+    return _encoder.encode(value).decode()
+
+
+# A JSON value as a producer would write it into a Redis hash field; floats by repr, which
+# round-trips exactly, so the service parses the same double.
+_HASH_TEXT: dict[type, Callable[[Any], str]] = {
+    str: str,
+    float: float.__repr__,
+    int: int.__repr__,
+    bool: lambda value: "true" if value else "false",
+}
+
+
+def _as_hash(obj: dict[str, Any]) -> dict[str, str]:
+    """A case's object as the input hash the service would read (null = field absent)."""
+    text = _HASH_TEXT.get
+    return {k: text(type(v), _json_text)(v) for k, v in obj.items() if v is not None}
 
 
 class _Runner:
     """Computes cases one at a time and batches the output lines into large writes."""
 
-    def __init__(self, write: Callable[[bytes], object], theta_default: Theta) -> None:
+    def __init__(
+        self,
+        write: Callable[[bytes], object],
+        theta_default: Theta,
+        checks: ServiceChecks | None = None,
+    ) -> None:
         self._write = write
+        self.checks = checks  # None: raw kernel
         thetas = _ThetaResolver(theta_default)
         self._resolve = thetas.resolve
         self._default = theta_default
@@ -153,7 +220,12 @@ class _Runner:
             self._buf.clear()
 
     def error(
-        self, index: int | None, message: str, name: Any = None, line: int | None = None
+        self,
+        index: int | None,
+        message: str,
+        name: Any = None,
+        line: int | None = None,
+        symbol: str | None = None,
     ) -> None:
         out: dict[str, Any] = {}
         if index is not None:
@@ -162,26 +234,69 @@ class _Runner:
             out["line"] = line
         if name is not None:
             out["name"] = name
+        if symbol:
+            out["symbol"] = symbol
         out["error"] = message
         _encoder.encode_into(out, self._buf, -1)
         self._buf.append(10)
         self.rejected += 1
 
+    def _theta(self, raw_theta: msgspec.Raw) -> Theta | str:
+        return self._resolve(raw_theta) if raw_theta else self._default
+
     def run_case(self, index: int, case: _Case, line: int | None = None) -> None:
-        """Compute one decoded case and append its output line (the hot path)."""
-        raw_theta = case.theta
-        if raw_theta:
-            theta = self._resolve(raw_theta)
-            if isinstance(theta, str):
-                self.error(index, theta, case.name, line)
-                return
-        else:
-            theta = self._default
+        """Compute one decoded case with the raw kernel and append its output line."""
+        symbol = case.position.symbol
+        theta = self._theta(case.theta)
+        if isinstance(theta, str):
+            self.error(index, theta, case.name, line, symbol)
+            return
         try:
             d = compute(case.position, case.market_state, case.p1_proposal, theta)
         except KernelInputError as exc:
-            self.error(index, str(exc), case.name, line)
+            self.error(index, str(exc), case.name, line, symbol)
             return
+        self._emit(index, case.name, symbol, d, line)
+
+    def run_service_case(self, index: int, case: _ServiceCase, line: int | None = None) -> None:
+        """What the service would do with these three hashes: its validation, then the
+        kernel; a reason for no advice becomes the error line, in the service's words."""
+        checks = self.checks
+        assert checks is not None
+        raw_symbol = case.position.get("symbol")
+        symbol = raw_symbol if isinstance(raw_symbol, str) else ""
+        theta = self._theta(case.theta)
+        if isinstance(theta, str):
+            self.error(index, theta, case.name, line, symbol)
+            return
+        risk = None if case.p1_proposal is None else _as_hash(case.p1_proposal)
+        ready = codec.evaluate_parsed(
+            symbol,
+            codec.parse_market(codec.trim("marketstate", _as_hash(case.market_state))),
+            codec.parse_risk(None if risk is None else codec.trim("risk", risk)),
+            codec.parse_position(
+                codec.trim("position", _as_hash(case.position)),
+                symbol,
+                needs_quantity=theta.r_basis == "position",
+            ),
+            checks.now,
+            max_input_age_sec=checks.max_input_age_sec,
+            max_clock_skew_sec=checks.max_clock_skew_sec,
+        )
+        if isinstance(ready, NoAdvice):
+            self.error(index, ready.text(), case.name, line, symbol)
+            return
+        try:
+            d = compute(ready.position, ready.market, ready.risk, theta)
+        except KernelInputError as exc:  # the engine's words for it
+            self.error(index, NoAdvice("invalid_input", str(exc)).text(), case.name, line, symbol)
+            return
+        self._emit(index, case.name, symbol, d, line)
+
+    def _emit(
+        self, index: int, name: str | None, symbol: str, d: Decision, line: int | None
+    ) -> None:
+        """Append `{"index":..,"name":..,"symbol":..,<decision>}` (the hot path)."""
         sl = d.new_sl_proposed
         # One sum instead of five isfinite calls; only a failure looks field by field
         # (a sum of finite values can itself overflow, hence the second look).
@@ -190,40 +305,58 @@ class _Runner:
         ):
             problem = _check_outputs(d)
             if problem is not None:
-                self.error(index, problem, case.name, line)
+                self.error(index, problem, name, line, symbol)
                 return
         buf = self._buf
-        name = case.name
-        if name is None:
-            _encode_into(d, buf, -1)
-        else:
-            # {"name":<name>} then the decision's object with its "{" turned into ",".
-            buf += b'{"name":'
+        buf += b'{"index":%d' % index
+        if name is not None:
+            buf += b',"name":'
             _encode_into(name, buf, -1)
-            at = len(buf)
-            _encode_into(d, buf, at)
-            buf[at] = 44  # ","
+        if symbol:
+            buf += b',"symbol":'
+            _encode_into(symbol, buf, -1)
+        # then the decision's object with its "{" turned into ","
+        at = len(buf)
+        _encode_into(d, buf, at)
+        buf[at] = 44  # ","
         buf.append(10)
 
     def run_raw(self, index: int, raw: bytes | msgspec.Raw, line: int | None = None) -> None:
+        """Decode one case (array element or line) and compute it in the runner's mode."""
         try:
-            case = _decode_case(raw)
+            if self.checks is not None:
+                service_case = _service_case_decoder.decode(raw)
+            else:
+                case = _decode_case(raw)
         except msgspec.DecodeError as exc:
-            self.error(index, str(exc), _error_name(raw), line)
+            name, symbol = _error_labels(raw)
+            self.error(index, str(exc), name, line, symbol)
             return
-        self.run_case(index, case, line)
+        if self.checks is not None:
+            self.run_service_case(index, service_case, line)
+        else:
+            self.run_case(index, case, line)
 
     def run_lines(self, lines: list[bytes], first_line: int) -> None:
         """JSON lines: one case per non-blank line; `first_line` numbers `lines[0]`."""
-        run_case = self.run_case
         index = self.count
+        if self.checks is not None:
+            for offset, text in enumerate(lines):
+                if text and not text.isspace():
+                    self.run_raw(index, text, first_line + offset)
+                    index += 1
+            self.count = index
+            self.flush()
+            return
+        run_case = self.run_case
         for offset, text in enumerate(lines):
             if not text or text.isspace():
                 continue
             try:
                 case = _decode_case(text)
             except msgspec.DecodeError as exc:
-                self.error(index, str(exc), _error_name(text), first_line + offset)
+                name, symbol = _error_labels(text)
+                self.error(index, str(exc), name, first_line + offset, symbol)
             else:
                 run_case(index, case, first_line + offset)
             index += 1
@@ -232,17 +365,29 @@ class _Runner:
 
 
 def _run_array(data: bytes, runner: _Runner) -> None:
-    try:
-        cases: list[_Case] | None = _cases_decoder.decode(data)
-    except msgspec.DecodeError:
-        cases = None  # a bad case, or bad JSON: split first to tell which
-    if cases is not None:
-        run_case = runner.run_case
-        for index, case in enumerate(cases):
-            run_case(index, case)
-            if not index & 0x3FFF:
-                runner.flush()
-        return
+    if runner.checks is not None:
+        try:
+            service_cases: list[_ServiceCase] | None = _service_cases_decoder.decode(data)
+        except msgspec.DecodeError:
+            service_cases = None
+        if service_cases is not None:
+            for index, service_case in enumerate(service_cases):
+                runner.run_service_case(index, service_case)
+                if not index & 0x3FFF:
+                    runner.flush()
+            return
+    else:
+        try:
+            cases: list[_Case] | None = _cases_decoder.decode(data)
+        except msgspec.DecodeError:
+            cases = None  # a bad case, or bad JSON: split first to tell which
+        if cases is not None:
+            run_case = runner.run_case
+            for index, case in enumerate(cases):
+                run_case(index, case)
+                if not index & 0x3FFF:
+                    runner.flush()
+            return
     try:
         raws = _raw_list_decoder.decode(data)
     except msgspec.DecodeError as exc:
@@ -298,14 +443,17 @@ def run_compute(
     stream_in: IO[bytes] | IO[str],
     stream_out: IO[bytes] | IO[str],
     theta_default: Theta | None = None,
+    *,
+    checks: ServiceChecks | None = None,
 ) -> int:
     """Compute every case of `stream_in` into `stream_out`; 0 if all computed, else 1.
 
+    `checks`: the service's validation (what the service would do); None: the raw kernel.
     `theta_default` must already be valid (see `config.load_theta`); it supplies every tunable
     a case's `theta` does not set.
     """
     default = _DEFAULT_THETA if theta_default is None else theta_default
-    runner = _Runner(_binary_writer(stream_out), default)
+    runner = _Runner(_binary_writer(stream_out), default, checks)
     reader = _binary_reader(stream_in)
     # Find the first non-blank byte to choose array vs JSON lines.
     head = b""

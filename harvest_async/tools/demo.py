@@ -1,10 +1,11 @@
-"""`harvest-async demo`: simulator + service + watch view against a private Redis.
+"""`harvest-async demo`: scripted symbols + simulator + service + watch view.
 
-`run_demo` runs three things in one task group on one event loop: the simulator writing
-input hashes (`simulate.run_simulator`), the real service (`service.serve`, with a 1 s floor
-and a 10 s heartbeat so that something happens), and either the live `watch` view or, with a
-duration, nothing visible until the summary. The caller (`commands/demo.py`) starts and
-removes the embedded server.
+`run_demo` runs four things in one task group on one event loop: the scripted symbols
+(`scripted.run_script`: a ladder, a profit lock, a regime collapse, a close, bad input),
+the simulator writing random input hashes for the others (`simulate.run_simulator`), the
+real service (`service.serve`, with a 1 s floor and a 10 s heartbeat so that something
+happens), and either the live `watch` view or, with a duration, nothing visible until the
+summary. The caller (`cli/demo.py`) starts and removes the embedded server.
 
 Against a server the user gave (REDIS_URL) every key gets the `harvest-demo:` prefix, so the
 demo never touches real inputs or proposals, and those keys are deleted at the end.
@@ -30,6 +31,7 @@ from harvest_async.service.app import serve
 from harvest_async.service.metrics import reason_label
 from harvest_async.service.runner import Runner
 from harvest_async.signals import cancel_on_signal
+from harvest_async.tools.scripted import SCRIPTED, STORIES, ScriptedSymbols, run_script
 from harvest_async.tools.simulate import Simulator, run_simulator, symbols_for
 from harvest_async.tools.watch import Terminal, Watcher, live, render
 
@@ -89,8 +91,9 @@ class DemoRecorder:
         self.actions[action] += 1
         self.published[out.symbol] += 1
         seen = self.per_symbol.setdefault(out.symbol, [])
-        if not seen or seen[-1] != action:
-            seen.append(action)
+        shown = action if out.decision.new_sl_proposed is None else f"{action}+SL"
+        if not seen or seen[-1] != shown:
+            seen.append(shown)
 
     def on_retract(self, out: RetractOut) -> None:
         self.retractions[reason_label(out.reason)] += 1
@@ -123,7 +126,8 @@ async def run_demo(
     settings: Settings,
     *,
     duration: float | None,
-    rate: float = 15.0,
+    rate: float = 6.0,
+    step_sec: float = 2.5,
     seed: int = 1,
     interactive: bool = True,
     out: TextIO = sys.stdout,
@@ -132,10 +136,13 @@ async def run_demo(
     clock: Clock | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> DemoResult:
-    """Run simulator + service (+ the live view when `interactive`) until `duration` has
-    passed, or until SIGINT/SIGTERM (or `q` in the live view)."""
+    """Run the scripted symbols + simulator + service (+ the live view when `interactive`)
+    until `duration` has passed, or until SIGINT/SIGTERM (or `q` in the live view). The
+    settings' SYMBOLS are the scripted ones followed by the random ones."""
     clock = clock or SystemClock()
-    symbols = list(settings.symbols or symbols_for(6))
+    symbols = list(settings.symbols or [*SCRIPTED, *symbols_for(6)])
+    scripted = [s for s in symbols if s in SCRIPTED]
+    random_symbols = [s for s in symbols if s not in SCRIPTED]
     recorder = DemoRecorder()
     written = 0
     started = monotonic()
@@ -150,17 +157,37 @@ async def run_demo(
         password=settings.redis_password,
     )
     snapshot_written = anyio.Event()
+    script_written = anyio.Event()
+    if not random_symbols:
+        snapshot_written.set()
+    if not scripted:
+        script_written.set()
 
     def count(n: int) -> None:
         nonlocal written
         written += n
         snapshot_written.set()
 
+    def stepped(_step: int) -> None:
+        nonlocal written
+        written += 3 * len(scripted)
+        script_written.set()
+
     try:
         async with anyio.create_task_group() as tg:
 
+            async def script() -> None:
+                await run_script(
+                    client,
+                    settings.keys,
+                    ScriptedSymbols(start=clock.now(), symbols=scripted),
+                    clock=clock,
+                    step_sec=step_sec,
+                    on_step=stepped,
+                )
+
             async def simulator() -> None:
-                sim = Simulator(symbols, seed=seed, start=clock.now())
+                sim = Simulator(random_symbols, seed=seed, start=clock.now())
                 await run_simulator(
                     client,
                     settings.keys,
@@ -173,6 +200,7 @@ async def run_demo(
 
             async def service() -> None:
                 await snapshot_written.wait()  # start on a full set of inputs
+                await script_written.wait()
 
                 async def ready(_runner: Runner) -> None:
                     if progress is not None:
@@ -208,7 +236,10 @@ async def run_demo(
                         )
 
             tg.start_soon(cancel_on_signal, tg.cancel_scope)
-            tg.start_soon(simulator)
+            if scripted:
+                tg.start_soon(script)
+            if random_symbols:
+                tg.start_soon(simulator)
             tg.start_soon(service)
             if interactive:
                 tg.start_soon(view)
@@ -270,7 +301,7 @@ def summary(
     rec = result.recorder
     lines = [
         f"harvest-async demo: {len(symbols)} symbols, {where}, ran {result.seconds:.1f} s",
-        f"simulator: {result.writes} input writes; service: {rec.total_publishes} publishes ("
+        f"inputs: {result.writes} hash writes; service: {rec.total_publishes} publishes ("
         + ", ".join(f"{k} {v}" for k, v in sorted(rec.publishes.items()))
         + f"), {sum(rec.retractions.values())} retractions",
     ]
@@ -283,7 +314,10 @@ def summary(
             "retractions: " + ", ".join(f"{k} {v}" for k, v in sorted(rec.retractions.items()))
         )
     lines.append("")
-    lines.append("proposals seen per symbol (actions in the order they were published):")
+    lines.append(
+        "proposals seen per symbol (actions in the order they were published; +SL: with a "
+        "stop move):"
+    )
     lines.append(f"  {'SYMBOL':<12} {'PUBLISHES':>9} {'RETRACTS':>8}  ACTIONS")
     for sym in symbols:
         seen = rec.per_symbol.get(sym, [])
@@ -291,6 +325,11 @@ def summary(
             f"  {sym:<12} {rec.published[sym]:>9} {rec.retracted[sym]:>8}  "
             + (" > ".join(seen) if seen else "-")
         )
+    scripted = [sym for sym in symbols if sym in STORIES]
+    if scripted:
+        lines.append("")
+        lines.append("scripted symbols (the others are random):")
+        lines.extend(f"  {sym:<12} {STORIES[sym]}" for sym in scripted)
     lines.append("")
     lines.append("final proposals in Redis:")
     lines.extend("  " + line for line in result.final_table[1:])

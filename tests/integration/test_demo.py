@@ -37,10 +37,10 @@ def test_demo_with_duration_prints_proposals_and_cleans_up() -> None:
     out = done.stdout
     assert "Traceback" not in done.stderr
     first = out.splitlines()[0]
-    assert first.startswith("demo: 6 symbols, embedded ")
+    assert first.startswith("demo: 11 symbols (5 scripted, 6 random), embedded ")
     # the proposals it saw: counts, per-symbol actions, the final table
     publishes = int(re.search(r"service: (\d+) publishes", out).group(1))  # type: ignore[union-attr]
-    assert publishes >= 6  # at least every symbol's startup proposal
+    assert publishes >= 11  # at least every symbol's startup proposal
     assert "actions published:" in out
     assert "proposals seen per symbol" in out
     assert "final proposals in Redis:" in out
@@ -53,11 +53,35 @@ def test_demo_with_duration_prints_proposals_and_cleans_up() -> None:
 
 
 @pytest.mark.slow
+def test_demo_scripted_symbols_tell_their_stories() -> None:
+    """The ladder, the profit lock, the regime collapse, the close and the bad input, as
+    published by the real service (stages of 1.5 s, so one cycle fits in 11 s)."""
+    done = run_demo("--duration", "11", "--step", "1.5", "--symbol-count", "2")
+    assert done.returncode == 0, done.stderr
+    seen = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^  (DEMO-\S+) +\d+ +\d+  (.*)$", done.stdout, re.M)
+    }
+    assert "NONE > PARTIAL_25+SL > PARTIAL_50+SL > PARTIAL_75+SL" in seen["DEMO-LADDER"]
+    assert "NONE > NONE+SL > NONE" in seen["DEMO-LOCK"]
+    assert "PARTIAL_25+SL > FULL_CLOSE_PROPOSED+SL > PARTIAL_25+SL" in seen["DEMO-REGIME"]
+    assert "PARTIAL_25+SL > RETRACTED > NONE" in seen["DEMO-CLOSE"]
+    assert seen["DEMO-BADDATA"].startswith(
+        "PARTIAL_25+SL > RETRACTED > PARTIAL_25+SL > RETRACTED > PARTIAL_25+SL"
+    )
+    # the bad input is named, in the service's own words
+    assert "DEMO-BADDATA: ok -> invalid_marketstate (sigma is not a number ('n/a'))" in (
+        done.stdout + done.stderr
+    )
+    assert "scripted symbols (the others are random):" in done.stdout
+
+
+@pytest.mark.slow
 def test_demo_against_a_given_server_uses_its_own_namespace(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         client.hset("quantum:state:positions:BTCUSDT", mapping={"side": "FLAT"})
-        done = run_demo("--duration", "2", "--symbols", "3", env={"REDIS_URL": redis_url})
+        done = run_demo("--duration", "2", "--symbol-count", "3", env={"REDIS_URL": redis_url})
         assert done.returncode == 0, done.stderr
         assert "Redis at " in done.stdout.splitlines()[0]
         assert "service: " in done.stdout
@@ -106,7 +130,7 @@ def test_interactive_demo_in_tmux_stops_on_ctrl_c_and_cleans_up(tmp_path: Path) 
 
     command = (
         f"env -u REDIS_URL -u REDIS_SERVER TERM=xterm-256color "
-        f"{shlex.quote(sys.executable)} -m harvest_async demo --symbols 4; "
+        f"{shlex.quote(sys.executable)} -m harvest_async demo --symbol-count 4; "
         f"echo $? > {shlex.quote(str(marker))}; echo DEMO-EXITED; sleep 30"
     )
     subprocess.run(
@@ -129,7 +153,7 @@ def test_interactive_demo_in_tmux_stops_on_ctrl_c_and_cleans_up(tmp_path: Path) 
         subprocess.run([*base, "send-keys", "-t", "demo", "C-c"], timeout=10, check=True)
         done = wait_for("DEMO-EXITED")
         assert marker.read_text().strip() == "0"
-        assert "harvest-async demo: 4 symbols" in done  # the summary after the live view
+        assert "DEMO-LADDER" in done  # the summary after the live view
         assert not Path(workdir.group(1)).exists()
     finally:
         subprocess.run([*base, "kill-server"], capture_output=True, timeout=10, check=False)

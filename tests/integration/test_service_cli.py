@@ -23,6 +23,7 @@ from harvest_async.core.kernel import KernelInputError, compute
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
 from harvest_async.redis_io.publisher import trim
+from harvest_async.tools.embedded_server import EmbeddedRedis
 
 KEYS = Keys()
 
@@ -32,7 +33,6 @@ PUBLISH_INTERVAL_SEC=10
 REDIS_HOST=127.0.0.1
 REDIS_PORT=6379
 REDIS_DB=0
-REDIS_URL=redis://127.0.0.1:6379/0
 POSITION_SOURCE=auto
 ENABLE_STREAM=false
 FALLBACK_STOP_PCT=0.02
@@ -191,12 +191,14 @@ def test_once_honours_prefixes_and_stream_name(
 
 
 def test_original_env_file_starts_it_unchanged(
-    redis_url: str, client: redis.Redis, tmp_path: Path
+    redis_server_factory: Callable[..., EmbeddedRedis], tmp_path: Path
 ) -> None:
+    """The original service's file: REDIS_HOST/REDIS_PORT/REDIS_DB, no REDIS_URL."""
+    server = redis_server_factory(port=0)
+    assert server.port is not None
     env_file = tmp_path / "harvest.env"
-    env_file.write_text(
-        ORIGINAL_ENV_FILE.replace("REDIS_URL=redis://127.0.0.1:6379/0", f"REDIS_URL={redis_url}")
-    )
+    env_file.write_text(ORIGINAL_ENV_FILE.replace("REDIS_PORT=6379", f"REDIS_PORT={server.port}"))
+    client = redis.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
     put_inputs(client, "BTCUSDT", 5.0)
     put_inputs(client, "ETHUSDT", 0.0)
     env = clean_env(INSTANCE="envfile")
@@ -218,7 +220,35 @@ def test_original_env_file_starts_it_unchanged(
     assert not client.exists(KEYS.liveness("envfile"))
     text = log()
     assert "floor=10s heartbeat=60s stream=off" in text
+    assert f"redis=redis://127.0.0.1:{server.port}/0" in text
     assert "Traceback" not in text
+    client.close()
+
+
+def test_once_connects_through_redis_host_port_db(
+    redis_server_factory: Callable[..., EmbeddedRedis],
+) -> None:
+    """REDIS_HOST/REDIS_PORT/REDIS_DB without REDIS_URL: that server, that database."""
+    server = redis_server_factory(port=0)
+    assert server.port is not None
+    db2 = redis.Redis(host="127.0.0.1", port=server.port, db=2, decode_responses=True)
+    db0 = redis.Redis(host="127.0.0.1", port=server.port, db=0, decode_responses=True)
+    try:
+        put_inputs(db2, "BTCUSDT", 5.0)
+        env = clean_env(REDIS_HOST="127.0.0.1", REDIS_PORT=str(server.port), REDIS_DB="2")
+        result = cli("run", "--once", env=env)
+        assert result.returncode == 0, result.stderr
+        assert db2.hget(KEYS.proposal("BTCUSDT"), "harvest_action") == "PARTIAL_25"
+        assert db0.keys("*") == []
+        # given with a REDIS_URL that says otherwise: exit 2 naming both
+        env["REDIS_URL"] = f"redis://127.0.0.1:{server.port}/0"
+        clash = cli("run", "--once", env=env)
+        assert clash.returncode == 2
+        (line,) = clash.stderr.strip().splitlines()
+        assert "REDIS_URL" in line and "REDIS_DB" in line
+    finally:
+        db0.close()
+        db2.close()
 
 
 def test_live_change_then_sigterm_exits_0_promptly(
@@ -331,7 +361,7 @@ def test_simulator_feeds_the_service_until_every_proposal_matches(
     with service(env=env, tmp_path=tmp_path) as (proc, log):
         wait_until(lambda: client.exists(KEYS.liveness("sim")), "the service to be ready")
         result = cli(
-            "simulate", "--symbols", "30", "--rate", "400", "--duration", "1.5", "--seed", "7",
+            "simulate", "--symbol-count", "30", "--rate", "400", "--duration", "1.5", "--seed", "7",
             env=clean_env(REDIS_URL=redis_url, **prefixes),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -372,8 +402,8 @@ def test_simulator_feeds_the_service_until_every_proposal_matches(
     [
         ["--rate", "0"],
         ["--duration", "-1"],
-        ["--symbols", "0"],
-        ["--symbols", "3", "--symbol-list", "BTCUSDT"],
+        ["--symbol-count", "0"],
+        ["--symbol-count", "3", "--symbols", "BTCUSDT"],
     ],
 )
 def test_simulate_bad_arguments_exit_2(args: list[str]) -> None:

@@ -331,6 +331,8 @@ def _bad_cases() -> list[object]:
         add("risk", "stop_dist_pct", text, "invalid_risk", f"nan-text{i}")
     for text in ("nan", "inf", "-inf"):
         add("risk", "stop_dist_pct", text, "invalid_risk", text)
+    for value in ("-0.02", "-1e-12", "-5"):
+        add("risk", "stop_dist_pct", value, "invalid_risk", f"negative-{value}")
     return cases
 
 
@@ -412,6 +414,13 @@ def test_negative_trend_strength_is_invalid_input() -> None:
     # the kernel alone caps it into ts_drop 0.5 (edge::ts_negative_cap); the service refuses
     result = no_advice(ms=edit(MS, ts="-1.0"))
     assert result.text() == "invalid_marketstate: ts is negative (-1.0)"
+
+
+def test_negative_stop_distance_is_invalid_input() -> None:
+    # the kernel alone floors its risk unit at 1e-9 (edge::p1_stop_negative_clamped_1e-9)
+    result = no_advice(risk=edit(RISK, stop_dist_pct="-0.02"))
+    assert result.text() == "invalid_risk: stop_dist_pct is negative (-0.02)"
+    assert ready(risk=edit(RISK, stop_dist_pct="-0")).risk_source == "fallback"
 
 
 @pytest.mark.parametrize("value", ["0", "-0", "0.0", "0.3", "1", "7.5", "1e6"])

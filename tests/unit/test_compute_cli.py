@@ -1,9 +1,13 @@
-"""`harvest-async compute`: the what-if command (README.md, docs/kernel.md); `run_compute`."""
+"""`harvest-async compute`: the what-if command (README.md, docs/kernel.md); `run_compute`.
+
+`run_compute` without `checks` is the raw kernel (`compute --raw`); the command's default
+applies the service's validation first (see tests/unit/test_compute_agreement.py)."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,13 +51,21 @@ def run(data: bytes | str, theta: Theta | None = None) -> tuple[int, list[dict[s
     return status, [json.loads(line) for line in out.getvalue().splitlines()]
 
 
-def expected_line(case: dict[str, Any]) -> bytes:
-    """The exact bytes a computed case must produce: name first, then the expected block."""
-    return msgspec.json.encode({"name": case["name"], **case["expected"]})
+def expected_line(case: dict[str, Any], index: int) -> bytes:
+    """The exact bytes a computed case must produce: index, name, symbol, then the
+    expected block."""
+    head = {"index": index, "name": case["name"], "symbol": case["position"]["symbol"]}
+    return msgspec.json.encode({**head, **case["expected"]})
+
+
+def expected_lines(cases: list[dict[str, Any]]) -> list[bytes]:
+    return [expected_line(c, i) for i, c in enumerate(cases)]
 
 
 def assert_exact(got: dict[str, Any], case: dict[str, Any]) -> None:
+    assert isinstance(got.pop("index"), int)
     assert got.pop("name") == case["name"]
+    assert got.pop("symbol") == case["position"]["symbol"]
     assert list(got) == OUTPUT_KEYS
     assert got == case["expected"]
     # JSON equality treats 2 and 2.0 alike; the float type must be preserved too
@@ -70,25 +82,25 @@ def bad_position_case(**changes: Any) -> dict[str, Any]:
 # --- through main() ------------------------------------------------------------------
 
 
-def test_main_compute_file_reproduces_every_vector_byte_for_byte(
+def test_main_compute_raw_reproduces_every_vector_byte_for_byte(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["compute", str(DATA)]) == 0
+    assert main(["compute", "--raw", str(DATA)]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
     lines = captured.out.encode().splitlines()
     assert len(lines) == len(VECTORS)
-    for line, case in zip(lines, VECTORS, strict=True):
-        assert line == expected_line(case), case["name"]
+    for index, (line, case) in enumerate(zip(lines, VECTORS, strict=True)):
+        assert line == expected_line(case, index), case["name"]
         assert_exact(json.loads(line), case)
 
 
 def test_main_compute_jsonl_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "cases.jsonl"
     path.write_bytes(jsonl([case_input(c) for c in VECTORS]))
-    assert main(["compute", str(path)]) == 0
+    assert main(["compute", "--raw", str(path)]) == 0
     lines = capsys.readouterr().out.encode().splitlines()
-    assert lines == [expected_line(c) for c in VECTORS]
+    assert lines == expected_lines(VECTORS)
 
 
 def test_main_compute_reports_rejected_cases(
@@ -105,7 +117,8 @@ def test_main_compute_reports_rejected_cases(
     assert out[2] == {
         "index": 2,
         "name": VECTORS[5]["name"],
-        "error": "Expected `float`, got `str` - at `$.position.entry_price`",
+        "symbol": "BTCUSDT",
+        "error": "invalid_position: entry_price is not a number ('oops')",
     }
     for i in (0, 1, 3, 4):
         assert_exact(out[i], VECTORS[i])
@@ -205,16 +218,16 @@ def _cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
 def test_subprocess_stdin_reproduces_every_vector(fmt: str) -> None:
     cases = [case_input(c) for c in VECTORS]
     data = msgspec.json.encode(cases) if fmt == "array" else jsonl(cases)
-    proc = _cli("compute", "-", stdin=data)
+    proc = _cli("compute", "--raw", "-", stdin=data)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == b""
-    assert proc.stdout.splitlines() == [expected_line(c) for c in VECTORS]
+    assert proc.stdout.splitlines() == expected_lines(VECTORS)
 
 
 def test_subprocess_stdin_default_is_stdin() -> None:
     proc = _cli("compute", stdin=jsonl([case_input(VECTORS[0])]))
     assert proc.returncode == 0
-    assert proc.stdout.splitlines() == [expected_line(VECTORS[0])]
+    assert proc.stdout.splitlines() == [expected_line(VECTORS[0], 0)]
 
 
 def test_subprocess_malformed_case_in_the_middle() -> None:
@@ -285,15 +298,15 @@ def test_text_streams_work() -> None:
     src = jsonl([case_input(VECTORS[0])]).decode()
     out = io.StringIO()
     assert whatif.run_compute(io.StringIO(src), out) == 0
-    assert out.getvalue().encode() == expected_line(VECTORS[0]) + b"\n"
+    assert out.getvalue().encode() == expected_line(VECTORS[0], 0) + b"\n"
 
 
 def test_name_is_optional() -> None:
     case = case_input(VECTORS[0])
     del case["name"]
     _, (out,) = run(jsonl([case]))
-    assert list(out) == OUTPUT_KEYS
-    assert out == VECTORS[0]["expected"]
+    assert list(out) == ["index", "symbol", *OUTPUT_KEYS]
+    assert out == {"index": 0, "symbol": "BTCUSDT", **VECTORS[0]["expected"]}
 
 
 def test_p1_proposal_and_theta_may_be_absent_or_null() -> None:
@@ -303,6 +316,7 @@ def test_p1_proposal_and_theta_may_be_absent_or_null() -> None:
     empty = {**base, "p1_proposal": None, "theta": {}}
     status, outs = run(jsonl([absent, nulls, empty]))
     assert status == 0
+    assert [out.pop("index") for out in outs] == [0, 1, 2]
     assert outs[0] == outs[1] == outs[2]
 
 
@@ -423,6 +437,7 @@ def test_array_with_a_bad_case_runs_the_others() -> None:
     assert out[1] == {
         "index": 1,
         "name": VECTORS[5]["name"],
+        "symbol": "BTCUSDT",
         "error": "position.side: must be LONG or SHORT, got 'BUY'",
     }
     assert out[3] == {"index": 3, "error": "Expected `object`, got `str`"}
@@ -509,3 +524,25 @@ def test_compute_is_registered() -> None:
     assert args.input == "-"
     assert args.theta is None
     assert callable(args.handler)
+
+
+# --- the README's example, pasted into a shell -----------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_example_works_when_pasted(tmp_path: Path) -> None:
+    text = README.read_text()
+    after = text.split("`compute` example", 1)[1]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", after, re.S)
+    (lang, command), (out_lang, shown) = blocks[:2]
+    assert (lang, out_lang) == ("sh", "json")
+    assert command.startswith(".venv/bin/harvest-async compute ")
+    # the same command through this interpreter (the README's path is the venv's script)
+    script = command.replace(".venv/bin/harvest-async", f"{sys.executable} -m harvest_async")
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.splitlines() == shown.splitlines()
+    assert done.returncode == 1  # as the README says: the second case is rejected
+    assert "some cases were rejected" in done.stderr

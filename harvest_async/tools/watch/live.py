@@ -1,4 +1,18 @@
-"""`harvest-async watch`: the Redis side (notifications, re-reads) and the live loop."""
+"""`harvest-async watch`: the Redis side (notifications, re-reads, liveness) and the loop.
+
+What keeps the table honest:
+
+* keyspace notifications on the proposal keys mark symbols dirty; dirty symbols are
+  re-read in one pipeline. `notify-keyspace-events` is read again every
+  `FLAG_CHECK_SEC`: when notifications go off the table is re-read every `POLL_SEC`
+  (mode=poll), when they come back it switches back (and re-reads once). Even in
+  notify mode everything is re-read every `SAFETY_RELOAD_SEC`.
+* the publishers' liveness keys are read every `PUBLISHER_CHECK_SEC` (a SCAN for new
+  ones every `PUBLISHER_SCAN_SEC`, and at once when their keyspace events say so): no
+  live publisher means the rows are not live advice, and the view says so.
+* while Redis is unreachable the rows are kept as last seen and marked; the session is
+  retried with backoff.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +26,8 @@ from typing import Any, TextIO
 
 import anyio
 
-from harvest_async.clock import Clock, SystemClock
+from harvest_async.backoff import Backoff
+from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.config import Settings
 from harvest_async.core.keys import Keys, glob_escape
 from harvest_async.errors import RedisUnavailable
@@ -23,19 +38,29 @@ from harvest_async.redis_io.client import (
     describe_url,
     scan_symbols,
 )
+from harvest_async.redis_io.liveness import read_publishers
 from harvest_async.redis_io.notifications import notify_flags_cover, read_notify_flags
 from harvest_async.signals import cancel_on_signal
-
-# -- Redis side ------------------------------------------------------------------------------
-from harvest_async.tools.watch.model import KEEP_RETRACTED_SEC, Row, WatchModel, use_color
+from harvest_async.tools.watch.model import (
+    KEEP_RETRACTED_SEC,
+    Row,
+    WatchModel,
+    row_filter,
+    use_color,
+)
 from harvest_async.tools.watch.render import Terminal, render
 
 POLL_SEC = 1.0
+FLAG_CHECK_SEC = 2.0
+SAFETY_RELOAD_SEC = 10.0
+PUBLISHER_CHECK_SEC = 1.0
+PUBLISHER_SCAN_SEC = 10.0
+EXPIRED_REASON = "expired: no publisher refreshed it before its TTL ran out"
 _WATCH_ERRORS: tuple[type[BaseException], ...] = (RedisUnavailable, *REDIS_ERRORS)
 
 
 class Watcher:
-    """Keeps a WatchModel in step with the proposal hashes in Redis."""
+    """Keeps a WatchModel in step with the proposal hashes and liveness keys in Redis."""
 
     def __init__(
         self,
@@ -52,11 +77,15 @@ class Watcher:
         self.keys = keys
         self.symbols = tuple(symbols) if symbols is not None else None
         self.clock = clock or SystemClock()
-        self.model = WatchModel(kill_threshold=kill_threshold)
+        self.model = WatchModel(kill_threshold=kill_threshold, liveness_prefix=keys.liveness_prefix)
         self.url = url
         self.password = password
         self._dirty: set[str] = set()
+        self._expired: set[str] = set()  # proposal keys whose expiry was notified
         self._wake = anyio.Event()
+        self._publishers_wake = anyio.Event()
+        self._known_publishers: set[str] = set()
+        self._backoff = Backoff(first=0.5, cap=5.0)
         self.changed: Callable[[], None] = lambda: None
 
     def _wanted(self, symbol: str) -> bool:
@@ -106,19 +135,35 @@ class Watcher:
             if fields:
                 present.add(sym)
                 model.apply(sym, fields, now)
-        for sym, row in list(model.rows.items()):
-            if sym not in present and row.fields is not None:
-                model.retract(sym, "", now)
+        gone = [s for s, row in model.rows.items() if s not in present and row.fields is not None]
         seen: set[str] = set()
         for at, sym, reason in retracts:  # newest first
             if sym in seen or sym in present or not self._wanted(sym):
                 continue
             seen.add(sym)
-            if now - at <= KEEP_RETRACTED_SEC and sym not in model.rows:
-                model.rows[sym] = Row(sym, None, reason, at)
-            elif sym in model.rows and model.rows[sym].fields is None:
-                model.retract(sym, reason, now)
+            row = model.rows.get(sym)
+            if row is None:
+                if now - at <= KEEP_RETRACTED_SEC:
+                    model.rows[sym] = Row(sym, None, reason, at)
+                continue
+            ends_it = sym in gone and self._retraction_of(row, at)
+            if ends_it or (row.fields is None and not row.reason):
+                model.retract(sym, reason, at)
+        for sym in gone:
+            if model.rows[sym].fields is not None:  # no retract entry for it: expired?
+                model.retract(sym, self._gone_reason(sym), now)
         self.changed()
+
+    def _retraction_of(self, row: Row, at: float) -> bool:
+        """Whether a retract entry written at `at` is the end of what `row` shows."""
+        published = row.published_at()
+        return published is None or at >= published - 0.001
+
+    def _gone_reason(self, symbol: str) -> str:
+        if symbol in self._expired:
+            self._expired.discard(symbol)
+            return EXPIRED_REASON
+        return ""
 
     async def refresh(self, symbols: Sequence[str]) -> None:
         try:
@@ -126,27 +171,55 @@ class Watcher:
         except REDIS_ERRORS as exc:
             raise RedisUnavailable(f"watch: reading proposals: {exc}") from exc
         now = self.clock.now()
-        gone = []
+        gone: dict[str, Row] = {}
         changed = False
         for sym, fields in zip(symbols, hashes, strict=True):
+            before = self.model.rows.get(sym)
             if self.model.apply(sym, fields, now):
                 changed = True
-                if not fields:
-                    gone.append(sym)
+                if not fields and before is not None:
+                    gone[sym] = before
         if gone:
             try:
-                reasons = {s: r for _at, s, r in reversed(await self._recent_retractions(200))}
+                found = await self._recent_retractions(200)
             except REDIS_ERRORS as exc:
                 raise RedisUnavailable(f"watch: reading the audit stream: {exc}") from exc
-            for sym in gone:
-                if sym in reasons:
-                    self.model.retract(sym, reasons[sym], now)
+            reasons = {s: (at, r) for at, s, r in reversed(found)}  # the newest wins
+            for sym, before in gone.items():
+                at, reason = reasons.get(sym, (0.0, ""))
+                if reason and self._retraction_of(before, at):
+                    self.model.retract(sym, reason, now)
+                else:
+                    self.model.retract(sym, self._gone_reason(sym), now)
         if changed:
             self.changed()
 
+    async def check_publishers(self, *, scan: bool) -> None:
+        """Read the liveness keys (all of them with `scan`, else the ones known)."""
+        if not scan and not self._known_publishers:
+            return  # none known: the next SCAN (or a liveness event) finds new ones
+        names = None if scan else self._known_publishers
+        publishers = await read_publishers(self.client, self.keys, names=names)
+        if scan:
+            self._known_publishers = {p.instance for p in publishers}
+        if publishers != self.model.publishers:
+            self.model.publishers = publishers
+            self.changed()
+
+    async def _mode(self) -> tuple[str, str]:
+        """(mode, why): notify when the flags cover proposal changes and deletions."""
+        flags = await read_notify_flags(self.client)
+        if flags is None:
+            why = "CONFIG GET not allowed: notifications unknown"
+        else:
+            usable, missing = notify_flags_cover(flags)
+            if usable and "g" not in missing:
+                return "notify", ""
+            why = f"notify-keyspace-events={flags!r}"
+        return "poll", f"notifications off ({why}): everything re-read every {POLL_SEC:g} s"
+
     async def run(self) -> None:
-        """Follow changes until cancelled; reconnects by itself."""
-        delay = 0.5
+        """Follow changes until cancelled; reconnects by itself, with backoff."""
         while True:
             try:
                 await self._session()
@@ -154,10 +227,11 @@ class Watcher:
                 exc = _redis_error(raised)
                 if exc is None:
                     raise
-                self.model.status = f"redis: {exc}; retrying"
+                if self.model.redis_down_since is None:
+                    self.model.redis_down_since = self.clock.now()
+                self.model.status = f"{type(exc).__name__}: {exc}"
                 self.changed()
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await anyio.sleep(self._backoff.next_delay())
             else:  # pragma: no cover - _session only ends by an error or cancellation
                 return
 
@@ -167,29 +241,39 @@ class Watcher:
         )
         pubsub = sub.pubsub()
         try:
-            flags = await read_notify_flags(sub)
             base = self.keys.keyspace_channel_prefix()
-            prefix = self.keys.harvest_prefix
-            await pubsub.psubscribe(base + glob_escape(prefix) + "*")
-            usable, missing = notify_flags_cover(flags or "")
-            if flags is None or (usable and "g" not in missing):
-                self.model.mode = "notify"
-            else:
-                self.model.mode = f"poll {POLL_SEC:g}s (notify-keyspace-events={flags!r})"
-            await self.load()  # after subscribing: nothing is missed in between
+            proposals = base + self.keys.harvest_prefix
+            liveness = base + self.keys.liveness_prefix
+            await pubsub.psubscribe(
+                base + glob_escape(self.keys.harvest_prefix) + "*",
+                base + glob_escape(self.keys.liveness_prefix) + "*",
+            )
+            # after subscribing: nothing is missed in between
+            self.model.mode, self.model.mode_detail = await self._mode()
+            await self.load()
+            await self.check_publishers(scan=True)
+            self.model.redis_down_since = None
             self.model.status = ""
+            self._backoff.reset()
             self.changed()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._refresher)
-                if self.model.mode != "notify":
-                    tg.start_soon(self._poller)
-                cut = len(base) + len(prefix)
+                tg.start_soon(self._poller)
+                tg.start_soon(self._flag_checker)
+                tg.start_soon(self._publisher_checker)
                 while True:
                     msg = await pubsub.get_message(timeout=None)
                     if msg is None or msg.get("type") != "pmessage":
                         continue
-                    symbol = str(msg["channel"])[cut:]
+                    channel = str(msg["channel"])
+                    if channel.startswith(liveness):
+                        self._known_publishers.add(channel[len(liveness) :])
+                        self._publishers_wake.set()
+                        continue
+                    symbol = channel[len(proposals) :]
                     if symbol and self._wanted(symbol):
+                        if msg.get("data") == "expired":
+                            self._expired.add(symbol)
                         self._dirty.add(symbol)
                         self._wake.set()
         finally:
@@ -208,9 +292,35 @@ class Watcher:
                 await self.refresh(batch)
 
     async def _poller(self) -> None:
+        """Everything re-read every POLL_SEC without notifications, else now and then."""
+        last = monotonic()
         while True:
             await anyio.sleep(POLL_SEC)
-            await self.load()
+            if self.model.mode != "notify" or monotonic() - last >= SAFETY_RELOAD_SEC:
+                await self.load()
+                last = monotonic()
+
+    async def _flag_checker(self) -> None:
+        """notify-keyspace-events can change at any time (CONFIG SET, a server restart)."""
+        while True:
+            await anyio.sleep(FLAG_CHECK_SEC)
+            mode, why = await self._mode()
+            if (mode, why) != (self.model.mode, self.model.mode_detail):
+                self.model.mode, self.model.mode_detail = mode, why
+                if mode == "notify":
+                    await self.load()  # what changed while notifications were off
+                self.changed()
+
+    async def _publisher_checker(self) -> None:
+        scanned = monotonic()
+        while True:
+            with anyio.move_on_after(PUBLISHER_CHECK_SEC):
+                await self._publishers_wake.wait()
+            self._publishers_wake = anyio.Event()
+            scan = monotonic() - scanned >= PUBLISHER_SCAN_SEC
+            await self.check_publishers(scan=scan)
+            if scan:
+                scanned = monotonic()
 
 
 def _redis_error(exc: BaseException) -> BaseException | None:
@@ -235,6 +345,8 @@ async def live(
     title: str,
     handle_signals: bool = True,
     footer: str = "q or Ctrl-C quits",
+    sort: str = "symbol",
+    keep: Callable[[Row], bool] | None = None,
 ) -> None:
     """Draw the table until Ctrl-C / SIGTERM / `q` (or until cancelled)."""
     redraw = anyio.Event()
@@ -279,6 +391,8 @@ async def live(
                     color=color,
                     title=title,
                     footer=footer,
+                    sort=sort,
+                    keep=keep,
                 )
             )
             with anyio.move_on_after(1.0):  # ages tick every second
@@ -292,9 +406,12 @@ async def run_watch(
     once: bool = False,
     color: bool | None = None,
     out: TextIO = sys.stdout,
+    sort: str = "symbol",
+    filters: Sequence[str] = (),
 ) -> int:
     """What `harvest-async watch` runs."""
     client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-watch")
+    keep = row_filter(filters) if filters else None
     try:
         try:
             await client.ping()
@@ -314,6 +431,10 @@ async def run_watch(
         title = describe_url(settings.redis_url)
         if once:
             await watcher.load()
+            try:
+                await watcher.check_publishers(scan=True)
+            except RedisUnavailable as exc:
+                watcher.model.status = str(exc)
             watcher.model.mode = "snapshot"
             colored = use_color(out) if color is None else color
             # a terminal's width when there is one; for a pipe, whole lines
@@ -325,13 +446,15 @@ async def run_watch(
                 color=colored,
                 title=title,
                 live=False,
+                sort=sort,
+                keep=keep,
             )
             out.write("\n".join(lines) + "\n")
             out.flush()
             return 0
         colored = use_color(out) if color is None else color
         with Terminal(out) as terminal:
-            await live(watcher, terminal, color=colored, title=title)
+            await live(watcher, terminal, color=colored, title=title, sort=sort, keep=keep)
         return 0
     finally:
         with anyio.CancelScope(shield=True):

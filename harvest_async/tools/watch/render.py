@@ -6,7 +6,8 @@ import contextlib
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from harvest_async.core.timefmt import age_text, clock_utc
@@ -15,23 +16,42 @@ from harvest_async.tools.watch.model import (
     EVENT_LINES,
     HIGHLIGHT_SEC,
     RESET,
+    Row,
     WatchModel,
     num_text,
+    number,
     sl_text,
+    sort_key,
 )
 
 Segment = tuple[str, str]  # (text, SGR style or "")
 
+# (name, width), in display order; at a narrow width the least useful go first
 _COLUMNS = (
     ("SYMBOL", 12),
     ("ACTION", 19),
     ("R_NET", 7),
-    ("KILL", 6),
-    ("NEW_SL", 12),
+    ("KILL", 5),
+    ("NEW_SL", 10),
+    ("AGE", 6),  # since the proposal was written ("exp": past its valid_until)
+    ("MKT", 5),  # the market state's age now
+    ("POS", 5),  # the position snapshot's age now
     ("TRIGGER", 9),
     ("SIDE", 5),
-    ("AGE", 7),
 )
+_DROP_ORDER = ("SIDE", "TRIGGER", "POS", "MKT", "NEW_SL")
+_RIGHT = frozenset({"R_NET", "KILL", "NEW_SL", "AGE", "MKT", "POS"})
+_DIM = "2"  # rows that are not live advice
+
+
+def columns_for(width: int) -> list[tuple[str, int]]:
+    """The columns that fit `width` (SYMBOL, ACTION, R_NET, KILL and AGE always stay)."""
+    cols = list(_COLUMNS)
+    for name in _DROP_ORDER:
+        if sum(w for _n, w in cols) + len(cols) - 1 <= width:
+            break
+        cols = [c for c in cols if c[0] != name]
+    return cols
 
 
 def _line(segments: Sequence[Segment], width: int, color: bool) -> str:
@@ -46,16 +66,76 @@ def _line(segments: Sequence[Segment], width: int, color: bool) -> str:
     return "".join(out).rstrip() if not color else "".join(out)
 
 
-def _cells(values: Sequence[tuple[str, str]]) -> list[Segment]:
+def _wrapped(text: str, style: str, width: int, color: bool) -> list[str]:
+    """A message on as many lines as it needs: never cut."""
+    lines = textwrap.wrap(text, max(width, 20)) or [""]
+    return [_line([(line, style)], width, color) for line in lines]
+
+
+def _cells(values: dict[str, Segment], cols: Sequence[tuple[str, int]]) -> list[Segment]:
     segs: list[Segment] = []
-    for (text, style), (_name, w) in zip(values, _COLUMNS, strict=False):
-        right = _name in ("R_NET", "KILL", "NEW_SL", "AGE")
-        cell = text.rjust(w) if right else text.ljust(w)
-        segs.append((cell, style))
+    for name, w in cols:
+        text, style = values.get(name, ("", ""))
+        segs.append((text.rjust(w) if name in _RIGHT else text.ljust(w), style))
         segs.append((" ", ""))
-    for text, style in values[len(_COLUMNS) :]:
-        segs.append((text, style))
     return segs
+
+
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else age_text(seconds, compact=True)
+
+
+def _published_cells(row: Row, model: WatchModel, now: float, live: bool) -> dict[str, Segment]:
+    f = row.fields
+    assert f is not None
+    action = row.action
+    dim = not live
+    kill = number(f.get("kill_score"))
+    kill_hot = kill is not None and kill >= model.kill_threshold
+    at = row.published_at()
+    expired = row.expired(now)
+    plain = _DIM if dim else ""
+    return {
+        "ACTION": (action, _DIM if dim else ACTION_STYLE.get(action, "")),
+        "R_NET": (num_text(f.get("R_net"), "+.2f"), plain),
+        "KILL": (num_text(f.get("kill_score")), "1;31" if kill_hot and not dim else plain),
+        "NEW_SL": (sl_text(f.get("new_sl_proposed")), plain),
+        "AGE": ("exp", "1;31") if expired else (_age(None if at is None else now - at), plain),
+        "MKT": (_age(row.input_age("marketstate_age_sec", now)), plain),
+        "POS": (_age(row.input_age("position_snapshot_age_sec", now)), plain),
+        "TRIGGER": (f.get("trigger", "?"), plain),
+        "SIDE": (f.get("position_side", "?"), plain),
+    }
+
+
+def _header(model: WatchModel, rows: Sequence[Row], shown: int, now: float) -> str:
+    published = sum(1 for r in rows if r.fields is not None)
+    return (
+        f"harvest-async watch  {published} proposals, {len(rows) - published} retracted"
+        + (f" (showing {shown})" if shown != len(rows) else "")
+        + f"  mode={model.mode}  {clock_utc(now)} UTC"
+    )
+
+
+def _where_line(model: WatchModel, now: float, title: str) -> str:
+    """The server, the publishers' liveness and why the mode is what it is."""
+    if model.redis_down_since is not None:
+        publisher = "publisher: unknown while Redis is unreachable"
+    elif model.publishers is None:
+        publisher = "publisher: (not read yet)"
+    elif not model.publishers:
+        publisher = "publisher: none alive"
+    else:
+        parts = []
+        for p in model.publishers:
+            age = p.beat_age(now)
+            parts.append(p.instance + ("" if age is None else f" (beat {_age(age)} ago)"))
+        publisher = "publisher: " + ", ".join(parts)
+    parts = [title] if title else []
+    parts.append(publisher)
+    if model.mode_detail:
+        parts.append(model.mode_detail)
+    return "  ".join(parts)
 
 
 def render(
@@ -68,64 +148,48 @@ def render(
     title: str = "",
     footer: str = "",
     live: bool = True,
+    sort: str = "symbol",
+    keep: Callable[[Row], bool] | None = None,
 ) -> list[str]:
     """The screen as lines (each at most `width` visible characters)."""
-    rows = sorted(model.rows.values(), key=lambda r: r.symbol)
-    published = sum(1 for r in rows if r.fields is not None)
-    retracted = len(rows) - published
-    head = (
-        f"harvest-async watch  {published} proposals, {retracted} retracted  "
-        f"mode={model.mode}  {clock_utc(now)} UTC"
-    )
-    if model.status:
-        head += f"  [{model.status}]"
-    if title:
-        head += f"  {title}"
-    lines = [_line([(head, "1")], width, color)]
-    lines.append(_line(_cells([(n, "4") for n, _ in _COLUMNS]), width, color))
+    every = list(model.rows.values())
+    rows = sorted((r for r in every if keep is None or keep(r)), key=sort_key(sort, now))
+    lines = [_line([(_header(model, every, len(rows), now), "1")], width, color)]
+    lines.extend(_wrapped(_where_line(model, now, title), "2", width, color))
+    for text, style in model.banners(now):
+        lines.extend(_wrapped(text, style, width, color))
+    cols = columns_for(width)
+    lines.append(_line(_cells({n: (n, "4") for n, _ in cols}, cols), width, color))
     events = list(model.events)[-EVENT_LINES:] if live else []
     room = height - len(lines) - (len(events) + 2 if events else 0) - (1 if footer else 0)
     if not live:
         room = len(rows)
     shown = rows[: max(room - 1, 0)] if len(rows) > room else rows
+    advice = model.live()
     for row in shown:
         fresh = now - row.changed_at < HIGHLIGHT_SEC and live
-        sym_style = "1;7" if fresh else ""
+        sym_style = "1;7" if fresh else "" if advice else _DIM
         if row.fields is None:
             # the reason spans the number columns: it is what matters on this row
-            segments = _cells([(row.symbol, sym_style), ("RETRACTED", ACTION_STYLE["RETRACTED"])])
+            segments = _cells(
+                {
+                    "SYMBOL": (row.symbol, sym_style),
+                    "ACTION": ("RETRACTED", ACTION_STYLE["RETRACTED"]),
+                },
+                cols[:2],
+            )
             segments.append((row.reason or "(reason not in the stream)", ACTION_STYLE["RETRACTED"]))
             segments.append((f"  ({age_text(now - row.changed_at, compact=True)} ago)", "2"))
             lines.append(_line(segments, width, color))
             continue
-        f = row.fields
-        action = f.get("harvest_action", "?")
-        try:
-            kill_hot = float(f.get("kill_score", "")) >= model.kill_threshold
-        except ValueError:
-            kill_hot = False
-        try:
-            age = age_text(
-                compact=True,
-                seconds=now - float(f.get("ts_epoch") or f.get("last_update_epoch") or ""),
-            )
-        except ValueError:
-            age = "?"
-        cells = [
-            (row.symbol, sym_style),
-            (action, ACTION_STYLE.get(action, "")),
-            (num_text(f.get("R_net"), "+.2f"), ""),
-            (num_text(f.get("kill_score")), "1;31" if kill_hot else ""),
-            (sl_text(f.get("new_sl_proposed")), ""),
-            (f.get("trigger", "?"), ""),
-            (f.get("position_side", "?"), ""),
-            (age, ""),
-        ]
-        lines.append(_line(_cells(cells), width, color))
+        cells = _published_cells(row, model, now, advice)
+        cells["SYMBOL"] = (row.symbol, sym_style)
+        lines.append(_line(_cells(cells, cols), width, color))
     if len(shown) < len(rows):
         lines.append(_line([(f"... and {len(rows) - len(shown)} more symbols", "2")], width, color))
     if not rows:
-        lines.append(_line([("(no proposals yet)", "2")], width, color))
+        empty = "(no proposals yet)" if not every else "(no proposal matches --filter)"
+        lines.append(_line([(empty, "2")], width, color))
     if events:
         lines.append("")
         lines.append(_line([("recent changes", "4")], width, color))
