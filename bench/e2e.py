@@ -45,8 +45,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from harvest_async import __version__
-from harvest_async.core.codec import PROPOSAL_FIELDS
 from harvest_async.core.keys import Keys
+from harvest_async.core.proposal import PROPOSAL_FIELDS
 from harvest_async.redis_io.publisher import _pairs, _Wire
 from harvest_async.tools.embedded_server import EmbeddedRedis, find_redis_servers
 from harvest_async.tools.simulate import Simulator, symbols_for

@@ -120,9 +120,9 @@ def run_child(path: Path, mode: str) -> dict[str, float]:
 _SPLIT = (
     (("replay.py", "run"), "whole replay (cProfile adds overhead)"),
     (("engine.py", "evaluate"), "Engine.evaluate (codec + kernel + gate + proposal)"),
-    (("codec.py", "evaluate_parsed"), "↳ codec.evaluate_parsed (parsed hashes -> kernel inputs)"),
+    (("codec.py", "evaluate_parsed"), "↳ evaluate_parsed (parsed hashes -> kernel inputs)"),
     (("kernel.py", "compute"), "↳ kernel.compute"),
-    (("codec.py", "proposal_fields"), "↳ codec.proposal_fields (publishes only)"),
+    (("codec.py", "proposal_fields"), "↳ proposal_fields (publishes only)"),
     (("engine.py", "observe"), "Engine.observe"),
     (("publisher.py", "trim"), "publisher.trim (the live reader's field filter)"),
     (("~", "<method 'decode_lines' of 'msgspec.json.Decoder' objects>"), "decoding the lines"),

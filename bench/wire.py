@@ -32,8 +32,8 @@ from typing import Any
 import hiredis
 import redis.asyncio as aioredis
 
-from harvest_async.core.codec import PROPOSAL_FIELDS
 from harvest_async.core.keys import Keys
+from harvest_async.core.proposal import PROPOSAL_FIELDS
 from harvest_async.redis_io.client import client_for
 from harvest_async.redis_io.publisher import _Wire
 from harvest_async.redis_io.wire import Subscriber, Wire, command, endpoint_from_url

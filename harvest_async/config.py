@@ -70,9 +70,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # one round trip to Redis (a read, a transaction) taking longer is given up as lost
     redis_timeout_sec: float = 5.0
 
-    @property
-    def all_symbols(self) -> bool:
-        return self.symbols is None
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:

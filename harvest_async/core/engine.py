@@ -9,7 +9,6 @@ replay (driven by `recording` on a virtual clock): callers feed it input snapsho
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,11 +16,27 @@ from time import perf_counter  # a duration for metrics, not a time of day
 
 import msgspec
 
-from harvest_async.core import codec, gate
-from harvest_async.core.codec import Hash, NoAdvice, Ready, SymbolInputs
+from harvest_async.core import gate
+from harvest_async.core.input_hashes import (
+    Hash,
+    MarketPart,
+    NoAdvice,
+    PositionPart,
+    Ready,
+    RiskPart,
+    SymbolInputs,
+)
+from harvest_async.core.inputs import evaluate_parsed, parse_market, parse_position, parse_risk
 from harvest_async.core.kernel import KernelInputError, compute
-from harvest_async.core.models import Decision, KComponents, Theta
+from harvest_async.core.models import Decision, Theta
 from harvest_async.core.ports import NullHooks, Observer, Output, PublishOut, RetractOut
+from harvest_async.core.proposal import (
+    plan_id_for,
+    proposal_fields,
+    published_decision,
+    theta_id_for,
+)
+from harvest_async.core.timers import Timers
 
 __all__ = ["Engine", "EngineConfig"]
 
@@ -41,7 +56,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
 class _State:
     inputs: SymbolInputs | None = None
     # the three hashes parsed (once per change of each): market, risk, position
-    parts: tuple[codec.MarketPart, codec.RiskPart, codec.PositionPart] = (None, None, None)
+    parts: tuple[MarketPart, RiskPart, PositionPart] = (None, None, None)
     published: Decision | None = None  # what the proposal hash says now (None: no hash)
     plan_id: str = ""
     hash_may_exist: bool = False  # a hash (ours or a predecessor's) may be in Redis
@@ -58,9 +73,9 @@ class Engine:
     def __init__(self, config: EngineConfig, observer: Observer | None = None) -> None:
         self.config = config
         self.observer: Observer = observer or NullHooks()
-        self.theta_id = codec.theta_id_for(config.theta)
+        self.theta_id = theta_id_for(config.theta)
         self._states: dict[str, _State] = {}
-        self._heap: list[tuple[float, str]] = []
+        self._timers = Timers(self._states.get, self._states.items)
         self._allowed = frozenset(config.symbols) if config.symbols is not None else None
         self._needs_quantity = config.theta.r_basis == "position"
         # True during the first full pass: first publishes say trigger=startup
@@ -89,8 +104,13 @@ class Engine:
         state = self._states.get(symbol)
         return state.inputs if state else None
 
+    @property
+    def timer_entries(self) -> int:
+        """Entries in the deadline heap, stale ones included (bounded: tests, metrics)."""
+        return len(self._timers)
+
     def next_deadline(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+        return self._timers.next()
 
     # -- inputs --------------------------------------------------------------------------
     def note_existing(self, symbol: str, fields: Hash) -> None:
@@ -158,13 +178,11 @@ class Engine:
                 return False
         market, risk, position = state.parts
         if market_new:
-            market = codec.parse_market(market_raw)
+            market = parse_market(market_raw)
         if risk_new:
-            risk = codec.parse_risk(risk_raw)
+            risk = parse_risk(risk_raw)
         if position_new:
-            position = codec.parse_position(
-                position_raw, symbol, needs_quantity=self._needs_quantity
-            )
+            position = parse_position(position_raw, symbol, needs_quantity=self._needs_quantity)
         state.parts = (market, risk, position)
         state.inputs = inputs
         return True
@@ -188,7 +206,7 @@ class Engine:
     def _decide(self, symbol: str, state: _State, now: float) -> Output | NoAdvice | None:
         cfg = self.config
         market, risk, position = state.parts
-        ready = codec.evaluate_parsed(
+        ready = evaluate_parsed(
             symbol,
             market,
             risk,
@@ -213,25 +231,25 @@ class Engine:
             if adopted:
                 assert state.last_publish_at is not None
                 heartbeat_at = state.last_publish_at + cfg.gate.heartbeat_sec
-                self._schedule(symbol, state, self._later(state, ready, heartbeat_at))
+                self._schedule(symbol, state, self._sooner(state, ready, heartbeat_at))
                 return None
         verdict = gate.decide(state.published, state.last_publish_at, decision, now, cfg.gate)
         if isinstance(verdict, gate.Defer):
-            self._schedule(symbol, state, self._later(state, ready, verdict.until))
+            self._schedule(symbol, state, self._sooner(state, ready, verdict.until))
             return None
         if isinstance(verdict, gate.Skip):
-            self._schedule(symbol, state, self._later(state, ready, verdict.next_check))
+            self._schedule(symbol, state, self._sooner(state, ready, verdict.next_check))
             return None
         trigger = verdict.trigger
         if not state.started and self.starting:
             trigger = "startup"
         plan_id = (
-            codec.plan_id_for(symbol, decision, self.theta_id, cfg.gate.change_eps)
+            plan_id_for(symbol, decision, self.theta_id, cfg.gate.change_eps)
             if verdict.material or not state.plan_id
             else state.plan_id
         )
         seq = self._next_seq(state, now)
-        fields = codec.proposal_fields(
+        fields = proposal_fields(
             symbol,
             ready,
             decision,
@@ -242,10 +260,11 @@ class Engine:
             theta_id=self.theta_id,
         )
         # until confirmed, re-check at the heartbeat (or staleness) like any published symbol
-        self._schedule(symbol, state, self._later(state, ready, now + cfg.gate.heartbeat_sec))
+        self._schedule(symbol, state, self._sooner(state, ready, now + cfg.gate.heartbeat_sec))
         return PublishOut(symbol, fields, decision, plan_id, seq, now, trigger, verdict.material)
 
-    def _later(self, state: _State, ready: Ready, when: float | None) -> float | None:
+    def _sooner(self, state: _State, ready: Ready, when: float | None) -> float | None:
+        """`when`, or just after the inputs go stale if that comes first."""
         stale = ready.stale_at
         if stale is not None and (when is None or stale < when):
             return stale + 1e-6  # just past the limit, so the check sees it stale
@@ -254,25 +273,11 @@ class Engine:
     def _try_adopt(self, state: _State, decision: Decision, now: float) -> bool:
         fields = state.adopt
         assert fields is not None
-        try:
-            at = float(fields["ts_epoch"])
-            previous = Decision(
-                harvest_action=fields["harvest_action"],  # type: ignore[arg-type]
-                new_sl_proposed=None
-                if fields["new_sl_proposed"] == "None"
-                else float(fields["new_sl_proposed"]),
-                R_net=float(fields["R_net"]),
-                risk_unit=0.0,
-                cost_est=0.0,
-                kill_score=float(fields["kill_score"]),
-                reason_codes=(),
-                k_components=KComponents(0.0, 0.0, 0.0, 0.0),
-                tranche_weights=(0.0, 0.0, 0.0),
-            )
-            plan_id = fields["plan_id"]
-            same_theta = fields.get("theta_id") == self.theta_id
-        except (KeyError, ValueError):
+        found = published_decision(fields)
+        if found is None:
             return False  # not our format (e.g. the original publisher's): replace it
+        previous, plan_id, at = found
+        same_theta = fields.get("theta_id") == self.theta_id
         fresh = 0.0 <= now - at < self.config.gate.heartbeat_sec
         if not (fresh and same_theta) or gate.is_material(previous, decision, self.config.gate):
             return False
@@ -314,44 +319,11 @@ class Engine:
 
     # -- timers --------------------------------------------------------------------------
     def _schedule(self, symbol: str, state: _State, when: float | None) -> None:
-        state.due = when
-        if when is not None and (state.heap_at is None or when < state.heap_at):
-            heapq.heappush(self._heap, (when, symbol))
-            state.heap_at = when
-            if len(self._heap) > 2 * len(self._states) + 64:
-                self._rebuild_heap()
-
-    def _rebuild_heap(self) -> None:
-        # Earlier deadlines leave the later entries they replace behind; under changes
-        # faster than the floor that is heartbeat/floor entries per symbol. Drop them.
-        heap = []
-        for name, st in self._states.items():
-            st.heap_at = st.due
-            if st.due is not None:
-                heap.append((st.due, name))
-        heapq.heapify(heap)
-        self._heap = heap
+        self._timers.set(symbol, state, when, len(self._states))
 
     def due(self, now: float) -> list[str]:
         """Symbols whose trailing edge, heartbeat or staleness time has come."""
-        ready: list[str] = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            at, symbol = heapq.heappop(heap)
-            state = self._states.get(symbol)
-            if state is None:
-                continue
-            if state.heap_at == at:
-                state.heap_at = None
-            if state.due is None:
-                continue
-            if state.due <= now:
-                state.due = None
-                ready.append(symbol)
-            elif state.heap_at is None:
-                heapq.heappush(heap, (state.due, symbol))
-                state.heap_at = state.due
-        return ready
+        return self._timers.pop_due(now)
 
     def retry_later(self, symbols: Iterable[str], when: float) -> None:
         """A write failed: evaluate these symbols again at `when`."""

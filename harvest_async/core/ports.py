@@ -12,7 +12,7 @@ from typing import Protocol
 
 import msgspec
 
-from harvest_async.core.codec import Hash, SymbolInputs
+from harvest_async.core.input_hashes import Hash, SymbolInputs
 from harvest_async.core.models import Decision
 
 __all__ = [

@@ -16,8 +16,8 @@ from typing import Any
 
 import msgspec
 
-from harvest_async.core.codec import Hash, SymbolInputs
 from harvest_async.core.engine import Engine
+from harvest_async.core.input_hashes import Hash, SymbolInputs
 from harvest_async.core.ports import NullHooks, Output, RunnerHooks
 
 __all__ = [

@@ -2,10 +2,10 @@
 
 Every input hash is read by a small server-side script, one key per call (so it stays
 Redis Cluster compatible). The script refuses a hash with more than MAX_INPUT_FIELDS
-fields, or with a field the codec reads whose value is longer than MAX_INPUT_VALUE_BYTES,
+fields, or with a field the service reads whose value is longer than MAX_INPUT_VALUE_BYTES,
 before anything is copied: a 100k-field hash or a 10 MB value never crosses the wire and
 never reaches the engine. A refused hash is handed over as a one-field marker hash
-(`codec.OVERSIZED`) that the codec reports as invalid input naming the key, the field
+(`OVERSIZED`) that the parsers report as invalid input naming the key, the field
 and the size. A key of another type stays bad input for its symbol (WRONGTYPE).
 """
 
@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from harvest_async.config import Settings
-from harvest_async.core.codec import OVERSIZED, USED_FIELDS, Hash, trim
+from harvest_async.core.input_hashes import OVERSIZED, USED_FIELDS, Hash, trim
 from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS, is_permission_error, refused
 
@@ -36,12 +36,12 @@ __all__ = [
     "unknown_command",
 ]
 
-# "used": only the fields the codec reads (the service); "all": the whole hash less the
+# "used": only the fields the service reads (the service); "all": the whole hash less the
 # unread fields over the byte limit (a recording keeps whole hashes; doctor shows ages)
 Mode = Literal["used", "all"]
 
 # KEYS[1]: the hash. ARGV: max fields, max value bytes, mode, "probe" or "", then the
-# names of the fields the codec reads. Returns false (nil) for an absent key; a string
+# names of the fields the service reads. Returns false (nil) for an absent key; a string
 # naming the limit broken; else for "used" the named fields' values in order (HMGET; a
 # hash that has none of them gives nils, not nil), for "all" name/value pairs. "probe"
 # runs each command once and returns nil: the startup ACL check.
@@ -141,7 +141,7 @@ def _oversized(key: str, verdict: str, limits: InputLimits) -> Hash:
 
 
 def _used(kind: str, values: list[str | None]) -> Hash:
-    # the names are the codec's (interned) ones: no per-reply copies of "unrealized_pnl"
+    # the names are the parsers' (interned) ones: no per-reply copies of "unrealized_pnl"
     out = {name: v for name, v in zip(USED_FIELDS[kind], values, strict=True) if v is not None}
     side = out.get("side")
     if side is not None and len(side) < 8:

@@ -31,9 +31,11 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from harvest_async import __version__
-from harvest_async.core.codec import PROPOSAL_FIELDS, Hash, SymbolInputs, iso_utc, trim
+from harvest_async.core.input_hashes import Hash, SymbolInputs, trim
 from harvest_async.core.keys import Keys
 from harvest_async.core.ports import Output, PublishOut
+from harvest_async.core.proposal import PROPOSAL_FIELDS
+from harvest_async.core.timefmt import iso_utc
 from harvest_async.errors import PermissionDenied, RedisUnavailable, WriteRefused, WriteUncertain
 from harvest_async.redis_io.client import (
     REDIS_ERRORS,

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from harvest_async.clock import Clock, SystemClock
-from harvest_async.core.codec import Hash
+from harvest_async.core.input_hashes import Hash
 from harvest_async.core.keys import Keys
 from harvest_async.redis_io.client import Client
 from harvest_async.redis_io.input_writer import InputWriter

@@ -26,7 +26,7 @@ import anyio
 from harvest_async import __version__
 from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings
-from harvest_async.core.codec import Hash
+from harvest_async.core.input_hashes import Hash
 from harvest_async.core.keys import Keys, glob_escape
 from harvest_async.core.ports import Event, Gap
 from harvest_async.errors import RedisUnavailable
@@ -55,7 +55,7 @@ __all__ = ["RecordStats", "Recorder", "record"]
 
 log = logging.getLogger(__name__)
 
-FETCH_CHUNK = 500  # symbols per MULTI/EXEC read
+READ_BATCH = 500  # symbols per MULTI/EXEC read
 FLUSH_EVERY = 1.0  # seconds
 
 
@@ -131,8 +131,8 @@ class Recorder:
         keys = self.keys
         out: dict[str, list[Hash | None]] = {}
         prefixes = keys.input_prefixes()
-        for start in range(0, len(symbols), FETCH_CHUNK):
-            chunk = symbols[start : start + FETCH_CHUNK]
+        for start in range(0, len(symbols), READ_BATCH):
+            chunk = symbols[start : start + READ_BATCH]
             # Whole hashes within the service's size limits (an oversized one is recorded
             # as the service reads it: invalid input saying why; so is a key of another
             # type), in one transaction: a symbol's three hashes as they were at one instant

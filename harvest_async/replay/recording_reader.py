@@ -44,7 +44,7 @@ _LINE_DECODER = msgspec.json.Decoder(Line)
 _HEADER_DECODER = msgspec.json.Decoder(Header)
 _PROBE_DECODER = msgspec.json.Decoder(_Probe)
 
-_CHUNK = 1 << 20  # bytes read and decoded at a time: memory does not grow with the file
+_READ_BYTES = 1 << 20  # bytes read and decoded at a time: memory does not grow with the file
 
 
 class RecordingReader:
@@ -118,7 +118,7 @@ class RecordingReader:
         first = b""
         self._leftover = b""
         while True:
-            block = self._read(_CHUNK, line=1)
+            block = self._read(_READ_BYTES, line=1)
             if not block:
                 break
             cut = block.find(b"\n")
@@ -162,7 +162,7 @@ class RecordingReader:
         self._leftover = b""
         eof = False
         while not eof:
-            block = self._read(_CHUNK, line=self.lines + 1)
+            block = self._read(_READ_BYTES, line=self.lines + 1)
             if block:
                 data = leftover + block
                 cut = data.rfind(b"\n")

@@ -1,6 +1,6 @@
 """Replay a recording through the live engine on a virtual clock, or into a Redis.
 
-Offline (`replay`): the very `Engine` that runs live (same codec, gate and kernel, built
+Offline (`replay`): the very `Engine` that runs live (same input parsing, gate and kernel, built
 from the same Settings by `service.engine_config`), driven the way `runner.Runner`
 drives it, with three things swapped:
 
@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from harvest_async.core.codec import Hash, SymbolInputs, trim
 from harvest_async.core.engine import Engine, EngineConfig
+from harvest_async.core.input_hashes import Hash, SymbolInputs, trim
 from harvest_async.core.ports import NullHooks, Output, PublishOut
 from harvest_async.core.rounds import Discover, Fetch, ReadPublished, Request, Rounds, Step, Write
 from harvest_async.replay.format import Delete, End, RecordingError, Set, Snapshot, SymbolState

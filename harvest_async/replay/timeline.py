@@ -14,9 +14,9 @@ from typing import IO
 
 import msgspec
 
-from harvest_async.core.codec import PROPOSAL_FIELDS
 from harvest_async.core.engine import EngineConfig
 from harvest_async.core.ports import Output
+from harvest_async.core.proposal import PROPOSAL_FIELDS
 from harvest_async.replay.recording_writer import open_output
 from harvest_async.replay.replayer import ReplayStats, replay
 

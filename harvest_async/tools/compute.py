@@ -9,7 +9,7 @@ Two modes:
 
 * the default, *what the service would do*: each object is read as the service reads
   the input hash of that name (its fields as the producer would write them), through the
-  same validation (`codec`: parse, then evaluate at `now`), then the kernel. A case the
+  same validation (`core.inputs`: parse, then evaluate at `now`), then the kernel. A case the
   service would retract gets an `error` line with the service's reason text
   (`invalid_position: entry_price must be > 0 (0.0)`, `flat: position side is FLAT`).
 * `raw`: the locked kernel alone, as the spec defines it (every reference vector,
@@ -24,7 +24,7 @@ status 0.
 A case's `theta` sets only the tunables it names; the others come from `theta_default`
 (the `--theta` file, else the kernel defaults).
 
-Pure apart from the two streams: standard library, msgspec, the codec and the kernel.
+Pure apart from the two streams: standard library, msgspec, the input parsing and the kernel.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import IO, Any
 
 import msgspec
 
-from harvest_async.core import codec
-from harvest_async.core.codec import NoAdvice
+from harvest_async.core.input_hashes import NoAdvice, trim
+from harvest_async.core.inputs import evaluate_parsed, parse_market, parse_position, parse_risk
 from harvest_async.core.kernel import KernelInputError, compute, validate_theta
 from harvest_async.core.models import Decision, MarketState, Position, RiskProposal, Theta
 
@@ -270,12 +270,12 @@ class _Runner:
             self.error(index, theta, case.name, line, symbol)
             return
         risk = None if case.p1_proposal is None else _as_hash(case.p1_proposal)
-        ready = codec.evaluate_parsed(
+        ready = evaluate_parsed(
             symbol,
-            codec.parse_market(codec.trim("marketstate", _as_hash(case.market_state))),
-            codec.parse_risk(None if risk is None else codec.trim("risk", risk)),
-            codec.parse_position(
-                codec.trim("position", _as_hash(case.position)),
+            parse_market(trim("marketstate", _as_hash(case.market_state))),
+            parse_risk(None if risk is None else trim("risk", risk)),
+            parse_position(
+                trim("position", _as_hash(case.position)),
                 symbol,
                 needs_quantity=theta.r_basis == "position",
             ),

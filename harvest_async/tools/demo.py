@@ -35,7 +35,7 @@ from harvest_async.tools.scripted import SCRIPTED, STORIES, ScriptedSymbols, run
 from harvest_async.tools.simulate import Simulator, run_simulator, symbols_for
 from harvest_async.tools.watch import Terminal, Watcher, live, render
 
-__all__ = ["DEMO_PREFIX", "DemoRecorder", "demo_settings", "run_demo"]
+__all__ = ["DEMO_PREFIX", "DemoTally", "demo_settings", "run_demo"]
 
 DEMO_PREFIX = "harvest-demo:"
 
@@ -75,7 +75,7 @@ def demo_settings(
 
 
 @dataclass
-class DemoRecorder:
+class DemoTally:
     """An engine Observer that remembers what was published (for the summary)."""
 
     publishes: Counter[str] = field(default_factory=Counter)  # by trigger
@@ -115,7 +115,7 @@ class DemoRecorder:
 
 @dataclass
 class DemoResult:
-    recorder: DemoRecorder
+    recorder: DemoTally
     writes: int
     seconds: float
     final_table: list[str]
@@ -143,7 +143,7 @@ async def run_demo(
     symbols = list(settings.symbols or [*SCRIPTED, *symbols_for(6)])
     scripted = [s for s in symbols if s in SCRIPTED]
     random_symbols = [s for s in symbols if s not in SCRIPTED]
-    recorder = DemoRecorder()
+    recorder = DemoTally()
     written = 0
     started = monotonic()
     client = client_for(settings.redis_url, settings.redis_password, name="harvest-demo")

@@ -26,9 +26,10 @@ import msgspec
 
 from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.config import Settings
-from harvest_async.core import codec
-from harvest_async.core.codec import SymbolInputs
+from harvest_async.core.input_hashes import NoAdvice, SymbolInputs, parse_epoch
+from harvest_async.core.inputs import evaluate
 from harvest_async.core.models import ACTIONS
+from harvest_async.core.proposal import PROPOSAL_FIELDS, SCHEMA_VERSION
 from harvest_async.errors import PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import (
     REDIS_ERRORS,
@@ -59,7 +60,7 @@ CHECK_NAMES: tuple[str, ...] = (
 _NAME_LIMIT = 5
 _DETAIL_LIMIT = 10
 _SCAN_LIMIT = 100_000
-_CHUNK = 500
+_READ_BATCH = 500  # keys per pipelined read
 _UNREACHABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, RedisUnavailable)
 _NO_POSITION = frozenset({"no_position", "flat", "zero_quantity"})
 _CONFIG_HINT = (
@@ -316,9 +317,9 @@ async def _scan(client: Client, prefix: str) -> list[str]:
 
 async def _hgetall_many(client: Client, keys: Sequence[str]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
-    for start in range(0, len(keys), _CHUNK):
+    for start in range(0, len(keys), _READ_BATCH):
         async with client.pipeline(transaction=False) as pipe:
-            for key in keys[start : start + _CHUNK]:
+            for key in keys[start : start + _READ_BATCH]:
                 pipe.hgetall(key)
             out.extend(await pipe.execute())
     return out
@@ -328,7 +329,7 @@ def _epoch_age(fields: dict[str, str] | None, name: str, now: float) -> float | 
     if not fields or not fields.get(name):
         return None
     try:
-        return round(now - codec.parse_epoch(fields[name]), 3)
+        return round(now - parse_epoch(fields[name]), 3)
     except Exception:  # noqa: BLE001 - a bad timestamp is reported by the validation itself
         return None
 
@@ -365,8 +366,8 @@ async def _check_inputs(
         ]
     limits = InputLimits(settings.max_input_fields, settings.max_input_value_bytes)
     raw: list[dict[str, str] | None] = []
-    for start in range(0, len(wanted), _CHUNK):
-        raw += await read_hashes(client, wanted[start : start + _CHUNK], limits, "all")
+    for start in range(0, len(wanted), _READ_BATCH):
+        raw += await read_hashes(client, wanted[start : start + _READ_BATCH], limits, "all")
     per_symbol: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     fallback: list[str] = []
@@ -374,7 +375,7 @@ async def _check_inputs(
     for i, sym in enumerate(symbols):
         ms, risk, pos = (h or None for h in raw[3 * i : 3 * i + 3])
         inputs = SymbolInputs(sym, ms, risk, pos)
-        result = codec.evaluate(
+        result = evaluate(
             inputs,
             now,
             theta=settings.theta,
@@ -390,7 +391,7 @@ async def _check_inputs(
             "risk_age_sec": _epoch_age(risk, "ts_epoch", now),
             "position_age_sec": _epoch_age(pos, "ts_epoch", now),
         }
-        if isinstance(result, codec.NoAdvice):
+        if isinstance(result, NoAdvice):
             entry["state"] = result.reason
             entry["detail"] = result.detail
             if result.reason not in _NO_POSITION:
@@ -533,8 +534,8 @@ async def _check_proposals(
     for sym, fields in zip(symbols, hashes, strict=True):
         if not fields:
             continue  # deleted while we looked
-        problems = [f for f in codec.PROPOSAL_FIELDS if f not in fields]
-        if fields.get("schema_version", codec.SCHEMA_VERSION) != codec.SCHEMA_VERSION:
+        problems = [f for f in PROPOSAL_FIELDS if f not in fields]
+        if fields.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
             problems.append(f"schema_version={fields['schema_version']}")
         action = fields.get("harvest_action", "")
         if action and action not in ACTIONS:

@@ -24,9 +24,9 @@ from harvest_async.config import (
     load_theta_file,
     settings_from_env,
 )
-from harvest_async.core.codec import theta_id_for
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
+from harvest_async.core.proposal import theta_id_for
 
 __all__ = ["ConfigRow", "EffectiveConfig", "Layers", "effective_config", "render_text"]
 

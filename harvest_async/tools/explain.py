@@ -1,7 +1,7 @@
 """`harvest-async explain SYMBOL`: what the service would do with a symbol now, and why.
 
 Built from the service's public pieces, so it cannot disagree with them: the input
-hashes read by the service's own reader, `codec.evaluate` (validation, staleness), the
+hashes read by the service's own reader, `evaluate` (validation, staleness), the
 kernel, and `gate.decide` against the proposal hash in Redis (what the running service
 last wrote). What it cannot see is the running engine's memory: a publish that was
 retracted since still holds the floor (read from the audit stream when it is there),
@@ -19,10 +19,12 @@ from typing import Any
 import msgspec
 
 from harvest_async.config import Settings
-from harvest_async.core import codec, gate
-from harvest_async.core.codec import NoAdvice, Ready, SymbolInputs
+from harvest_async.core import gate
+from harvest_async.core.input_hashes import NoAdvice, Ready, SymbolInputs
+from harvest_async.core.inputs import evaluate
 from harvest_async.core.kernel import KernelInputError, compute
 from harvest_async.core.models import Decision, KComponents, Theta
+from harvest_async.core.proposal import theta_id_for
 from harvest_async.core.timefmt import age_text, clock_utc, iso_utc_ms
 from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import REDIS_ERRORS, Client
@@ -273,10 +275,10 @@ def explain(settings: Settings, symbol: str, snap: Snapshot, now: float) -> Expl
             "no live publisher (no liveness key): nothing is published or retracted until "
             "`harvest-async run` runs"
         )
-    if snap.proposal and snap.proposal.get("theta_id") not in (None, codec.theta_id_for(theta)):
+    if snap.proposal and snap.proposal.get("theta_id") not in (None, theta_id_for(theta)):
         notes.append(
             f"the proposal was written with theta_id {snap.proposal.get('theta_id')}, these "
-            f"settings give {codec.theta_id_for(theta)}: compare the service's tunables "
+            f"settings give {theta_id_for(theta)}: compare the service's tunables "
             "(harvest-async config)"
         )
 
@@ -294,7 +296,7 @@ def explain(settings: Settings, symbol: str, snap: Snapshot, now: float) -> Expl
     if settings.symbols is not None and symbol not in settings.symbols:
         listed = f"SYMBOLS lists {len(settings.symbols)} symbols and not {symbol}"
         return done(Verdict("not followed", "SYMBOLS", f"{listed}: the service ignores it"))
-    result = codec.evaluate(
+    result = evaluate(
         snap.inputs,
         now,
         theta=theta,

@@ -7,9 +7,9 @@ import random
 import pytest
 
 from harvest_async.core import engine as engine_mod
-from harvest_async.core.codec import SymbolInputs
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.gate import GateConfig
+from harvest_async.core.input_hashes import SymbolInputs
 from harvest_async.core.kernel import compute
 from harvest_async.core.models import Theta
 from harvest_async.core.ports import Output, PublishOut, RetractOut
@@ -622,8 +622,8 @@ def churn() -> tuple[int, int, int]:
             e.confirm(batch)
             dirty.clear()
             e.starting = False
-            max_heap = max(max_heap, len(e._heap))
-    return len(e), max_heap, len(e._heap)
+            max_heap = max(max_heap, e.timer_entries)
+    return len(e), max_heap, e.timer_entries
 
 
 def test_memory_is_one_state_per_symbol(churn: tuple[int, int, int]) -> None:

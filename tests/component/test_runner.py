@@ -18,9 +18,9 @@ from anyio.abc import TaskStatus
 
 from harvest_async.backoff import Backoff
 from harvest_async.clock import FakeClock
-from harvest_async.core.codec import Hash, SymbolInputs
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.gate import GateConfig
+from harvest_async.core.input_hashes import Hash, SymbolInputs
 from harvest_async.core.ports import Changed, Event, Gap, Output, PublishOut, RetractOut
 from harvest_async.errors import RedisUnavailable, WriteRefused, WriteUncertain
 from harvest_async.service.runner import Runner

@@ -22,8 +22,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.core import codec
 from harvest_async.core.keys import Keys
+from harvest_async.core.proposal import PROPOSAL_FIELDS, SCHEMA_VERSION
 from harvest_async.service.app import serve
 from harvest_async.service.runner import Runner
 from harvest_async.tools.doctor import Check, Report, render_text, run_doctor
@@ -83,11 +83,11 @@ async def put_inputs(
 
 
 def contract_hash(symbol: str, age: float = 0.0) -> dict[str, str]:
-    fields = dict.fromkeys(codec.PROPOSAL_FIELDS, "0.0")
+    fields = dict.fromkeys(PROPOSAL_FIELDS, "0.0")
     fields.update(
         symbol=symbol,
         harvest_action="NONE",
-        schema_version=codec.SCHEMA_VERSION,
+        schema_version=SCHEMA_VERSION,
         ts_epoch=repr(time.time() - age),
         new_sl_proposed="None",
     )

@@ -21,8 +21,8 @@ from redis.exceptions import ResponseError
 
 from harvest_async.clock import SystemClock
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.core import codec
-from harvest_async.core.codec import OVERSIZED
+from harvest_async.core.input_hashes import OVERSIZED, NoAdvice
+from harvest_async.core.inputs import parse_position
 from harvest_async.core.keys import Keys
 from harvest_async.redis_io.client import client_for
 from harvest_async.redis_io.inputs_io import InputLimits, read_hashes
@@ -241,8 +241,8 @@ async def test_the_read_script_tells_absent_empty_oversized_and_wrong_type_apart
             got = {i.symbol: i.position for i in await reader.fetch(names)}
             assert got["ABSENT"] is None
             assert got["EMPTY"] == {}  # exists, none of the fields the codec reads
-            empty = codec.parse_position(got["EMPTY"], "EMPTY", needs_quantity=False)
-            assert isinstance(empty, codec.NoAdvice) and empty.detail == "side is missing"
+            empty = parse_position(got["EMPTY"], "EMPTY", needs_quantity=False)
+            assert isinstance(empty, NoAdvice) and empty.detail == "side is missing"
             assert got["WIDE"] == {
                 OVERSIZED: f"{KEYS.position('WIDE')} has 21 fields (limit MAX_INPUT_FIELDS=20)"
             }
@@ -251,8 +251,8 @@ async def test_the_read_script_tells_absent_empty_oversized_and_wrong_type_apart
                 "(limit MAX_INPUT_VALUE_BYTES=100)"
             }
             assert got["UNREAD"] == pos  # the long unread field is not read
-            wrong = codec.parse_position(got["STRING"], "STRING", needs_quantity=False)
-            assert isinstance(wrong, codec.NoAdvice) and wrong.reason == "invalid_position"
+            wrong = parse_position(got["STRING"], "STRING", needs_quantity=False)
+            assert isinstance(wrong, NoAdvice) and wrong.reason == "invalid_position"
 
             # whole hashes (record, doctor): the long unread field is left out
             whole = await read_hashes(admin, [("position", KEYS.position("UNREAD"))], limits, "all")
@@ -288,8 +288,8 @@ async def test_record_and_doctor_see_an_oversized_hash_as_the_service_does(
         _at, state = await recorder.snapshot()
         assert state[BIG].position == {OVERSIZED: expected}
         assert state[OTHER].marketstate == other_market  # whole hashes, unread fields too
-        replayed = codec.parse_position(state[BIG].position, BIG, needs_quantity=False)
-        assert isinstance(replayed, codec.NoAdvice)
+        replayed = parse_position(state[BIG].position, BIG, needs_quantity=False)
+        assert isinstance(replayed, NoAdvice)
         assert replayed.text() == f"invalid_position: {expected}"
 
         report = await run_doctor(settings, only=["inputs"])

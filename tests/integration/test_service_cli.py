@@ -17,8 +17,8 @@ from typing import IO, Any
 import pytest
 import redis
 
-from harvest_async.core import codec
-from harvest_async.core.codec import SymbolInputs
+from harvest_async.core.input_hashes import NoAdvice, SymbolInputs
+from harvest_async.core.inputs import evaluate
 from harvest_async.core.kernel import KernelInputError, compute
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
@@ -329,8 +329,8 @@ def _expected_action(client: redis.Redis, symbol: str, keys: Keys) -> str | None
     inputs = SymbolInputs(
         symbol, trim("marketstate", raw[0]), trim("risk", raw[1]), trim("position", raw[2])
     )
-    ready = codec.evaluate(inputs, now(), theta=Theta(), max_input_age_sec=300.0)
-    if isinstance(ready, codec.NoAdvice):
+    ready = evaluate(inputs, now(), theta=Theta(), max_input_age_sec=300.0)
+    if isinstance(ready, NoAdvice):
         return None
     try:
         return compute(ready.position, ready.market, ready.risk, Theta()).harvest_action

@@ -24,10 +24,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.core import codec
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
 from harvest_async.core.ports import PublishOut, RetractOut
+from harvest_async.core.proposal import PROPOSAL_FIELDS, theta_id_for
 from harvest_async.service.app import serve
 from harvest_async.service.runner import Runner
 
@@ -492,7 +492,7 @@ async def test_foreign_fields_are_gone_after_a_publish(
         await client.hset(KEYS.proposal(SYM), "sneaky", "x")
         await put(client, KEYS.position(SYM), position(9.0))
         fields = await wait_published(client, lambda f: f["harvest_action"] == "PARTIAL_50")
-    assert set(fields) == set(codec.PROPOSAL_FIELDS)
+    assert set(fields) == set(PROPOSAL_FIELDS)
 
 
 async def test_each_publish_and_its_audit_entry_land_together(
@@ -657,7 +657,7 @@ async def test_theta_from_env_and_file_is_used(
     redis_url: str, client: aioredis.Redis, tmp_path: Path
 ) -> None:
     await put_inputs(client, pnl=0.0)  # K = 0.5: NONE by default, FULL_CLOSE at 0.4
-    default_id = codec.theta_id_for(Theta())
+    default_id = theta_id_for(Theta())
     async with running(make_settings(redis_url)):
         base = await wait_published(client)
     assert base["harvest_action"] == "NONE"

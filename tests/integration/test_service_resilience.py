@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.core import codec
-from harvest_async.core.codec import SymbolInputs
 from harvest_async.core.engine import Engine, EngineConfig
+from harvest_async.core.input_hashes import NoAdvice, Ready, SymbolInputs
+from harvest_async.core.inputs import evaluate
 from harvest_async.core.kernel import KernelInputError, compute
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
@@ -794,9 +794,9 @@ def test_fuzzed_input_hashes_never_crash_it_nor_get_published(redis_url: str) ->
                 inputs = SymbolInputs(
                     FUZZ, seen_as["marketstate"], seen_as["risk"], seen_as["position"]
                 )
-                ready = codec.evaluate(inputs, now(), theta=Theta(), max_input_age_sec=300.0)
+                ready = evaluate(inputs, now(), theta=Theta(), max_input_age_sec=300.0)
                 expected_action = None
-                if isinstance(ready, codec.Ready):
+                if isinstance(ready, Ready):
                     try:
                         expected_action = compute(
                             ready.position, ready.market, ready.risk, Theta()
@@ -814,7 +814,7 @@ def test_fuzzed_input_hashes_never_crash_it_nor_get_published(redis_url: str) ->
                 else:
                     seen["retracted"] += 1
                     assert expected_action is None, (written, ready)
-                    reasons[ready.reason if isinstance(ready, codec.NoAdvice) else "kernel"] += 1
+                    reasons[ready.reason if isinstance(ready, NoAdvice) else "kernel"] += 1
 
             check()
             portal.call(scope.cancel)

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from harvest_async.core import codec
 from harvest_async.core.keys import Keys
+from harvest_async.core.proposal import PROPOSAL_FIELDS, SCHEMA_VERSION
 from harvest_async.tools.embedded_server import EmbeddedRedis
 from harvest_async.tools.watch import WatchModel, render
 
@@ -41,7 +41,7 @@ def proposal(
     at: float | None = None,
     **extra: str,
 ) -> dict[str, str]:
-    fields = dict.fromkeys(codec.PROPOSAL_FIELDS, "0.0")
+    fields = dict.fromkeys(PROPOSAL_FIELDS, "0.0")
     fields.update(
         symbol=symbol,
         harvest_action=action,
@@ -53,7 +53,7 @@ def proposal(
         ts_epoch=repr(time.time() if at is None else at),
         marketstate_age_sec="",
         position_snapshot_age_sec="",
-        schema_version=codec.SCHEMA_VERSION,
+        schema_version=SCHEMA_VERSION,
     )
     fields.update(extra)
     return fields

@@ -20,8 +20,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.core.codec import SymbolInputs
 from harvest_async.core.engine import Engine, EngineConfig
+from harvest_async.core.input_hashes import SymbolInputs
 from harvest_async.core.keys import Keys
 from harvest_async.core.ports import Output
 from harvest_async.errors import WriteRefused

@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from harvest_async.core import codec
+from harvest_async.core.input_hashes import NoAdvice, SymbolInputs, trim
+from harvest_async.core.inputs import evaluate
 from harvest_async.core.models import Theta
 from harvest_async.tools import compute as whatif
 
@@ -70,16 +71,14 @@ def as_hash(obj: dict[str, Any] | None) -> dict[str, str] | None:
 
 def service_reason(case: dict[str, Any]) -> str | None:
     """The retraction reason the service's codec gives for the same three hashes."""
-    inputs = codec.SymbolInputs(
+    inputs = SymbolInputs(
         case["position"].get("symbol", ""),
-        codec.trim("marketstate", as_hash(case["market_state"]) or {}),
-        None
-        if case["p1_proposal"] is None
-        else codec.trim("risk", as_hash(case["p1_proposal"]) or {}),
-        codec.trim("position", as_hash(case["position"]) or {}),
+        trim("marketstate", as_hash(case["market_state"]) or {}),
+        None if case["p1_proposal"] is None else trim("risk", as_hash(case["p1_proposal"]) or {}),
+        trim("position", as_hash(case["position"]) or {}),
     )
-    result = codec.evaluate(inputs, NOW, theta=Theta(), max_input_age_sec=300.0)
-    return result.text() if isinstance(result, codec.NoAdvice) else None
+    result = evaluate(inputs, NOW, theta=Theta(), max_input_age_sec=300.0)
+    return result.text() if isinstance(result, NoAdvice) else None
 
 
 # Every class of bad input in docs/inputs.md (and issue 10's examples), with the service's text.

@@ -11,9 +11,10 @@ from typing import Any
 import msgspec
 
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.core import codec
-from harvest_async.core.codec import SymbolInputs
+from harvest_async.core.input_hashes import Ready, SymbolInputs
+from harvest_async.core.inputs import evaluate
 from harvest_async.core.kernel import compute
+from harvest_async.core.proposal import plan_id_for, proposal_fields, theta_id_for
 from harvest_async.redis_io.liveness import Publisher
 from harvest_async.tools.explain import Snapshot, explain, render_text
 
@@ -35,12 +36,12 @@ def inputs(pnl: float = 5.0, **market: str) -> SymbolInputs:
 
 def published(pnl: float, at: float, settings: Settings = SETTINGS) -> dict[str, str]:
     """The proposal hash the service would have written for `pnl` at `at`."""
-    ready = codec.evaluate(inputs(pnl), NOW, theta=settings.theta, max_input_age_sec=300.0)
-    assert isinstance(ready, codec.Ready)
+    ready = evaluate(inputs(pnl), NOW, theta=settings.theta, max_input_age_sec=300.0)
+    assert isinstance(ready, Ready)
     decision = compute(ready.position, ready.market, ready.risk, settings.theta)
-    theta_id = codec.theta_id_for(settings.theta)
-    return codec.proposal_fields(
-        SYM, ready, decision, now=at, plan_id=codec.plan_id_for(SYM, decision, theta_id),
+    theta_id = theta_id_for(settings.theta)
+    return proposal_fields(
+        SYM, ready, decision, now=at, plan_id=plan_id_for(SYM, decision, theta_id),
         seq=int(at * 1000), trigger="change", theta_id=theta_id,
     )  # fmt: skip
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harvest_async.config import ConfigError, settings_from_env
-from harvest_async.core import codec
-from harvest_async.core.codec import OVERSIZED, USED_FIELDS
+from harvest_async.core.input_hashes import OVERSIZED, USED_FIELDS, NoAdvice, trim
+from harvest_async.core.inputs import parse_market, parse_position, parse_risk
 from harvest_async.errors import PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import refused
 from harvest_async.redis_io.inputs_io import InputLimits, decode_reply
@@ -36,14 +36,14 @@ def test_invalid_limits_name_the_variable(variable: str, value: str) -> None:
 
 def test_an_oversized_hash_is_invalid_input_saying_why() -> None:
     why = {OVERSIZED: "k has 300 fields (limit MAX_INPUT_FIELDS=256)"}
-    market = codec.parse_market(why)
-    risk = codec.parse_risk(why)
-    position = codec.parse_position(why, "X", needs_quantity=False)
-    assert market == codec.NoAdvice("invalid_marketstate", why[OVERSIZED])
-    assert risk == codec.NoAdvice("invalid_risk", why[OVERSIZED])
-    assert position == codec.NoAdvice("invalid_position", why[OVERSIZED])
+    market = parse_market(why)
+    risk = parse_risk(why)
+    position = parse_position(why, "X", needs_quantity=False)
+    assert market == NoAdvice("invalid_marketstate", why[OVERSIZED])
+    assert risk == NoAdvice("invalid_risk", why[OVERSIZED])
+    assert position == NoAdvice("invalid_position", why[OVERSIZED])
     # a replay trims hashes like the live reader: the verdict survives, alone
-    assert codec.trim("position", {**why, "side": "LONG"}) == why
+    assert trim("position", {**why, "side": "LONG"}) == why
 
 
 def test_decode_reply() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harvest_async.core.codec import parse_epoch
+from harvest_async.core.input_hashes import parse_epoch
 from harvest_async.replay.into_redis import shift_times
 
 

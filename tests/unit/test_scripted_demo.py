@@ -4,8 +4,8 @@ publish rules (the demo's 1 s floor and 10 s heartbeat), on a virtual clock."""
 from __future__ import annotations
 
 from harvest_async.core import gate
-from harvest_async.core.codec import SymbolInputs, trim
 from harvest_async.core.engine import Engine, EngineConfig, PublishOut, RetractOut
+from harvest_async.core.input_hashes import SymbolInputs, trim
 from harvest_async.tools.scripted import SCRIPTED, STEPS, STORIES, ScriptedSymbols
 
 START = 1_700_000_000.0

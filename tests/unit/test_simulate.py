@@ -9,8 +9,8 @@ from collections import Counter
 import msgspec
 import pytest
 
-from harvest_async.core import codec
-from harvest_async.core.codec import NoAdvice, SymbolInputs
+from harvest_async.core.input_hashes import NoAdvice, SymbolInputs
+from harvest_async.core.inputs import evaluate
 from harvest_async.core.kernel import compute
 from harvest_async.core.models import ACTIONS, Theta
 from harvest_async.redis_io.publisher import trim
@@ -98,7 +98,7 @@ def test_every_input_is_valid_or_an_intended_no_advice_case() -> None:
                 trim("risk", store.get(("risk", sym), {})),
                 trim("position", store.get(("position", sym), {})),
             )
-            result = codec.evaluate(inputs, at, theta=theta, max_input_age_sec=MAX_AGE)
+            result = evaluate(inputs, at, theta=theta, max_input_age_sec=MAX_AGE)
             if isinstance(result, NoAdvice):
                 assert result.reason in INTENDED, (write, result)
                 reasons[result.reason] += 1

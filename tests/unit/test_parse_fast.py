@@ -1,4 +1,4 @@
-"""The msgspec fast paths of the codec must agree exactly with the field-by-field parser."""
+"""The msgspec fast parsers must agree exactly with the field-by-field reference parsers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harvest_async.core import codec
-from harvest_async.core.codec import NoAdvice, ParsedMarket, ParsedPosition
+from harvest_async.core import parse_fast, parse_reference
+from harvest_async.core.input_hashes import InputProblem, NoAdvice, ParsedMarket, ParsedPosition
+from harvest_async.core.inputs import parse_market, parse_position
 
 NUMBERS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
@@ -40,17 +41,18 @@ def _same(a: object, b: object) -> bool:
 
 def _slow_position(fields: dict[str, str], needs_quantity: bool) -> object:
     try:
-        return codec._position(fields, "SYM", needs_quantity)
-    except codec._Bad as bad:
+        return parse_reference.position(fields, "SYM", needs_quantity)
+    except InputProblem as bad:
         return NoAdvice("invalid_position", f"{bad.field} {bad.problem}")
 
 
 def _slow_market(fields: dict[str, str]) -> object:
     try:
         return ParsedMarket(
-            codec._market(fields), codec._number(fields, "ts_timestamp", required=False)
+            parse_reference.market(fields),
+            parse_reference.number(fields, "ts_timestamp", required=False),
         )
-    except codec._Bad as bad:
+    except InputProblem as bad:
         return NoAdvice("invalid_marketstate", f"{bad.field} {bad.problem}")
 
 
@@ -67,7 +69,7 @@ def test_position_fast_path_matches_slow(
     fields = {"entry_price": "100.5", "unrealized_pnl": "3.5"} if base else {}
     fields.update(values)
     fields["side"] = side
-    got = codec.parse_position(fields, "SYM", needs_quantity=needs_quantity)
+    got = parse_position(fields, "SYM", needs_quantity=needs_quantity)
     assert _same(got, _slow_position(fields, needs_quantity))
 
 
@@ -82,15 +84,15 @@ def test_market_fast_path_matches_slow(values: dict[str, str], base: bool) -> No
         else {}
     )
     fields.update(values)
-    assert _same(codec.parse_market(fields), _slow_market(fields))
+    assert _same(parse_market(fields), _slow_market(fields))
 
 
 def test_fast_path_is_taken_for_clean_input() -> None:
-    market = codec._market_fast(
+    market = parse_fast.market(
         {"sigma": "0.01", "ts": "0.35", "p_trend": "0.5", "p_mr": "0.2", "p_chop": "0.3"}
     )
     assert market is not None and math.isclose(market.market.sigma, 0.01)
-    position = codec._position_fast(
+    position = parse_fast.position(
         {"side": "LONG", "entry_price": "100", "unrealized_pnl": "2", "quantity": "0.5"},
         "SYM",
         False,

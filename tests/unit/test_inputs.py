@@ -11,12 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harvest_async.core import codec
-from harvest_async.core.codec import NoAdvice, Ready, SymbolInputs, evaluate, parse_epoch
 from harvest_async.core.engine import Engine, EngineConfig
+from harvest_async.core.input_hashes import NoAdvice, Ready, SymbolInputs, parse_epoch
+from harvest_async.core.inputs import evaluate
 from harvest_async.core.kernel import KernelInputError, compute
 from harvest_async.core.models import Decision, KComponents, Theta
 from harvest_async.core.ports import PublishOut, RetractOut
+from harvest_async.core.proposal import plan_id_for, proposal_fields, theta_id_for
 
 SYM = "BTCUSDT"
 NOW = 1_700_000_100.0  # 2023-11-14T22:15:00Z
@@ -548,13 +549,13 @@ def test_synthetic_positions_only_when_enabled() -> None:
 
 def fields_for(r: Ready, *, trigger: str = "change", seq: int = 7) -> dict[str, str]:
     decision = compute(r.position, r.market, r.risk, Theta())
-    theta_id = codec.theta_id_for(Theta())
-    return codec.proposal_fields(
+    theta_id = theta_id_for(Theta())
+    return proposal_fields(
         SYM,
         r,
         decision,
         now=NOW,
-        plan_id=codec.plan_id_for(SYM, decision, theta_id),
+        plan_id=plan_id_for(SYM, decision, theta_id),
         seq=seq,
         trigger=trigger,
         theta_id=theta_id,
@@ -584,7 +585,7 @@ def test_proposal_field_formats() -> None:
     assert fields["trigger"] == "heartbeat"
     assert fields["seq"] == "12"
     assert re.fullmatch(r"[0-9a-f]{16}", fields["plan_id"])
-    assert fields["theta_id"] == codec.theta_id_for(Theta())
+    assert fields["theta_id"] == theta_id_for(Theta())
     assert fields["last_update_epoch"] == str(int(NOW))
     assert float(fields["ts_epoch"]) == NOW
     moment = datetime.fromisoformat(fields["computed_at_utc"])
@@ -639,32 +640,30 @@ def dec(
 
 
 def test_plan_id_identifies_the_decision() -> None:
-    tid = codec.theta_id_for(Theta())
-    base = codec.plan_id_for(SYM, dec(), tid)
+    tid = theta_id_for(Theta())
+    base = plan_id_for(SYM, dec(), tid)
     assert re.fullmatch(r"[0-9a-f]{16}", base)
-    assert codec.plan_id_for(SYM, dec(), tid) == base
+    assert plan_id_for(SYM, dec(), tid) == base
     # R_net, risk unit and reason codes do not identify a decision
-    assert codec.plan_id_for(SYM, dec(r=2.46), tid) == base
+    assert plan_id_for(SYM, dec(r=2.46), tid) == base
     others = {
-        codec.plan_id_for(SYM, dec(action="PARTIAL_50"), tid),
-        codec.plan_id_for(SYM, dec(sl=100.3), tid),
-        codec.plan_id_for(SYM, dec(sl=None), tid),
-        codec.plan_id_for(SYM, dec(k=0.51), tid),
-        codec.plan_id_for("ETHUSDT", dec(), tid),
-        codec.plan_id_for(SYM, dec(), codec.theta_id_for(Theta(T1_R=2.5))),
+        plan_id_for(SYM, dec(action="PARTIAL_50"), tid),
+        plan_id_for(SYM, dec(sl=100.3), tid),
+        plan_id_for(SYM, dec(sl=None), tid),
+        plan_id_for(SYM, dec(k=0.51), tid),
+        plan_id_for("ETHUSDT", dec(), tid),
+        plan_id_for(SYM, dec(), theta_id_for(Theta(T1_R=2.5))),
     }
     assert base not in others
     assert len(others) == 6
     # K on the CHANGE_EPS grid: clock jitter in the age term does not make a new plan
-    assert codec.plan_id_for(SYM, dec(k=0.5 + 1e-7), tid) == codec.plan_id_for(SYM, dec(k=0.5), tid)
-    assert codec.plan_id_for(SYM, dec(k=0.5 + 1e-7), tid, 0.0) != codec.plan_id_for(
-        SYM, dec(k=0.5), tid, 0.0
-    )
+    assert plan_id_for(SYM, dec(k=0.5 + 1e-7), tid) == plan_id_for(SYM, dec(k=0.5), tid)
+    assert plan_id_for(SYM, dec(k=0.5 + 1e-7), tid, 0.0) != plan_id_for(SYM, dec(k=0.5), tid, 0.0)
 
 
 def test_theta_id_depends_on_tunables() -> None:
-    assert codec.theta_id_for(Theta()) == codec.theta_id_for(Theta())
-    assert codec.theta_id_for(Theta()) != codec.theta_id_for(Theta(kill_threshold=0.7))
+    assert theta_id_for(Theta()) == theta_id_for(Theta())
+    assert theta_id_for(Theta()) != theta_id_for(Theta(kill_threshold=0.7))
 
 
 # -- fuzz -------------------------------------------------------------------------------
