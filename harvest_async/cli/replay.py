@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from harvest_async.cli.args import non_negative_float
+from harvest_async.cli.args import non_negative_float, positive_int
 from harvest_async.cli.common import add_config_args, run_async, settings_from_args
 from harvest_async.cli.exits import EXIT_ERROR, EXIT_USAGE, CliError
 
@@ -68,6 +68,14 @@ def register(subparsers: Any) -> None:
     progress.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="split the symbols over N processes (the same output, byte for byte; default 1)",
+    )
     add_config_args(p, theta=True, decisions=True)
     p.set_defaults(handler=handle)
 
@@ -120,6 +128,7 @@ def _replay(args: argparse.Namespace, settings: Any) -> int:
         args.out,
         fmt=fmt,
         show_progress=args.progress,
+        jobs=args.jobs,
     )
     note = "" if stats.complete else " (no end marker: the recording may be cut short)"
     print(

@@ -137,8 +137,8 @@ class Rounds:
         self.engine.starting = False
 
     def round(self) -> Step:
-        """One round: a resync if one is pending or the reconcile is due; else the dirty
-        symbols; then the timers that are due."""
+        """One round: a resync if one is pending or the reconcile is due, else the dirty
+        symbols; then the timers that are due (`recompute`)."""
         reason = self._resync_reason
         reconcile = self.next_reconcile
         if reason is None and reconcile is not None and self.now() >= reconcile:
@@ -160,6 +160,7 @@ class Rounds:
                 for symbol, seen in batch.items():
                     self._dirty.setdefault(symbol, seen)
                 raise
+            return
         due = self.engine.due(self.now())
         if due:
             yield from self._evaluate(due, {})
@@ -191,7 +192,9 @@ class Rounds:
 
     def recompute(self, symbols: list[str], seen: dict[str, float], *, force: bool) -> Step:
         """Read `symbols` chunk by chunk; evaluate those whose inputs changed (all of them
-        with `force`) together with the timers due by then, and write."""
+        with `force`), and write. Then the timers due by now: after every chunk is read,
+        so a due symbol is evaluated with its latest inputs (and each symbol's result does
+        not depend on where the chunks happen to split the list)."""
         engine = self.engine
         for chunk in self._chunks(symbols):
             inputs: list[SymbolInputs] = yield Fetch(chunk)
@@ -202,8 +205,10 @@ class Rounds:
                     changed.append(item.symbol)
                 if item.position is None:
                     engine.forget_absent(item.symbol, now)
-            changed.extend(engine.due(self.now()))
             yield from self._evaluate(changed, seen)
+        due = engine.due(self.now())
+        if due:
+            yield from self._evaluate(due, {})
 
     def _chunks(self, symbols: list[str]) -> Iterator[list[str]]:
         size = self.chunk

@@ -32,6 +32,7 @@ from typing import Any
 
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.input_hashes import Hash, SymbolInputs, trim
+from harvest_async.core.partition import partition_of
 from harvest_async.core.ports import NullHooks, Output, PublishOut
 from harvest_async.core.rounds import Discover, Fetch, ReadPublished, Request, Rounds, Step, Write
 from harvest_async.replay.format import Delete, End, RecordingError, Set, Snapshot, SymbolState
@@ -107,6 +108,7 @@ class _Replayer:
         *,
         reconcile_every: float,
         progress: Callable[[float, ReplayStats], None] | None,
+        mine: Callable[[str], bool] | None = None,
     ) -> None:
         self.reader = reader
         self.stats = ReplayStats()
@@ -118,6 +120,9 @@ class _Replayer:
         self.emit = emit
         self.progress = progress
         self.allowed = frozenset(config.symbols) if config.symbols is not None else None
+        # `replay --jobs`: this process replays only the symbols `mine` accepts (each
+        # symbol's decisions depend on its own inputs alone, so a partition decides alike)
+        self.mine = mine
         # symbol -> [marketstate, risk, position], trimmed as the live reader returns them
         # (a rewrite of an ignored field is "no change" here too)
         self.store: dict[str, list[Hash | None]] = {}
@@ -131,8 +136,9 @@ class _Replayer:
     def _load(self, state: dict[str, SymbolState]) -> None:
         allowed = self.allowed
         store: dict[str, list[Hash | None]] = {}
+        mine = self.mine
         for symbol in sorted(state):
-            if allowed is not None and symbol not in allowed:
+            if (allowed is not None and symbol not in allowed) or (mine and not mine(symbol)):
                 continue
             hashes = state[symbol]
             row: list[Hash | None] = [
@@ -144,10 +150,13 @@ class _Replayer:
         self.seen.update(self.store)
         self.store = store
 
-    def _apply(self, line: Set | Delete) -> None:
+    def _apply(self, line: Set | Delete) -> bool:
+        """Apply one change to the input state; False when it is not this replay's."""
         symbol = line.symbol
         if self.allowed is not None and symbol not in self.allowed:
-            return
+            return False
+        if self.mine is not None and not self.mine(symbol):
+            return False
         index = _KIND_INDEX[line.kind]
         store = self.store
         row = store.get(symbol)
@@ -161,6 +170,7 @@ class _Replayer:
                 del store[symbol]
                 self.seen.add(symbol)
         self.rounds.changed(symbol, self.at)
+        return True
 
     # -- answering the rounds ----------------------------------------------------------
     def _drive(self, step: Step) -> None:
@@ -246,8 +256,7 @@ class _Replayer:
                     group_at = self.at = at
                 cls = type(line)
                 if cls is Set or cls is Delete:
-                    self._apply(line)  # type: ignore[arg-type]
-                    changes += 1
+                    changes += self._apply(line)  # type: ignore[arg-type]
                 elif cls is Snapshot:
                     if rounds.pending:
                         self._round(at)
@@ -279,12 +288,22 @@ def replay(
     *,
     reconcile_every: float | None = None,
     progress: Callable[[float, ReplayStats], None] | None = None,
+    partition: tuple[int, int] | None = None,
 ) -> ReplayStats:
     """Run the recording at `path` through a fresh engine; every round's outputs go to
     `emit` in order. Raises RecordingError (with the line) on a bad file.
 
     `reconcile_every` defaults to the heartbeat, like the live service's reconcile.
+    `partition` (k, n): replay only the symbols of partition k of n (`partition_of`);
+    the counts in the stats are then that partition's.
     """
     every = config.gate.heartbeat_sec if reconcile_every is None else reconcile_every
+    mine = None
+    if partition is not None:
+        k, n = partition
+        mine = lambda symbol: partition_of(symbol, n) == k  # noqa: E731
     with RecordingReader(path) as reader, _quiet_engine_log():
-        return _Replayer(reader, config, emit, reconcile_every=every, progress=progress).run()
+        replayer = _Replayer(
+            reader, config, emit, reconcile_every=every, progress=progress, mine=mine
+        )
+        return replayer.run()
