@@ -9,6 +9,7 @@ COMMANDS: tuple[str, ...] = (
     "simulate",
     "record",
     "replay",
+    "export_audit",
     "plot",
     "doctor",
     "demo",
