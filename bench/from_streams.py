@@ -141,15 +141,17 @@ def main() -> None:
         last = asyncio.run(fill(server.url, args.changes, args.symbols))
         fill_s = time.perf_counter() - began
         quarter_until = T0 + (last - T0) / 4
+        plain = out.with_name(out.name.removesuffix(".gz"))
         runs = {
-            "whole": run_child(server.url, out, "whole", last),
+            "plain": run_child(server.url, plain, "whole", last),
             "quarter": run_child(server.url, out, "quarter", quarter_until),
             "snapshot": run_child(server.url, out, "snapshot", last),
+            "whole": run_child(server.url, out, "whole", last),  # the file the replay reads
         }
-        run_child(server.url, out, "whole", last)  # the file the replay reads
         runs["replay"] = run_child(server.url, out, "replay", last)
     size_mib = out.stat().st_size / 2**20
     out.unlink()
+    plain.unlink()
 
     def rate(r: dict[str, float], what: str) -> str:
         speed = f"{r['items'] / r['seconds']:,.0f} {what}/s ({r['seconds']:.2f} s)"
@@ -157,6 +159,7 @@ def main() -> None:
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     whole, quarter, snap, rep = runs["whole"], runs["quarter"], runs["snapshot"], runs["replay"]
+    plain_run = runs["plain"]
     section = f"""
 ## Recording from stream history (issue 15)
 
@@ -175,10 +178,11 @@ entries took {fill_s:.0f} s
 
 | measurement | result | peak RSS |
 |---|---|---|
-| `record --from-streams`, whole history | {rate(whole, "entries")} |
+| `record --from-streams`, whole history, `.jsonl.gz` | {rate(whole, "entries")} |
 | the same, first quarter (`--until`) | {rate(quarter, "entries")} |
-| with `--snapshot-from` (two passes) | {rate(snap, "entries")} |
-| `replay` of the converted recording | {rate(rep, "changes")} |
+| the same with `--snapshot-from` (two passes) | {rate(snap, "entries")} |
+| whole history, uncompressed `.jsonl` | {rate(plain_run, "entries")} |
+| `replay` of the converted recording (`.jsonl.gz`) | {rate(rep, "changes")} |
 """
     print(section)
     if args.append:

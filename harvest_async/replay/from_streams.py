@@ -24,7 +24,6 @@ symbols, whatever the history's length.
 from __future__ import annotations
 
 import heapq
-import logging
 import os
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Sequence
@@ -68,8 +67,6 @@ __all__ = [
     "parse_stream_specs",
     "record_from_streams",
 ]
-
-log = logging.getLogger(__name__)
 
 OPTION = "--from-streams"
 RESERVED = ("symbol", "op")  # entry fields that are not the hash's
@@ -133,15 +130,6 @@ class TakenSnapshot:
 
 
 @dataclass(slots=True)
-class StreamReport:
-    name: str
-    kind: str
-    entries: int = 0
-    first_at: float | None = None
-    note: str = ""
-
-
-@dataclass(slots=True)
 class FromStreamsStats:
     path: str = ""
     start: float = 0.0
@@ -156,7 +144,6 @@ class FromStreamsStats:
     unknown_initial: int = 0  # keys whose state before their first entry is unknown
     symbols: int = 0
     seconds: float = 0.0  # wall time of the conversion
-    streams: list[StreamReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -220,14 +207,11 @@ class StreamConverter:
         self.seen: set[InputKey] | None = None if history_complete else set()
         self.writer: RecordingWriter | None = None
         self.stats = FromStreamsStats(path=os.fspath(out))
-        self.reports = [StreamReport(spec.name, spec.kind) for spec in specs]
+        self.read = 0  # entries fed
 
     # -- entries -----------------------------------------------------------------------
     def feed(self, ms: int, seq: int, index: int, entry_id: str, fields: dict[str, str]) -> None:
-        report = self.reports[index]
-        report.entries += 1
-        if report.first_at is None:
-            report.first_at = ms / 1000
+        self.read += 1
         symbol = fields.get("symbol")
         if not symbol:
             self._unusable(index, entry_id, None, "no symbol field")
@@ -341,8 +325,7 @@ class StreamConverter:
         stats.end = writer.last_at
         stats.changes = writer.changes
         stats.symbols = len(writer.symbols)
-        stats.entries = sum(r.entries for r in self.reports)
-        stats.streams = self.reports
+        stats.entries = self.read
         return stats
 
     def abort(self) -> None:
@@ -397,26 +380,25 @@ async def merged_entries(
             await refill(i)
             continue
         # everything up to the smallest last key among streams that may have more is
-        # final: no later page of any stream can sort before it
-        horizon = min(
-            (buffers[i][-1][:3] for i in live if pages[i] is not None),
-            default=None,
-        )
+        # final: no later page of any stream can sort before it. Entries compare as
+        # tuples: (ms, seq, stream index) is unique, so ID and fields are never compared;
+        # (ms, seq, index + 1) sorts after every entry at or before (ms, seq, index).
+        open_ends = [buffers[i][-1][:3] for i in live if pages[i] is not None]
+        horizon: tuple[int, int, int] | None = None
+        if open_ends:
+            ms, seq, index = min(open_ends)
+            horizon = (ms, seq, index + 1)
         parts: list[list[Merged]] = []
         for i in live:
             buffer = buffers[i]
-            cut = len(buffer) if horizon is None else bisect_right(buffer, horizon, key=_order)
+            cut = len(buffer) if horizon is None else bisect_right(buffer, horizon)
             if cut:
                 parts.append(buffer[:cut])
                 buffers[i] = buffer[cut:]
-        yield list(heapq.merge(*parts, key=_order)) if len(parts) > 1 else parts[0]
+        yield list(heapq.merge(*parts)) if len(parts) > 1 else parts[0]
         for i in range(len(names)):
             if not buffers[i]:
                 await refill(i)
-
-
-def _order(item: Merged) -> tuple[int, int, int]:
-    return (item[0], item[1], item[2])
 
 
 def _history_complete(info: StreamInfo, read_from: str) -> bool:
@@ -480,6 +462,7 @@ async def record_from_streams(
             "reads the hashes as they are now, so the window must end now: leave out --until",
         )
     began = monotonic()
+    end_at = until.time if until is not None else clock.now()  # without --until: now
     client = history_client(
         settings.redis_url, settings.redis_password, name="harvest-async-record"
     )
@@ -487,21 +470,21 @@ async def record_from_streams(
         infos = await _infos(client, specs)
         if not any(info.exists for info in infos):
             raise ConfigError(OPTION, "none of the streams exists")
-        snapshot: TakenSnapshot | None = None
         read_from = "-"
         if since is not None and warmup is not None:
             read_from = StreamBound.at_time(max(0.0, since.time - warmup)).xrange_start()
-        if snapshot_from is None:
-            end_at = until.time if until is not None else clock.now()
-        else:
-            # stream ends before and after the snapshot: a key touched in between may or
-            # may not show in it, so its change signals cannot be completed
-            before = infos
-            snapshot = await _take_snapshot(settings, snapshot_from, clock)
-            infos = await _infos(client, specs)
+        snapshot: TakenSnapshot | None = None
+        if snapshot_from is not None:
+            snapshot, infos = await _snapshot_and_last_entries(
+                client,
+                settings,
+                specs,
+                snapshot_from,
+                read_from=read_from,
+                before=infos,
+                clock=clock,
+            )
             end_at = snapshot.at
-            ends = _ends(infos, None)
-            await _learn_last_entries(client, specs, read_from, ends, before=before, into=snapshot)
         converter = StreamConverter(
             specs,
             out,
@@ -579,15 +562,34 @@ async def _learn_last_entries(
                 into.unsettled.add(ikey)
 
 
-async def _take_snapshot(settings: Settings, url: str, clock: Clock) -> TakenSnapshot:
-    client = client_for(url, settings.redis_password, retries=3, name="harvest-async-record")
+async def _snapshot_and_last_entries(
+    client: Client,
+    settings: Settings,
+    specs: Sequence[StreamSpec],
+    url: str,
+    *,
+    read_from: str,
+    before: Sequence[StreamInfo],
+    clock: Clock,
+) -> tuple[TakenSnapshot, list[StreamInfo]]:
+    """The hashes at `url` now, and pass 1 over the streams up to their ends read after
+    it (returned): an entry between the ends read before and after the snapshot may or may
+    not show in it, so its key's change signals cannot be completed."""
+    snapshot_client = client_for(
+        url, settings.redis_password, retries=3, name="harvest-async-record"
+    )
     try:
         # the live recorder's reader: the same keys, the same handling of other types
-        recorder = Recorder(client, settings.keys, clock, symbols=settings.symbols)
+        recorder = Recorder(snapshot_client, settings.keys, clock, symbols=settings.symbols)
         at, state = await recorder.snapshot()
     finally:
-        await client.aclose()
-    return TakenSnapshot(at, state)
+        await snapshot_client.aclose()
+    snapshot = TakenSnapshot(at, state)
+    after = await _infos(client, specs)
+    await _learn_last_entries(
+        client, specs, read_from, _ends(after, None), before=before, into=snapshot
+    )
+    return snapshot, after
 
 
 def _header(

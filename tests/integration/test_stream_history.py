@@ -174,14 +174,17 @@ async def run_live(url: str, settings: Settings, live_path: Path) -> None:
             recorder_ready.set()
 
         async with anyio.create_task_group() as tg:
+            # the service first: its startup publishes precede the recording's start, as
+            # in an incident window (the live state at the start comes from the audit)
             tg.start_soon(partial(serve, settings, handle_signals=False, on_ready=on_service))
+            with anyio.fail_after(10):
+                await service_ready.wait()
             tg.start_soon(
                 partial(
                     record, settings, str(live_path), handle_signals=False, on_ready=on_recorder
                 )
             )
             with anyio.fail_after(10):
-                await service_ready.wait()
                 await recorder_ready.wait()
             start = math.ceil(clock.now()) + 1.0
             for cycle in range(CYCLES):
