@@ -118,13 +118,14 @@ def run_child(path: Path, mode: str) -> dict[str, float]:
 
 # (file name, function name) -> label, for the cumulative split
 _SPLIT = (
-    (("replay.py", "run"), "whole replay (cProfile adds overhead)"),
-    (("engine.py", "evaluate"), "Engine.evaluate (codec + kernel + gate + proposal)"),
-    (("codec.py", "evaluate_parsed"), "↳ evaluate_parsed (parsed hashes -> kernel inputs)"),
+    (("replayer.py", "run"), "whole replay (cProfile adds overhead)"),
+    (("engine.py", "evaluate"), "Engine.evaluate (inputs + kernel + gate + proposal)"),
+    (("inputs.py", "evaluate_parsed"), "↳ evaluate_parsed (parsed hashes -> kernel inputs)"),
     (("kernel.py", "compute"), "↳ kernel.compute"),
-    (("codec.py", "proposal_fields"), "↳ proposal_fields (publishes only)"),
+    (("proposal.py", "proposal_fields"), "↳ proposal_fields (publishes only)"),
     (("engine.py", "observe"), "Engine.observe"),
-    (("publisher.py", "trim"), "publisher.trim (the live reader's field filter)"),
+    (("input_hashes.py", "trim"), "input_hashes.trim (the readers' field filter)"),
+    (("rounds.py", "round"), "Rounds.round (the shared round logic, cumulative)"),
     (("~", "<method 'decode_lines' of 'msgspec.json.Decoder' objects>"), "decoding the lines"),
 )
 

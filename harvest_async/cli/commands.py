@@ -10,6 +10,7 @@ COMMANDS: tuple[str, ...] = (
     "simulate",
     "record",
     "replay",
+    "export_audit",
     "plot",
     "doctor",
     "demo",

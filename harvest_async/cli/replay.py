@@ -77,7 +77,32 @@ def register(subparsers: Any) -> None:
         help="split the symbols over N processes (the same output, byte for byte; default 1)",
     )
     add_config_args(p, theta=True, decisions=True)
+    _add_against_audit_args(p)
     p.set_defaults(handler=handle)
+
+
+def _add_against_audit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "against the audit stream",
+        "Diff the replay's decisions with what the service published (exit 0 when they "
+        "agree, 1 when they differ); --format text (default) or jsonl.",
+    )
+    g.add_argument(
+        "--against-audit",
+        metavar="SOURCE",
+        help="a Redis URL (the audit stream read there) or an `export-audit` JSONL file",
+    )
+    g.add_argument(
+        "--audit-stream",
+        metavar="NAME",
+        help="the audit stream at a SOURCE URL (default: STREAM_NAME)",
+    )
+    g.add_argument(
+        "--tolerance",
+        type=non_negative_float,
+        metavar="SEC",
+        help="timing tolerance (default: the floor, PUBLISH_INTERVAL_SEC, at least 0.05 s)",
+    )
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -87,9 +112,12 @@ def handle(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.recording):
         raise CliError(f"replay: no such file {args.recording!r}", EXIT_USAGE)
-    modes = [name for name in ("compare", "into") if getattr(args, name) is not None]
+    modes = [
+        name for name in ("compare", "into", "against_audit") if getattr(args, name) is not None
+    ]
     if len(modes) > 1:
-        raise CliError("replay: --compare and --into cannot be combined", EXIT_USAGE)
+        flags = " and ".join(f"--{name.replace('_', '-')}" for name in modes)
+        raise CliError(f"replay: {flags} cannot be combined", EXIT_USAGE)
     extra: dict[str, str] = {}
     if args.into is not None:
         if not args.into.startswith(("redis://", "rediss://", "unix://")):
@@ -104,6 +132,8 @@ def handle(args: argparse.Namespace) -> int:
             return _into(args, settings)
         if args.compare is not None:
             return _compare(args, settings)
+        if args.against_audit is not None:
+            return _against_audit(args, settings)
         return _replay(args, settings)
     except RecordingError as exc:
         if args.into is not None:
@@ -211,3 +241,57 @@ def _into(args: argparse.Namespace, settings: Any) -> int:
         f"{args.speed:g}); {shifted}"
     )
     return 0
+
+
+def _against_audit(args: argparse.Namespace, settings: Any) -> int:
+    import os
+
+    from harvest_async.config import engine_config
+    from harvest_async.redis_io.client import describe_url
+    from harvest_async.replay.audit_diff import (
+        against_audit,
+        format_jsonl,
+        format_text,
+        is_redis_url,
+    )
+    from harvest_async.replay.timeline import atomic_output
+
+    fmt = args.format or "text"
+    if fmt == "csv":
+        raise CliError("replay: --against-audit writes text or jsonl, not csv", EXIT_USAGE)
+    source = args.against_audit
+    if not is_redis_url(source) and not os.path.isfile(source):
+        raise CliError(
+            f"replay: --against-audit {source!r} is neither a redis://, rediss:// or unix:// "
+            "URL nor a file",
+            EXIT_USAGE,
+        )
+    floor = settings.publish_interval_sec
+    tolerance = args.tolerance if args.tolerance is not None else max(floor, 0.05)
+    stream = args.audit_stream or settings.keys.stream
+    done = against_audit(
+        args.recording,
+        engine_config(settings),
+        source,
+        stream=stream,
+        password=settings.redis_password,
+        tolerance=tolerance,
+    )
+    for note in done.notes:
+        print(f"harvest-async: warning: {note}", file=sys.stderr)
+    if fmt == "jsonl":
+        data = format_jsonl(done.result)
+    else:
+        audit_label = f"{stream} at {describe_url(source)}" if is_redis_url(source) else source
+        replay_label = (
+            f"{args.recording} ({done.stats.changes} changes, {done.stats.publishes} "
+            f"publishes, {done.stats.retracts} retractions)"
+        )
+        data = format_text(done.result, replay_label=replay_label, audit_label=audit_label).encode()
+    if args.out is None or args.out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        with atomic_output(args.out) as stream_out:
+            stream_out.write(data)
+    return 0 if done.result.agrees else EXIT_ERROR

@@ -29,7 +29,14 @@ class InputWrite(Protocol):
 
 
 class InputWriter:
-    """Pipelines writes; remembers each key's field names to drop fields a rewrite lacks."""
+    """Pipelines writes; remembers each key's field names to drop fields a rewrite lacks.
+
+    With `streams` (kind -> stream name), every change is also appended to its kind's
+    stream in the same transaction, the way producers that keep history do: `symbol`, then
+    the whole hash (or `op=delete`), the entry shape `record --from-streams` reads
+    (docs/recording.md). The entries of one `write` share the ID's millisecond
+    (`stream_at`, else the server's clock), so a conversion sees them as one change.
+    """
 
     def __init__(
         self,
@@ -38,23 +45,39 @@ class InputWriter:
         *,
         ttl: Mapping[str, int | None],
         label: str = "writing inputs",
+        streams: Mapping[str, str] | None = None,
     ) -> None:
         self.label = label  # what a failure says it was doing
         self.client = client
         self.keys = keys
         self.ttl = ttl
+        self.streams = dict(streams or {})
         self.shapes: dict[str, frozenset[str]] = {}
+        self._stream_ms = 0  # explicit entry IDs never go backwards
 
-    async def write(self, writes: Sequence[InputWrite]) -> None:
+    def _entry_id(self, stream_at: float | None) -> str:
+        if stream_at is None:
+            return "*"
+        self._stream_ms = max(self._stream_ms, int(stream_at * 1000))
+        return f"{self._stream_ms}-*"
+
+    async def write(self, writes: Sequence[InputWrite], *, stream_at: float | None = None) -> None:
         if not writes:
             return
         shapes = self.shapes
         key_for = self.keys.input_key
+        streams = self.streams
+        entry_id = self._entry_id(stream_at) if streams else "*"
         try:
             # one MULTI/EXEC per batch: a reader never sees a hash between DEL and HSET
             async with self.client.pipeline(transaction=True) as pipe:
                 for w in writes:
                     key = key_for(w.kind, w.symbol)
+                    stream = streams.get(w.kind)
+                    if stream is not None:
+                        entry = {"symbol": w.symbol}
+                        entry.update({"op": "delete"} if w.op == "delete" else w.fields)
+                        pipe.xadd(stream, entry, id=entry_id)  # type: ignore[arg-type]
                     if w.op == "delete":
                         pipe.delete(key)
                         shapes[key] = frozenset()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -380,19 +380,21 @@ async def run_simulator(
     initial: bool = True,
     tick: float | None = None,
     on_write: Callable[[int], None] | None = None,
+    streams: Mapping[str, str] | None = None,
 ) -> int:
     """Write `sim`'s changes into Redis at `rate` changes/s for `duration` s (None: until
     cancelled); first the initial snapshot unless `initial=False`. Returns the number of
-    hash writes (snapshot included); `on_write(n)` is called after each written batch."""
+    hash writes (snapshot included); `on_write(n)` is called after each written batch.
+    `streams` (kind -> stream name): also append each change there (InputWriter)."""
     if not rate > 0:
         raise ValueError(f"rate must be > 0, got {rate}")
-    writer = InputWriter(client, keys, ttl=TTL_SEC, label="simulator write")
+    writer = InputWriter(client, keys, ttl=TTL_SEC, label="simulator write", streams=streams)
     written = 0
     if initial:
         snapshot = sim.initial()
         for start in range(0, len(snapshot), 5000):
             chunk = snapshot[start : start + 5000]
-            await writer.write(chunk)
+            await writer.write(chunk, stream_at=clock.now())
             written += len(chunk)
             if on_write is not None:
                 on_write(len(chunk))
@@ -408,7 +410,7 @@ async def run_simulator(
             due = min(due, total - emitted)
         if due > 0:
             batch = sim.advance(now, min(due, max_batch))
-            await writer.write(batch)
+            await writer.write(batch, stream_at=now)
             emitted += len(batch)
             written += len(batch)
             if on_write is not None:
