@@ -22,6 +22,7 @@ from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import REDIS_ERRORS, client_for, describe_url, is_auth_error
 from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.redis_io.publisher import LivenessWriter, RedisInputReader, RedisSink
+from harvest_async.redis_io.server_version import probe_server
 from harvest_async.service.metrics import start_for as start_metrics
 from harvest_async.service.runner import Runner, RunnerHooks
 from harvest_async.service.sdnotify import Notifier
@@ -52,12 +53,13 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
 
 
 async def check_redis(settings: Settings) -> None:
-    """Fail fast (exit 3) with one clear line when Redis is unreachable or refuses us."""
+    """Fail fast with one clear line when Redis is unreachable or refuses us (exit 3), or
+    is older than the oldest supported server (exit 2)."""
     client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-check")
+    where = describe_url(settings.redis_url)
     try:
-        await client.ping()
+        await probe_server(client, where)
     except REDIS_ERRORS as exc:
-        where = describe_url(settings.redis_url)
         if is_auth_error(str(exc)):
             raise RedisUnavailable(
                 f"Redis at {where} refused our credentials ({exc}); check the password "
