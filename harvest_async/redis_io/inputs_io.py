@@ -58,48 +58,54 @@ local function call(command, ...)
   if type(reply) == 'table' and reply.err then
     local name = command
     if command == 'MEMORY' then name = 'MEMORY|USAGE' end
-    error({err = reply.err .. ' [' .. name .. ']'})
+    error(reply.err .. ' [' .. name .. ']', 0)  -- a string: Redis 6.2 cannot raise a table
   end
   return reply
 end
-local n = call('HLEN', key)
-if ARGV[4] == 'probe' then
-  call('MEMORY', 'USAGE', key, 'SAMPLES', '0')
-  call('HSTRLEN', key, ARGV[5])
-  call('HMGET', key, ARGV[5])
-  if mode == 'all' then
-    call('HGETALL', key)
-    call('HKEYS', key)
+local function main()
+  local n = call('HLEN', key)
+  if ARGV[4] == 'probe' then
+    call('MEMORY', 'USAGE', key, 'SAMPLES', '0')
+    call('HSTRLEN', key, ARGV[5])
+    call('HMGET', key, ARGV[5])
+    if mode == 'all' then
+      call('HGETALL', key)
+      call('HKEYS', key)
+    end
+    return false
   end
-  return false
-end
-if n == 0 then return false end
-if n > max_fields then return 'fields ' .. n end
-local big = call('MEMORY', 'USAGE', key, 'SAMPLES', '0') > max_bytes
-if big then
-  for i = 5, #ARGV do
-    local size = call('HSTRLEN', key, ARGV[i])
-    if size > max_bytes then return 'bytes ' .. ARGV[i] .. ' ' .. size end
+  if n == 0 then return false end
+  if n > max_fields then return 'fields ' .. n end
+  local big = call('MEMORY', 'USAGE', key, 'SAMPLES', '0') > max_bytes
+  if big then
+    for i = 5, #ARGV do
+      local size = call('HSTRLEN', key, ARGV[i])
+      if size > max_bytes then return 'bytes ' .. ARGV[i] .. ' ' .. size end
+    end
   end
-end
-if mode == 'used' then return call('HMGET', key, unpack(ARGV, 5)) end
-if not big then return call('HGETALL', key) end
-local keep = {}
-for _, name in ipairs(call('HKEYS', key)) do
-  if #name <= max_bytes and call('HSTRLEN', key, name) <= max_bytes then
-    keep[#keep + 1] = name
+  if mode == 'used' then return call('HMGET', key, unpack(ARGV, 5)) end
+  if not big then return call('HGETALL', key) end
+  local keep = {}
+  for _, name in ipairs(call('HKEYS', key)) do
+    if #name <= max_bytes and call('HSTRLEN', key, name) <= max_bytes then
+      keep[#keep + 1] = name
+    end
   end
-end
-local out = {}
-if #keep == 0 then return out end
-local values = call('HMGET', key, unpack(keep))
-for i, name in ipairs(keep) do
-  if values[i] then
-    out[#out + 1] = name
-    out[#out + 1] = values[i]
+  local out = {}
+  if #keep == 0 then return out end
+  local values = call('HMGET', key, unpack(keep))
+  for i, name in ipairs(keep) do
+    if values[i] then
+      out[#out + 1] = name
+      out[#out + 1] = values[i]
+    end
   end
+  return out
 end
-return out
+-- errors from `call` come back as error replies that keep the server's code (NOPERM...)
+local ok, result = pcall(main)
+if not ok then return redis.error_reply(result) end
+return result
 """
 READ_SHA = hashlib.sha1(READ_SCRIPT.encode()).hexdigest()
 # EVALSHA_RO (Redis 7+, Valkey) needs only read access to the key, EVALSHA read and write;

@@ -3,7 +3,8 @@ was found and, when not PASS, one line saying what to do.
 
 Checks, in order (`redis` always runs first; when it fails nothing else can run):
 
-* ``redis``          reachable and authenticated (PING), server flavour and version;
+* ``redis``          reachable and authenticated (PING), server flavour and version (WARN
+                     when the version is not supported, or not tested);
 * ``notifications``  `notify-keyspace-events` covers K, h, g and x;
 * ``inputs``         per symbol: market state, risk proposal and position present and fresh
                      (the same validation the service applies, so "fresh" means "the service
@@ -42,6 +43,12 @@ from harvest_async.redis_io.client import (
 )
 from harvest_async.redis_io.inputs_io import InputLimits, read_hashes
 from harvest_async.redis_io.notifications import notify_flags_cover, read_notify_flags
+from harvest_async.redis_io.server_version import (
+    SUPPORTED,
+    ServerVersion,
+    predates_hello,
+    support,
+)
 
 __all__ = ["CHECK_NAMES", "Check", "Report", "render_text", "run_doctor"]
 
@@ -210,6 +217,15 @@ async def _check_redis(client: Client, settings: Settings) -> Check:
         info: dict[str, Any] = await client.info("server")
     except ResponseError as exc:
         text = str(exc)
+        if predates_hello(exc):
+            return Check(
+                name="redis",
+                status="FAIL",
+                message=f"{where} does not know HELLO, so it predates Redis 6.0: {text}",
+                action=f"harvest-async needs {SUPPORTED}: upgrade the server or point "
+                "REDIS_URL at another one",
+                details={"error": type(exc).__name__},
+            )
         if _is_auth_error(text) or "NOPERM" in text:
             return Check(
                 name="redis",
@@ -243,20 +259,32 @@ async def _check_redis(client: Client, settings: Settings) -> Check:
             "docker compose ps)",
             details={"error": type(exc).__name__},
         )
-    flavour = "valkey" if info.get("server_name") == "valkey" else "redis"
-    version = str(info.get("valkey_version") or info.get("redis_version") or "?")
+    server = ServerVersion.from_info(info)
+    verdict, why = support(server)
     config_file = str(info.get("config_file") or "")
+    message = (
+        f"{server.flavour} {server.version} at {where} answered PING in {elapsed * 1000:.1f} ms"
+    )
     return Check(
         name="redis",
-        status="PASS",
-        message=f"{flavour} {version} at {where} answered PING in {elapsed * 1000:.1f} ms",
+        status="PASS" if verdict == "supported" else "WARN",
+        message=message if verdict == "supported" else f"{message}; {why}",
+        action=_VERSION_ACTIONS.get(verdict, ""),
         details={
-            "flavour": flavour,
-            "version": version,
+            "flavour": server.flavour,
+            "version": server.version,
+            "support": verdict,
             "ping_ms": round(elapsed * 1000, 3),
             "config_file": config_file,
         },
     )
+
+
+_VERSION_ACTIONS = {
+    "unsupported": "`harvest-async run` refuses to start on it (exit 2): upgrade the server, "
+    "or point REDIS_URL at a supported one",
+    "untested": "expected to work; README.md, 'Supported', lists the servers tested",
+}
 
 
 # -- notifications ---------------------------------------------------------------------------

