@@ -9,8 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from harvest_async.core.keys import Keys
-from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_ERRORS, Client
+from harvest_async.redis_io.client import Client, redis_errors
 
 __all__ = ["InputWrite", "InputWriter"]
 
@@ -50,26 +49,26 @@ class InputWriter:
             return
         shapes = self.shapes
         key_for = self.keys.input_key
-        try:
-            # one MULTI/EXEC per batch: a reader never sees a hash between DEL and HSET
-            async with self.client.pipeline(transaction=True) as pipe:
-                for w in writes:
-                    key = key_for(w.kind, w.symbol)
-                    if w.op == "delete":
-                        pipe.delete(key)
-                        shapes[key] = frozenset()
-                        continue
-                    names = frozenset(w.fields)
-                    before = shapes.get(key)
-                    if before is None:
-                        pipe.delete(key)  # first write of this run: start from a clean hash
-                    elif before - names:
-                        pipe.hdel(key, *sorted(before - names))
-                    shapes[key] = names
-                    pipe.hset(key, mapping=w.fields)  # type: ignore[arg-type]
-                    ttl = self.ttl.get(w.kind)
-                    if ttl is not None:
-                        pipe.expire(key, ttl)
-                await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise RedisUnavailable(f"{self.label}: {type(exc).__name__}: {exc}") from exc
+        # one MULTI/EXEC per batch: a reader never sees a hash between DEL and HSET
+        async with (
+            redis_errors(self.label, replies=False),
+            self.client.pipeline(transaction=True) as pipe,
+        ):
+            for w in writes:
+                key = key_for(w.kind, w.symbol)
+                if w.op == "delete":
+                    pipe.delete(key)
+                    shapes[key] = frozenset()
+                    continue
+                names = frozenset(w.fields)
+                before = shapes.get(key)
+                if before is None:
+                    pipe.delete(key)  # first write of this run: start from a clean hash
+                elif before - names:
+                    pipe.hdel(key, *sorted(before - names))
+                shapes[key] = names
+                pipe.hset(key, mapping=w.fields)  # type: ignore[arg-type]
+                ttl = self.ttl.get(w.kind)
+                if ttl is not None:
+                    pipe.expire(key, ttl)
+            await pipe.execute()

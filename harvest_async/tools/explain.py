@@ -26,8 +26,7 @@ from harvest_async.core.kernel import KernelInputError, compute
 from harvest_async.core.models import Decision, KComponents, Theta
 from harvest_async.core.proposal import theta_id_for
 from harvest_async.core.timefmt import age_text, clock_utc, iso_utc_ms
-from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_ERRORS, Client
+from harvest_async.redis_io.client import Client, redis_errors
 from harvest_async.redis_io.liveness import Publisher, read_publishers
 from harvest_async.redis_io.publisher import RedisInputReader
 
@@ -72,13 +71,11 @@ async def read_snapshot(client: Client, settings: Settings, symbol: str) -> Snap
     (inputs,) = await RedisInputReader(client, keys, timeout=settings.redis_timeout_sec).fetch(
         [symbol]
     )
-    try:
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.proposal(symbol))
-            pipe.xrevrange(keys.stream, count=STREAM_LOOKBACK)
-            proposal, entries = await pipe.execute(raise_on_error=False)
-    except REDIS_ERRORS as exc:
-        raise RedisUnavailable(f"explain: reading the proposal of {symbol}: {exc}") from exc
+    context = f"explain: reading the proposal of {symbol}"
+    async with redis_errors(context), client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.proposal(symbol))
+        pipe.xrevrange(keys.stream, count=STREAM_LOOKBACK)
+        proposal, entries = await pipe.execute(raise_on_error=False)
     if not isinstance(proposal, dict):
         proposal = {}  # another type under the key (WRONGTYPE): the service replaces it
     if not isinstance(entries, list):

@@ -34,8 +34,12 @@ from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import (
     REDIS_ERRORS,
     Client,
+    ResponseError,
+    check_redis,
     client_for,
     describe_url,
+    hgetall_many,
+    redis_errors,
     scan_symbols,
 )
 from harvest_async.redis_io.liveness import read_publishers
@@ -97,22 +101,15 @@ class Watcher:
         return sorted(await scan_symbols(self.client, self.keys.harvest_prefix))
 
     async def _read(self, symbols: Sequence[str]) -> list[dict[str, str]]:
-        out: list[dict[str, str]] = []
-        for start in range(0, len(symbols), 500):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for sym in symbols[start : start + 500]:
-                    pipe.hgetall(self.keys.proposal(sym))
-                out.extend(await pipe.execute())
-        return out
+        return await hgetall_many(self.client, [self.keys.proposal(s) for s in symbols])
 
     async def _recent_retractions(self, count: int = 500) -> list[tuple[float, str, str]]:
         """(at, symbol, reason) of the newest retract entries, newest first."""
-        try:
-            entries: Any = await self.client.xrevrange(self.keys.stream, count=count)
-        except REDIS_ERRORS:
-            raise
-        except Exception:  # noqa: BLE001 - no stream / wrong type: no reasons to show
-            return []
+        async with redis_errors("watch: reading the audit stream", replies=False):
+            try:
+                entries: Any = await self.client.xrevrange(self.keys.stream, count=count)
+            except ResponseError:  # not a stream (or not readable): no reasons to show
+                return []
         out: list[tuple[float, str, str]] = []
         for entry_id, fields in entries:
             if fields.get("event") == "retract":
@@ -122,12 +119,10 @@ class Watcher:
 
     async def load(self) -> None:
         """Read every proposal (and recent retractions) from scratch."""
-        try:
+        async with redis_errors("watch: reading proposals"):
             names = await self._names()
             hashes = await self._read(names)
-            retracts = await self._recent_retractions()
-        except REDIS_ERRORS as exc:
-            raise RedisUnavailable(f"watch: reading proposals: {exc}") from exc
+        retracts = await self._recent_retractions()
         now = self.clock.now()
         model = self.model
         present = set()
@@ -166,10 +161,8 @@ class Watcher:
         return ""
 
     async def refresh(self, symbols: Sequence[str]) -> None:
-        try:
+        async with redis_errors("watch: reading proposals"):
             hashes = await self._read(symbols)
-        except REDIS_ERRORS as exc:
-            raise RedisUnavailable(f"watch: reading proposals: {exc}") from exc
         now = self.clock.now()
         gone: dict[str, Row] = {}
         changed = False
@@ -180,10 +173,7 @@ class Watcher:
                 if not fields and before is not None:
                     gone[sym] = before
         if gone:
-            try:
-                found = await self._recent_retractions(200)
-            except REDIS_ERRORS as exc:
-                raise RedisUnavailable(f"watch: reading the audit stream: {exc}") from exc
+            found = await self._recent_retractions(200)
             reasons = {s: (at, r) for at, s, r in reversed(found)}  # the newest wins
             for sym, before in gone.items():
                 at, reason = reasons.get(sym, (0.0, ""))
@@ -413,13 +403,7 @@ async def run_watch(
     client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-watch")
     keep = row_filter(filters) if filters else None
     try:
-        try:
-            await client.ping()
-        except REDIS_ERRORS as exc:
-            raise RedisUnavailable(
-                f"cannot reach Redis at {describe_url(settings.redis_url)}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        await check_redis(settings)
         watcher = Watcher(
             client,
             settings.keys,
