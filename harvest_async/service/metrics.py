@@ -1,6 +1,7 @@
 """Prometheus metrics: one object that is both the engine's `Observer` and the runner's
 `RunnerHooks`, on a `CollectorRegistry` of its own (never the global one), served on
-`METRICS_ADDR` (default 127.0.0.1) by `serve_metrics` when `METRICS_PORT` is set.
+`METRICS_ADDR` (default 127.0.0.1) by `metrics_server.serve_metrics` when `METRICS_PORT`
+is set.
 
 Cardinality: per-symbol series (kill score and its components, R_net, action, input ages)
 exist only for the first `symbol_cap` symbols that have a proposal (`METRICS_SYMBOL_CAP`,
@@ -12,8 +13,6 @@ sets (input kind, trigger, action, retraction reason).
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -24,28 +23,13 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
 )
 
 from harvest_async import __version__
-from harvest_async.config import Settings
 from harvest_async.core.models import Theta
-from harvest_async.core.ports import Observer, PublishOut, RetractOut, RunnerHooks
-from harvest_async.errors import HarvestError
+from harvest_async.core.ports import PublishOut, RetractOut
 
-__all__ = [
-    "ACTION_CODES",
-    "METRIC_NAMES",
-    "Fanout",
-    "Metrics",
-    "MetricsServer",
-    "combine",
-    "reason_label",
-    "serve_metrics",
-    "start_for",
-]
-
-log = logging.getLogger(__name__)
+__all__ = ["ACTION_CODES", "METRIC_NAMES", "Metrics", "reason_label"]
 
 # harvest_symbol_action's value: ordered by how much of the position is proposed to close
 ACTION_CODES: dict[str, int] = {
@@ -311,6 +295,9 @@ class Metrics:
             for name in ("marketstate", "position"):
                 _remove(self.input_age, (symbol, name))
 
+    def on_defer(self, symbol: str, until: float) -> None:
+        pass  # a deferral is not an output; the publish that ends it is counted
+
     def on_invalid(self, symbol: str, reason: str) -> None:
         self.invalid.labels(reason).inc()
 
@@ -357,102 +344,3 @@ class Metrics:
 def _remove(gauge: Gauge, labels: tuple[str, ...]) -> None:
     with contextlib.suppress(KeyError):
         gauge.remove(*labels)
-
-
-class Fanout:
-    """Forwards every Observer and RunnerHooks call to several receivers."""
-
-    def __init__(self, observers: Iterable[Observer], hooks: Iterable[RunnerHooks]) -> None:
-        self.observers = tuple(observers)
-        self.hooks = tuple(hooks)
-
-    def on_publish(self, out: PublishOut) -> None:
-        for o in self.observers:
-            o.on_publish(out)
-
-    def on_retract(self, out: RetractOut) -> None:
-        for o in self.observers:
-            o.on_retract(out)
-
-    def on_invalid(self, symbol: str, reason: str) -> None:
-        for o in self.observers:
-            o.on_invalid(symbol, reason)
-
-    def on_compute(self, seconds: float) -> None:
-        for o in self.observers:
-            o.on_compute(seconds)
-
-    def on_event(self, kind: str) -> None:
-        for h in self.hooks:
-            h.on_event(kind)
-
-    def on_resync(self, reason: str) -> None:
-        for h in self.hooks:
-            h.on_resync(reason)
-
-    def on_latency(self, seconds: float) -> None:
-        for h in self.hooks:
-            h.on_latency(seconds)
-
-    def on_cycle(self, tracked: int) -> None:
-        for h in self.hooks:
-            h.on_cycle(tracked)
-
-
-def combine(
-    metrics: Metrics, observer: Observer | None, hooks: RunnerHooks | None
-) -> tuple[Observer, RunnerHooks]:
-    """`metrics` plus the caller's own observer/hooks, if any."""
-    obs: Observer = metrics if observer is None else Fanout([metrics, observer], [])
-    hks: RunnerHooks = metrics if hooks is None else Fanout([], [metrics, hooks])
-    return obs, hks
-
-
-class MetricsServer:
-    """The running endpoint: `port` (the bound one, useful with port 0) and `stop()`."""
-
-    def __init__(self, registry: CollectorRegistry, port: int, addr: str) -> None:
-        self._server, self._thread = start_http_server(port, addr=addr, registry=registry)
-        bound = self._server.server_address
-        self.addr: str = str(bound[0])  # what the socket is really bound to
-        self.port: int = int(bound[1])
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=2.0)
-
-
-def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> MetricsServer:
-    """Serve `registry` on http://addr:port/metrics from a daemon thread.
-
-    Raises OSError when the port cannot be bound.
-    """
-    return MetricsServer(registry, port, addr)
-
-
-def start_for(
-    settings: Settings, observer: Observer | None, hooks: RunnerHooks | None
-) -> tuple[Observer, RunnerHooks, Callable[[], None]]:
-    """What `service.serve` does when METRICS_PORT is set: build the metrics, serve them on
-    METRICS_ADDR (default 127.0.0.1), and return the observer/hooks to use plus the function
-    that stops serving."""
-    metrics = Metrics(
-        symbol_cap=settings.metrics_symbol_cap,
-        theta=settings.theta,
-        floor_sec=settings.publish_interval_sec,
-        heartbeat_sec=settings.max_publish_age_sec,
-    )
-    port, addr = settings.metrics_port, settings.metrics_addr
-    assert port is not None
-    where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-    try:
-        server = serve_metrics(metrics.registry, port, addr)
-    except OSError as exc:
-        # exit 1 through cli.exits, as any HarvestError that is not a configuration error
-        raise HarvestError(
-            f"METRICS_PORT: cannot listen on {where}: {exc.strerror or exc}"
-        ) from exc
-    log.info("metrics on http://%s/metrics", where)
-    obs, hks = combine(metrics, observer, hooks)
-    return obs, hks, server.stop

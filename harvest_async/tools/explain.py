@@ -136,37 +136,6 @@ def _published_decision(fields: dict[str, str]) -> Decision | None:
         return None
 
 
-def material_changes(prev: Decision, new: Decision, cfg: gate.GateConfig) -> list[str]:
-    """Each criterion of `gate.is_material` that holds, in words."""
-    out = []
-    if prev.harvest_action != new.harvest_action:
-        out.append(f"action {prev.harvest_action} -> {new.harvest_action}")
-    a, b = prev.new_sl_proposed, new.new_sl_proposed
-    if (a is None) != (b is None):
-        out.append(f"new SL {a!r} -> {b!r}")
-    elif a is not None and b is not None and a != b:
-        moved = abs(b - a) / abs(a) if a else math.inf
-        if moved > cfg.change_eps:
-            out.append(f"new SL {a:.8g} -> {b:.8g} (moved {moved:.3%} > {cfg.change_eps:g})")
-    dk = abs(new.kill_score - prev.kill_score)
-    if dk > cfg.change_eps:
-        out.append(
-            f"kill score {prev.kill_score:.4f} -> {new.kill_score:.4f} (> {cfg.change_eps:g})"
-        )
-    dr = abs(new.R_net - prev.R_net)
-    if dr > cfg.r_eps:
-        out.append(f"R_net {prev.R_net:.3f} -> {new.R_net:.3f} (> R_EPS {cfg.r_eps:g})")
-    return out
-
-
-def _unchanged(prev: Decision, new: Decision, cfg: gate.GateConfig) -> str:
-    return (
-        f"same action {new.harvest_action}, same new SL, kill score moved "
-        f"{abs(new.kill_score - prev.kill_score):.4f} (<= {cfg.change_eps:g}), R_net moved "
-        f"{abs(new.R_net - prev.R_net):.3f} (<= R_EPS {cfg.r_eps:g})"
-    )
-
-
 def kernel_reasons(ready: Ready, d: Decision, theta: Theta) -> list[str]:
     """Why the kernel decided `d`: the R multiple, the ladder, the profit lock, the kill."""
     pos = ready.position
@@ -365,7 +334,7 @@ def _publish_rules(
     assert last_at is not None or fields is not None
     at = last_at if last_at is not None else now
     rule = gate.decide(previous, at, decision, now, cfg)
-    changes = material_changes(previous, decision, cfg)
+    changes = gate.material_changes(previous, decision, cfg)
     ago = age_text(max(0.0, now - at))
     if isinstance(rule, gate.Publish) and rule.trigger == "heartbeat":
         return Verdict(
@@ -396,7 +365,8 @@ def _publish_rules(
     return Verdict(
         "nothing",
         "no material change",
-        f"the proposal published {ago} ago still holds ({_unchanged(previous, decision, cfg)})",
+        f"the proposal published {ago} ago still holds "
+        f"({gate.unchanged_text(previous, decision, cfg)})",
         *_later((rule.next_check, "heartbeat: re-published with the same plan_id"), stale),
     )
 
