@@ -1,48 +1,23 @@
-"""`harvest-async explain SYMBOL`: what the service would do with a symbol now, and why.
-
-Built from the service's public pieces, so it cannot disagree with them: the input
-hashes read by the service's own reader, `evaluate` (validation, staleness), the
-kernel, and `gate.decide` against the proposal hash in Redis (what the running service
-last wrote). What it cannot see is the running engine's memory: a publish that was
-retracted since still holds the floor (read from the audit stream when it is there),
-and a retraction the service has not written yet.
-
-`explain` is pure (a Snapshot and a time in, an Explanation out); `read_snapshot` is
-the Redis side.
-"""
+"""The verdict, pure: what the engine's own pieces (validation, kernel, gate) decide for a
+Snapshot at a time, with the rule that decides it and the next deadline."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import msgspec
 
-from harvest_async.config import Settings
+from harvest_async.config import Settings, engine_config
 from harvest_async.core import gate
 from harvest_async.core.input_hashes import NoAdvice, Ready, SymbolInputs
 from harvest_async.core.inputs import evaluate
 from harvest_async.core.kernel import KernelInputError, compute
-from harvest_async.core.models import Decision, KComponents, Theta
-from harvest_async.core.proposal import theta_id_for
-from harvest_async.core.timefmt import age_text, clock_utc, iso_utc_ms
-from harvest_async.redis_io.client import Client, redis_errors
-from harvest_async.redis_io.liveness import Publisher, read_publishers
-from harvest_async.redis_io.publisher import RedisInputReader
+from harvest_async.core.models import Decision, Theta
+from harvest_async.core.proposal import published_decision, theta_id_for
+from harvest_async.core.timefmt import age_text, clock_utc
+from harvest_async.tools.explain.snapshot import Snapshot, finite
 
-__all__ = ["Explanation", "Snapshot", "explain", "read_snapshot", "render_text"]
-
-STREAM_LOOKBACK = 2000  # audit entries searched for the symbol's last publish/retract
-
-
-class Snapshot(msgspec.Struct, frozen=True):
-    """What Redis holds for one symbol (as read at one moment)."""
-
-    inputs: SymbolInputs
-    proposal: dict[str, str] | None  # the proposal hash (None: no hash)
-    publishers: list[Publisher]
-    last_publish_at: float | None = None  # from the audit stream, when the hash is gone
-    last_retract: tuple[float, str] | None = None  # (at, reason) from the audit stream
+__all__ = ["Explanation", "Verdict", "explain", "kernel_reasons"]
 
 
 class Verdict(msgspec.Struct, frozen=True):
@@ -63,77 +38,6 @@ class Explanation(msgspec.Struct, frozen=True):
     published: dict[str, Any] | None
     publishers: list[dict[str, Any]]
     notes: list[str]
-
-
-# -- reading -------------------------------------------------------------------------------
-async def read_snapshot(client: Client, settings: Settings, symbol: str) -> Snapshot:
-    keys = settings.keys
-    (inputs,) = await RedisInputReader(client, keys, timeout=settings.redis_timeout_sec).fetch(
-        [symbol]
-    )
-    context = f"explain: reading the proposal of {symbol}"
-    async with redis_errors(context), client.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.proposal(symbol))
-        pipe.xrevrange(keys.stream, count=STREAM_LOOKBACK)
-        proposal, entries = await pipe.execute(raise_on_error=False)
-    if not isinstance(proposal, dict):
-        proposal = {}  # another type under the key (WRONGTYPE): the service replaces it
-    if not isinstance(entries, list):
-        entries = []  # no audit stream (or not a stream)
-    last_publish_at = last_retract = None
-    for _id, fields in entries:
-        if fields.get("symbol") != symbol:
-            continue
-        if fields.get("event") == "retract" and last_retract is None:
-            last_retract = (_float(fields.get("ts_epoch")) or 0.0, fields.get("reason", ""))
-        elif fields.get("event") == "publish" and last_publish_at is None:
-            last_publish_at = _float(fields.get("ts_epoch"))
-        if last_publish_at is not None and last_retract is not None:
-            break
-    return Snapshot(
-        inputs,
-        proposal or None,
-        await read_publishers(client, keys),
-        last_publish_at,
-        last_retract,
-    )
-
-
-def _float(raw: str | None) -> float | None:
-    try:
-        value = float(raw) if raw else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) else None
-
-
-# -- deciding ------------------------------------------------------------------------------
-def _gate_config(settings: Settings) -> gate.GateConfig:
-    return gate.GateConfig(
-        floor_sec=settings.publish_interval_sec,
-        heartbeat_sec=settings.max_publish_age_sec,
-        change_eps=settings.change_eps_pct,
-        r_eps=settings.r_eps,
-    )
-
-
-def _published_decision(fields: dict[str, str]) -> Decision | None:
-    """The decision a proposal hash states (as the engine reads one it adopts)."""
-    try:
-        sl = fields["new_sl_proposed"]
-        return Decision(
-            harvest_action=fields["harvest_action"],  # type: ignore[arg-type]
-            new_sl_proposed=None if sl == "None" else float(sl),
-            R_net=float(fields["R_net"]),
-            risk_unit=0.0,
-            cost_est=0.0,
-            kill_score=float(fields["kill_score"]),
-            reason_codes=(),
-            k_components=KComponents(0.0, 0.0, 0.0, 0.0),
-            tranche_weights=(0.0, 0.0, 0.0),
-        )
-    except (KeyError, ValueError):
-        return None
 
 
 def kernel_reasons(ready: Ready, d: Decision, theta: Theta) -> list[str]:
@@ -190,7 +94,7 @@ def kernel_reasons(ready: Ready, d: Decision, theta: Theta) -> list[str]:
 
 def _inputs_summary(inputs: SymbolInputs, ready: Ready | None, now: float) -> dict[str, Any]:
     def age(fields: dict[str, str] | None, name: str) -> float | None:
-        stamp = _float((fields or {}).get(name))
+        stamp = finite((fields or {}).get(name))
         return None if stamp is None else now - stamp
 
     out: dict[str, Any] = {
@@ -211,7 +115,7 @@ def _inputs_summary(inputs: SymbolInputs, ready: Ready | None, now: float) -> di
 def _published_summary(fields: dict[str, str] | None, now: float) -> dict[str, Any] | None:
     if not fields:
         return None
-    at = _float(fields.get("ts_epoch"))
+    at = finite(fields.get("ts_epoch"))
     keep = ("harvest_action", "new_sl_proposed", "R_net", "kill_score", "plan_id", "seq",
             "trigger", "theta_id", "valid_until")  # fmt: skip
     out: dict[str, Any] = {name: fields[name] for name in keep if name in fields}
@@ -229,7 +133,7 @@ def _later(*deadlines: tuple[float | None, str]) -> tuple[float | None, str | No
 
 def explain(settings: Settings, symbol: str, snap: Snapshot, now: float) -> Explanation:
     theta = settings.theta
-    cfg = _gate_config(settings)
+    cfg = engine_config(settings).gate
     published = _published_summary(snap.proposal, now)
     publishers = [
         {"instance": p.instance, "host": p.host, "pid": p.pid, "beat_age_sec": p.beat_age(now)}
@@ -304,15 +208,14 @@ def _publish_rules(
     ready: Ready, decision: Decision, snap: Snapshot, cfg: gate.GateConfig, now: float
 ) -> Verdict:
     stale = (ready.stale_at, "an input becomes too old: the proposal is retracted")
-    fields = snap.proposal
-    previous = None if not fields else _published_decision(fields)
-    if fields and previous is None:
+    found = published_decision(snap.proposal) if snap.proposal else None
+    if snap.proposal and found is None:
         return Verdict(
             "publish",
             "foreign hash",
             "the proposal hash is not in this service's format: it is replaced now",
         )
-    last_at = _float(fields.get("ts_epoch")) if fields else snap.last_publish_at
+    previous, last_at = (found[0], found[2]) if found else (None, snap.last_publish_at)
     if previous is None and last_at is not None and now < last_at + cfg.floor_sec:
         # retracted since its last publish: the floor still holds the next one back
         at = last_at + cfg.floor_sec
@@ -331,8 +234,8 @@ def _publish_rules(
             f"no proposal in Redis: publishes {decision.harvest_action} now",
             *_later(stale),
         )
-    assert last_at is not None or fields is not None
-    at = last_at if last_at is not None else now
+    assert last_at is not None  # a proposal in our format has its publish time
+    at = last_at
     rule = gate.decide(previous, at, decision, now, cfg)
     changes = gate.material_changes(previous, decision, cfg)
     ago = age_text(max(0.0, now - at))
@@ -369,66 +272,3 @@ def _publish_rules(
         f"({gate.unchanged_text(previous, decision, cfg)})",
         *_later((rule.next_check, "heartbeat: re-published with the same plan_id"), stale),
     )
-
-
-# -- text ----------------------------------------------------------------------------------
-def _in(at: float, now: float) -> str:
-    return f"{clock_utc(at)} UTC (in {age_text(max(0.0, at - now))})"
-
-
-def _input_line(kind: str, info: dict[str, Any] | None, age_field: str) -> str:
-    if info is None:
-        return f"{kind}: (no key)"
-    age = info.get(age_field)
-    fields = ", ".join(f"{k}={v}" for k, v in sorted(info["fields"].items()))
-    when = "" if age is None else f" [{age_text(age)} old]" if age >= 0 else " [ahead of the clock]"
-    return f"{kind}{when}: {fields}"
-
-
-def _num(raw: Any, fmt: str) -> str:
-    value = _float(raw if isinstance(raw, str) else None)
-    return "?" if value is None else format(value, fmt)
-
-
-def render_text(e: Explanation) -> str:
-    v = e.verdict
-    lines = [f"{e.symbol} at {iso_utc_ms(e.now)}", f"decision: {v.action.upper()} ({v.rule})"]
-    lines.append(f"  why: {v.detail}")
-    if v.next_deadline is not None:
-        lines.append(f"  next deadline: {_in(v.next_deadline, e.now)}: {v.next_event}")
-    else:
-        lines.append("  next deadline: none (only new input changes this)")
-    lines.append("inputs:")
-    lines.append("  " + _input_line("market state", e.inputs["marketstate"], "age_sec"))
-    lines.append("  " + _input_line("risk proposal", e.inputs["risk"], ""))
-    lines.append("  " + _input_line("position", e.inputs["position"], "snapshot_age_sec"))
-    if e.kernel:
-        lines.append("kernel:")
-        lines.extend(f"  {line}" for line in e.kernel)
-    p = e.published
-    if p is None:
-        lines.append("published: no proposal in Redis")
-    else:
-        age = p.get("age_sec")
-        lines.append(
-            f"published: {p.get('harvest_action')} R_net {_num(p.get('R_net'), '.3f')} kill "
-            f"{_num(p.get('kill_score'), '.4f')} new SL {p.get('new_sl_proposed')} (trigger "
-            f"{p.get('trigger')}, plan {p.get('plan_id')}, seq {p.get('seq')}"
-            + ("" if age is None else f", {age_text(max(0.0, age))} ago")
-            + (f", valid until {p['valid_until']}" if "valid_until" in p else "")
-            + ")"
-        )
-    if e.publishers:
-        alive = []
-        for pub in e.publishers:
-            beat = pub["beat_age_sec"]
-            alive.append(
-                f"{pub['instance']} (pid {pub['pid']} on {pub['host']}"
-                + ("" if beat is None else f", beat {age_text(beat)} ago")
-                + ")"
-            )
-        lines.append(f"publishers: {', '.join(alive)}")
-    else:
-        lines.append("publishers: none alive")
-    lines.extend(f"note: {note}" for note in e.notes)
-    return "\n".join(lines)
