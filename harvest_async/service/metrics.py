@@ -108,7 +108,18 @@ class Metrics:
             ProcessCollector(registry=reg)
             PlatformCollector(registry=reg)
             reg.register(GC_COLLECTOR)
+        self._declare_activity(reg)
+        self._declare_per_symbol(reg)
+        # the configuration in force, so dashboards and alerts use the real values
+        _declare_settings(reg, theta or Theta(), floor_sec, heartbeat_sec, self.symbol_cap)
 
+        # hot-path children, bound once
+        self._event_children: dict[str, Any] = {}
+        self._state: dict[str, str] = {}  # symbol -> state label (see harvest_symbols)
+        self._admitted: set[str] = set()  # symbols with per-symbol series
+
+    def _declare_activity(self, reg: CollectorRegistry) -> None:
+        """What happens: events, outputs, resyncs, latencies, symbols by state."""
         self.input_events = Counter(
             "harvest_input_events",
             "Input change signals received (keyspace notifications, stream entries), by kind.",
@@ -172,6 +183,9 @@ class Metrics:
             ["state"],
             registry=reg,
         )
+
+    def _declare_per_symbol(self, reg: CollectorRegistry) -> None:
+        """The current proposal of each of the first `symbol_cap` symbols."""
         self.kill_score = Gauge(
             "harvest_symbol_kill_score",
             "Kill score of the symbol's current proposal (first METRICS_SYMBOL_CAP symbols).",
@@ -205,52 +219,6 @@ class Metrics:
             ["symbol", "input"],
             registry=reg,
         )
-        # the configuration in force, so dashboards and alerts use the real values
-        theta = theta or Theta()
-        Gauge(
-            "harvest_kill_threshold",
-            "Kill score at or above which FULL_CLOSE_PROPOSED is proposed.",
-            registry=reg,
-        ).set(theta.kill_threshold)
-        weights = Gauge(
-            "harvest_kill_weight",
-            "Weight of each kill-score component (kill = sigmoid(sum of weight * component)).",
-            ["component"],
-            registry=reg,
-        )
-        for name in COMPONENTS:
-            weights.labels(name).set(getattr(theta, f"k_{name}"))
-        ladder = Gauge(
-            "harvest_ladder_trigger_r",
-            "R_net at which each partial-exit tranche triggers (T1_R, T2_R, T3_R).",
-            ["tranche"],
-            registry=reg,
-        )
-        for i, value in enumerate((theta.T1_R, theta.T2_R, theta.T3_R), 1):
-            ladder.labels(str(i)).set(value)
-        Gauge(
-            "harvest_floor_seconds",
-            "PUBLISH_INTERVAL_SEC: at most one publish per symbol per this many seconds.",
-            registry=reg,
-        ).set(floor_sec)
-        Gauge(
-            "harvest_heartbeat_seconds",
-            "MAX_PUBLISH_AGE_SEC: a proposal is re-published at least this often.",
-            registry=reg,
-        ).set(heartbeat_sec)
-        Gauge(
-            "harvest_metrics_symbol_cap",
-            "METRICS_SYMBOL_CAP: how many symbols get per-symbol series.",
-            registry=reg,
-        ).set(self.symbol_cap)
-        Gauge(
-            "harvest_build_info", "harvest-async version (value is 1).", ["version"], registry=reg
-        ).labels(__version__).set(1)
-
-        # hot-path children, bound once
-        self._event_children: dict[str, Any] = {}
-        self._state: dict[str, str] = {}  # symbol -> state label (see harvest_symbols)
-        self._admitted: set[str] = set()  # symbols with per-symbol series
 
     # -- engine.Observer -----------------------------------------------------------------
     def on_publish(self, out: PublishOut) -> None:
@@ -344,3 +312,48 @@ class Metrics:
 def _remove(gauge: Gauge, labels: tuple[str, ...]) -> None:
     with contextlib.suppress(KeyError):
         gauge.remove(*labels)
+
+
+def _declare_settings(
+    reg: CollectorRegistry, theta: Theta, floor_sec: float, heartbeat_sec: float, cap: int
+) -> None:
+    """The settings in force as gauges (the alerts and the dashboard read them)."""
+    Gauge(
+        "harvest_kill_threshold",
+        "Kill score at or above which FULL_CLOSE_PROPOSED is proposed.",
+        registry=reg,
+    ).set(theta.kill_threshold)
+    weights = Gauge(
+        "harvest_kill_weight",
+        "Weight of each kill-score component (kill = sigmoid(sum of weight * component)).",
+        ["component"],
+        registry=reg,
+    )
+    for name in COMPONENTS:
+        weights.labels(name).set(getattr(theta, f"k_{name}"))
+    ladder = Gauge(
+        "harvest_ladder_trigger_r",
+        "R_net at which each partial-exit tranche triggers (T1_R, T2_R, T3_R).",
+        ["tranche"],
+        registry=reg,
+    )
+    for i, value in enumerate((theta.T1_R, theta.T2_R, theta.T3_R), 1):
+        ladder.labels(str(i)).set(value)
+    Gauge(
+        "harvest_floor_seconds",
+        "PUBLISH_INTERVAL_SEC: at most one publish per symbol per this many seconds.",
+        registry=reg,
+    ).set(floor_sec)
+    Gauge(
+        "harvest_heartbeat_seconds",
+        "MAX_PUBLISH_AGE_SEC: a proposal is re-published at least this often.",
+        registry=reg,
+    ).set(heartbeat_sec)
+    Gauge(
+        "harvest_metrics_symbol_cap",
+        "METRICS_SYMBOL_CAP: how many symbols get per-symbol series.",
+        registry=reg,
+    ).set(cap)
+    Gauge(
+        "harvest_build_info", "harvest-async version (value is 1).", ["version"], registry=reg
+    ).labels(__version__).set(1)

@@ -92,21 +92,7 @@ async def check_proposals(
     if not symbols:
         return _no_proposals(settings, ctx)
     hashes = await hgetall_many(client, [keys.proposal(s) for s in symbols])
-    bad: dict[str, list[str]] = {}
-    ages: dict[str, float] = {}
-    actions: dict[str, int] = {}
-    for sym, fields in zip(symbols, hashes, strict=True):
-        if not fields:
-            continue  # deleted while we looked
-        problems = _contract_problems(fields)
-        if problems:
-            bad[sym] = problems
-        else:
-            action = fields["harvest_action"]
-            actions[action] = actions.get(action, 0) + 1
-        age = epoch_age(fields, "ts_epoch", now) or epoch_age(fields, "last_update_epoch", now)
-        if age is not None:
-            ages[sym] = age
+    bad, ages, actions = _survey(dict(zip(symbols, hashes, strict=True)), now)
     limit = _quiet_limit(settings)
     old = sorted((s for s, a in ages.items() if a > limit), key=lambda s: -ages[s])
     details: dict[str, Any] = {
@@ -147,6 +133,28 @@ async def check_proposals(
         message=f"{len(symbols)} proposals with every contract field ({counts}){tail}",
         details=details,
     )
+
+
+def _survey(
+    hashes: dict[str, dict[str, str]], now: float
+) -> tuple[dict[str, list[str]], dict[str, float], dict[str, int]]:
+    """Per symbol: what its hash gets wrong, its age; and how many hashes per action."""
+    bad: dict[str, list[str]] = {}
+    ages: dict[str, float] = {}
+    actions: dict[str, int] = {}
+    for sym, fields in hashes.items():
+        if not fields:
+            continue  # deleted while we looked
+        problems = _contract_problems(fields)
+        if problems:
+            bad[sym] = problems
+        else:
+            action = fields["harvest_action"]
+            actions[action] = actions.get(action, 0) + 1
+        age = epoch_age(fields, "ts_epoch", now) or epoch_age(fields, "last_update_epoch", now)
+        if age is not None:
+            ages[sym] = age
+    return bad, ages, actions
 
 
 def _contract_problems(fields: dict[str, str]) -> list[str]:

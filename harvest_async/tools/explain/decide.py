@@ -204,6 +204,33 @@ def _no_advice(why: NoAdvice, snap: Snapshot, now: float) -> Verdict:
     return Verdict(action, why.reason, detail + "; this ends only with new input")
 
 
+def _unpublished(
+    decision: Decision,
+    last_at: float | None,
+    cfg: gate.GateConfig,
+    now: float,
+    stale: tuple[float | None, str],
+) -> Verdict:
+    """No proposal in Redis: published now, unless the floor of a publish since retracted
+    still holds it back."""
+    if last_at is None or now >= last_at + cfg.floor_sec:
+        return Verdict(
+            "publish",
+            "no proposal",
+            f"no proposal in Redis: publishes {decision.harvest_action} now",
+            *_later(stale),
+        )
+    at = last_at + cfg.floor_sec
+    return Verdict(
+        "wait",
+        "floor",
+        f"no proposal in Redis; the last publish was {age_text(now - last_at)} ago, inside "
+        f"the floor (PUBLISH_INTERVAL_SEC {cfg.floor_sec:g}): publishes "
+        f"{decision.harvest_action} at {clock_utc(at)} UTC with the latest state",
+        *_later((at, "the floor window ends: publishes"), stale),
+    )
+
+
 def _publish_rules(
     ready: Ready, decision: Decision, snap: Snapshot, cfg: gate.GateConfig, now: float
 ) -> Verdict:
@@ -215,27 +242,9 @@ def _publish_rules(
             "foreign hash",
             "the proposal hash is not in this service's format: it is replaced now",
         )
-    previous, last_at = (found[0], found[2]) if found else (None, snap.last_publish_at)
-    if previous is None and last_at is not None and now < last_at + cfg.floor_sec:
-        # retracted since its last publish: the floor still holds the next one back
-        at = last_at + cfg.floor_sec
-        return Verdict(
-            "wait",
-            "floor",
-            f"no proposal in Redis; the last publish was {age_text(now - last_at)} ago, inside "
-            f"the floor (PUBLISH_INTERVAL_SEC {cfg.floor_sec:g}): publishes "
-            f"{decision.harvest_action} at {clock_utc(at)} UTC with the latest state",
-            *_later((at, "the floor window ends: publishes"), stale),
-        )
-    if previous is None:
-        return Verdict(
-            "publish",
-            "no proposal",
-            f"no proposal in Redis: publishes {decision.harvest_action} now",
-            *_later(stale),
-        )
-    assert last_at is not None  # a proposal in our format has its publish time
-    at = last_at
+    if found is None:
+        return _unpublished(decision, snap.last_publish_at, cfg, now, stale)
+    previous, _plan_id, at = found
     rule = gate.decide(previous, at, decision, now, cfg)
     changes = gate.material_changes(previous, decision, cfg)
     ago = age_text(max(0.0, now - at))
