@@ -15,10 +15,11 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import TextIO
 
 import msgspec
+
+from harvest_async.core.timefmt import iso_utc
 
 __all__ = ["JsonFormatter", "PriorityFormatter", "journal_stream", "setup_logging"]
 
@@ -50,7 +51,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "ts": iso_utc(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
