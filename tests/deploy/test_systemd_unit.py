@@ -213,7 +213,7 @@ def test_uvloop_and_hiredis_work_under_the_hardening(machine: Machine) -> None:
     machine.exec(
         "env", "REDIS_PASSWORD_FILE=/etc/quantum/redis-password",
         f"{VENV_BIN}/harvest-async", "simulate",
-        "--symbols", "4", "--rate", "20", "--duration", "3",
+        "--symbol-count", "4", "--rate", "20", "--duration", "3",
         timeout=60,
     )  # fmt: skip
 
