@@ -371,8 +371,17 @@ def test_prometheus_scrapes_harvest_and_loads_the_alert_rules(stack: Stack) -> N
         return bool(result) and result[0]["value"][1] == "1"
 
     wait_for("Prometheus: up{job=harvest-async} == 1", harvest_up, timeout=90, every=1)
-    rules = stack.prometheus("/api/v1/rules")["data"]["groups"]  # type: ignore[index]
-    loaded = {rule["name"]: rule["health"] for group in rules for rule in group["rules"]}
+
+    def rule_health() -> dict[str, str]:
+        rules = stack.prometheus("/api/v1/rules")["data"]["groups"]  # type: ignore[index]
+        return {rule["name"]: rule["health"] for group in rules for rule in group["rules"]}
+
+    # "unknown" until the first evaluation (every 30 s), which may come after the first scrape
+    def evaluated() -> bool:
+        return all(rule_health().get(alert) != "unknown" for alert in ALERTS)
+
+    wait_for("the alert rules evaluated once", evaluated, timeout=90, every=1)
+    loaded = rule_health()
     for alert in ALERTS:
         assert loaded.get(alert) == "ok", loaded
     # Prometheus is on the compose network, not in harvest's namespace (that broke on recreate)
