@@ -11,8 +11,12 @@
 #                             then `docker import`): the Dockerfile's BASE_IMAGE
 #   harvest-local/redis       that base + Debian's redis-server (deploy/local/redis.Dockerfile)
 #   harvest-local/prometheus  that base + Debian's prometheus (deploy/local/prometheus.Dockerfile)
-# and prints HARVEST_BASE_IMAGE=, REDIS_IMAGE= and PROMETHEUS_IMAGE= lines on stdout (all
-# progress goes to stderr). Older harvest-local images of another recipe are removed.
+#   harvest-local/alertmanager  that base + Debian's prometheus-alertmanager
+#                             (deploy/local/alertmanager.Dockerfile)
+# and prints HARVEST_BASE_IMAGE=, REDIS_IMAGE=, PROMETHEUS_IMAGE= and ALERTMANAGER_IMAGE=
+# lines on stdout (all progress goes to stderr). harvest-local images of another recipe
+# are removed once they are a day old. No Grafana: Debian does not package it
+# (GRAFANA_IMAGE stays the official image, which needs a registry).
 #
 # DEBIAN_MIRROR overrides the mirror (default: the Debian mirror apt is configured with).
 set -euo pipefail
@@ -39,11 +43,11 @@ mirror=${DEBIAN_MIRROR:-$(apt_mirror)}
 command -v docker >/dev/null || die "docker not found"
 docker info >/dev/null 2>&1 || die "no Docker engine answers (start dockerd first)"
 
-key=$(cat "$0" "$here/local/redis.Dockerfile" "$here/local/prometheus.Dockerfile" \
-    <(echo "$mirror $suite") | sha256sum | cut -c1-12)
+key=$(cat "$0" "$here"/local/*.Dockerfile <(echo "$mirror $suite") | sha256sum | cut -c1-12)
 base=harvest-local/python:3-$suite-$key
 redis=harvest-local/redis:7.0-$suite-$key
 prometheus=harvest-local/prometheus:2.42-$suite-$key
+alertmanager=harvest-local/alertmanager:0.25-$suite-$key
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -75,9 +79,15 @@ build_on_base() { # image dockerfile
 }
 
 remove_other_recipes() {
-    local ref
+    # only those a day old: a younger one may belong to a run of another checkout (another
+    # recipe) that uses this engine right now
+    local ref created cutoff
+    cutoff=$(date -u -d '1 day ago' +%s)
     for ref in $(docker image ls --format '{{.Repository}}:{{.Tag}}' | grep '^harvest-local/'); do
-        case "$ref" in "$base" | "$redis" | "$prometheus") ;; *) docker image rm "$ref" >/dev/null || true ;; esac
+        case "$ref" in "$base" | "$redis" | "$prometheus" | "$alertmanager") continue ;; esac
+        created=$(docker image inspect --format '{{.Created}}' "$ref") || continue
+        (($(date -u -d "$created" +%s) < cutoff)) || continue
+        docker image rm "$ref" >/dev/null || true
     done
 }
 
@@ -87,7 +97,9 @@ flock 9
 build_base
 build_on_base "$redis" "$here/local/redis.Dockerfile"
 build_on_base "$prometheus" "$here/local/prometheus.Dockerfile"
+build_on_base "$alertmanager" "$here/local/alertmanager.Dockerfile"
 remove_other_recipes
 echo "HARVEST_BASE_IMAGE=$base"
 echo "REDIS_IMAGE=$redis"
 echo "PROMETHEUS_IMAGE=$prometheus"
+echo "ALERTMANAGER_IMAGE=$alertmanager"

@@ -58,6 +58,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     theta: Theta = Theta()
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # above this many publishes + retractions a second, one summary line per minute
+    log_publish_detail_max_per_sec: float = 10.0
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
     metrics_symbol_cap: int = 50
@@ -442,6 +444,9 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         theta=_theta(env, fallback),
         log_level=log_level,
         log_format=_choice(env, "LOG_FORMAT", "text", {"text": "text", "json": "json"}),  # type: ignore[arg-type]
+        log_publish_detail_max_per_sec=_float(
+            env, "LOG_PUBLISH_DETAIL_MAX_PER_SEC", 10.0, non_negative=True
+        ),
         metrics_port=_int(env, "METRICS_PORT", None, lo=1, hi=65535),
         metrics_addr=_ip_address(env, "METRICS_ADDR", "127.0.0.1"),
         metrics_symbol_cap=_int(env, "METRICS_SYMBOL_CAP", 50, lo=0, hi=100_000) or 0,

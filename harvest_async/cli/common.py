@@ -70,7 +70,7 @@ def settings_from_args(args: argparse.Namespace, extra: dict[str, str] | None = 
         overrides.update(extra)
     env = environ_with(getattr(args, "env_file", None), overrides)
     settings = settings_from_env(env)  # a ConfigError ends the command with exit 2
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, settings.log_format, instance=settings.instance)
     return settings
 
 

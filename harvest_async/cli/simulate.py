@@ -71,7 +71,7 @@ def handle(args: argparse.Namespace) -> int:
     import anyio
 
     from harvest_async.clock import SystemClock, monotonic
-    from harvest_async.redis_io.client import client_for, describe_url, translate
+    from harvest_async.redis_io.client import check_redis, client_for, describe_url
     from harvest_async.signals import cancel_on_signal
     from harvest_async.tools.simulate import Simulator, run_simulator
 
@@ -84,9 +84,7 @@ def handle(args: argparse.Namespace) -> int:
         written = 0
         started = monotonic()
         try:
-            await translate(
-                client.ping, f"cannot reach Redis at {describe_url(settings.redis_url)}"
-            )
+            await check_redis(settings)
             sim = Simulator(symbols, seed=args.seed, start=clock.now())
             print(
                 f"simulating {len(symbols)} symbols at {args.rate:g} changes/s into "

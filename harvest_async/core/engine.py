@@ -42,6 +42,9 @@ __all__ = ["Engine", "EngineConfig"]
 
 log = logging.getLogger(__name__)
 
+# states of a symbol's life that are not a problem (a change between two is DEBUG)
+_ROUTINE = frozenset({"new", "ok", "no_position", "flat", "zero_quantity"})
+
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     theta: Theta = Theta()
@@ -80,6 +83,7 @@ class Engine:
         self._needs_quantity = config.theta.r_basis == "position"
         # True during the first full pass: first publishes say trigger=startup
         self.starting = True
+        self.adopted = 0  # proposals found in Redis and kept instead of re-published
 
     # -- queries -------------------------------------------------------------------------
     def symbols(self) -> list[str]:
@@ -138,7 +142,8 @@ class Engine:
                 self._state(symbol).hash_may_exist = True  # not ours: retract or replace
             return
         if state.published is not None and (fields is None or fields.get("seq") != str(state.seq)):
-            log.info("%s: the proposal in Redis is not the last one written; rewriting", symbol)
+            why = "the proposal in Redis is not the last one written; rewriting"
+            log.info("%s: %s", symbol, why, extra={"symbol": symbol, "seq": state.seq})
             state.published = None
         if state.published is None:
             state.hash_may_exist = bool(fields)
@@ -197,7 +202,8 @@ class Engine:
         try:
             result = self._decide(symbol, state, now)
         except Exception:  # one symbol's bug must never stop the others
-            log.exception("internal error computing %s; retracting its proposal", symbol)
+            extra = {"symbol": symbol}
+            log.exception("internal error computing %s; retracting it", symbol, extra=extra)
             result = NoAdvice("internal_error", "see the service log")
         if isinstance(result, NoAdvice):
             return self._no_advice(symbol, state, result, now)
@@ -234,11 +240,9 @@ class Engine:
                 self._schedule(symbol, state, self._sooner(state, ready, heartbeat_at))
                 return None
         verdict = gate.decide(state.published, state.last_publish_at, decision, now, cfg.gate)
-        if isinstance(verdict, gate.Defer):
-            self._schedule(symbol, state, self._sooner(state, ready, verdict.until))
-            return None
-        if isinstance(verdict, gate.Skip):
-            self._schedule(symbol, state, self._sooner(state, ready, verdict.next_check))
+        if isinstance(verdict, gate.Defer | gate.Skip):
+            when = self._hold(symbol, state, decision, verdict)
+            self._schedule(symbol, state, self._sooner(state, ready, when))
             return None
         trigger = verdict.trigger
         if not state.started and self.starting:
@@ -263,6 +267,20 @@ class Engine:
         self._schedule(symbol, state, self._sooner(state, ready, now + cfg.gate.heartbeat_sec))
         return PublishOut(symbol, fields, decision, plan_id, seq, now, trigger, verdict.material)
 
+    def _hold(
+        self, symbol: str, state: _State, new: Decision, verdict: gate.Defer | gate.Skip
+    ) -> float:
+        """Report a decision not published now (why, at DEBUG); when to look again."""
+        deferred = isinstance(verdict, gate.Defer)
+        until = verdict.until if isinstance(verdict, gate.Defer) else verdict.next_check
+        if log.isEnabledFor(logging.DEBUG):
+            why = gate.held_text(state.published, new, verdict, self.config.gate)
+            extra = {"symbol": symbol, "event": "defer" if deferred else "skip", "until": until}
+            log.debug("%s: %s", symbol, why, extra=extra)
+        if deferred:
+            self.observer.on_defer(symbol, until)
+        return until
+
     def _sooner(self, state: _State, ready: Ready, when: float | None) -> float | None:
         """`when`, or just after the inputs go stale if that comes first."""
         stale = ready.stale_at
@@ -284,7 +302,11 @@ class Engine:
         state.published = previous
         state.plan_id = plan_id
         state.last_publish_at = at
-        log.info("adopted existing proposal for %s (plan_id=%s)", fields.get("symbol"), plan_id)
+        self.adopted += 1
+        extra = {"symbol": fields.get("symbol"), "event": "adopt", "plan_id": plan_id}
+        log.debug(
+            "%s: adopted the proposal in Redis (plan_id=%s)", extra["symbol"], plan_id, extra=extra
+        )
         return True
 
     def _no_advice(self, symbol: str, state: _State, why: NoAdvice, now: float) -> Output | None:
@@ -308,8 +330,11 @@ class Engine:
     ) -> None:
         if state.status == status:
             return
+        if state.status in _ROUTINE and status in _ROUTINE:
+            level = logging.DEBUG  # a position opening or closing: the publish log says so
         if state.status != "new" or status != "ok":
-            log.log(level, "%s: %s -> %s (%s)", symbol, state.status, status, detail)
+            extra = {"symbol": symbol, "event": "status", "reason": status}
+            log.log(level, "%s: %s -> %s (%s)", symbol, state.status, status, detail, extra=extra)
         state.status = status
 
     def _next_seq(self, state: _State, now: float) -> int:
@@ -345,23 +370,11 @@ class Engine:
                 state.last_publish_at = out.at
                 state.hash_may_exist = True
                 state.started = True
-                self.observer.on_publish(out)
-                log.info(
-                    "publish %s trigger=%s action=%s R=%.3f K=%.4f SL=%s reasons=%s plan=%s",
-                    out.symbol,
-                    out.trigger,
-                    out.decision.harvest_action,
-                    out.decision.R_net,
-                    out.decision.kill_score,
-                    out.fields["new_sl_proposed"],
-                    out.fields["reason_codes"] or "-",
-                    out.plan_id,
-                )
+                self.observer.on_publish(out)  # the observer logs it (service.publish_log)
             else:
                 state.published = None
                 state.hash_may_exist = False
                 self.observer.on_retract(out)
-                log.info("retract %s reason=%s", out.symbol, out.reason)
                 if state.inputs is None or state.inputs.position is None:
                     self._forget(out.symbol, state, out.at)
 

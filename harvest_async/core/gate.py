@@ -6,11 +6,24 @@ The rules as users see them: docs/publish-rules.md. No clock, no I/O: the caller
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from harvest_async.core.models import Decision
+from harvest_async.core.timefmt import iso_utc
 
-__all__ = ["Defer", "GateConfig", "Publish", "Skip", "decide", "is_material"]
+__all__ = [
+    "Defer",
+    "GateConfig",
+    "Publish",
+    "Skip",
+    "decide",
+    "held_text",
+    "is_material",
+    "material_changes",
+    "unchanged_text",
+]
 
 
 class GateConfig(msgspec.Struct, frozen=True):
@@ -82,3 +95,48 @@ def decide(
     if now >= heartbeat_at:
         return Publish("heartbeat", False)
     return Skip(heartbeat_at)
+
+
+# -- the same rules in words (logs at DEBUG, `explain`) ---------------------------------------
+def material_changes(prev: Decision, new: Decision, cfg: GateConfig) -> list[str]:
+    """Each criterion of `is_material` that holds, in words."""
+    out = []
+    if prev.harvest_action != new.harvest_action:
+        out.append(f"action {prev.harvest_action} -> {new.harvest_action}")
+    a, b = prev.new_sl_proposed, new.new_sl_proposed
+    if (a is None) != (b is None):
+        out.append(f"new SL {a!r} -> {b!r}")
+    elif a is not None and b is not None and a != b:
+        moved = abs(b - a) / abs(a) if a else math.inf
+        if moved > cfg.change_eps:
+            out.append(f"new SL {a:.8g} -> {b:.8g} (moved {moved:.3%} > {cfg.change_eps:g})")
+    dk = abs(new.kill_score - prev.kill_score)
+    if dk > cfg.change_eps:
+        out.append(
+            f"kill score {prev.kill_score:.4f} -> {new.kill_score:.4f} (> {cfg.change_eps:g})"
+        )
+    dr = abs(new.R_net - prev.R_net)
+    if dr > cfg.r_eps:
+        out.append(f"R_net {prev.R_net:.3f} -> {new.R_net:.3f} (> R_EPS {cfg.r_eps:g})")
+    return out
+
+
+def unchanged_text(prev: Decision, new: Decision, cfg: GateConfig) -> str:
+    """Why `new` is not material against `prev`: each criterion within its threshold."""
+    return (
+        f"same action {new.harvest_action}, same new SL, kill score moved "
+        f"{abs(new.kill_score - prev.kill_score):.4f} (<= {cfg.change_eps:g}), R_net moved "
+        f"{abs(new.R_net - prev.R_net):.3f} (<= R_EPS {cfg.r_eps:g})"
+    )
+
+
+def held_text(last: Decision | None, new: Decision, verdict: Defer | Skip, cfg: GateConfig) -> str:
+    """Why `new` is not published now (a DEBUG line): until when, and which thresholds."""
+    if isinstance(verdict, Defer):
+        changes = "; ".join(material_changes(last, new, cfg)) if last else "nothing published"
+        return f"deferred until {iso_utc(verdict.until)} (floor {cfg.floor_sec:g} s): {changes}"
+    assert last is not None  # only a published decision can be immaterial
+    return (
+        f"not published, immaterial ({unchanged_text(last, new, cfg)}); heartbeat at "
+        f"{iso_utc(verdict.next_check)}"
+    )

@@ -131,6 +131,11 @@ class Observer(Protocol):
 
     def on_publish(self, out: PublishOut) -> None: ...
     def on_retract(self, out: RetractOut) -> None: ...
+    def on_defer(self, symbol: str, until: float) -> None:
+        """A material change held back by the floor: published at `until` if still
+        material then."""
+        ...
+
     def on_invalid(self, symbol: str, reason: str) -> None: ...
     def on_compute(self, seconds: float) -> None: ...
 
@@ -151,6 +156,9 @@ class NullHooks:
         pass
 
     def on_retract(self, out: RetractOut) -> None:
+        pass
+
+    def on_defer(self, symbol: str, until: float) -> None:
         pass
 
     def on_invalid(self, symbol: str, reason: str) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
@@ -15,7 +15,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 
 from harvest_async.config import Settings
 from harvest_async.core.keys import glob_escape
-from harvest_async.errors import PermissionDenied, RedisUnavailable
+from harvest_async.errors import AuthenticationFailed, PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.server_version import probe_server
 
 __all__ = [
@@ -27,14 +27,15 @@ __all__ = [
     "client_for",
     "denied_command",
     "describe_url",
+    "hgetall_many",
     "is_auth_error",
     "is_permission_error",
+    "redis_error",
+    "redis_errors",
     "refused",
     "scan_symbols",
-    "translate",
+    "unneeded_password",
 ]
-
-T = TypeVar("T")
 
 # The client type the rest of the package handles (created only by `client_for`), and the
 # error reply it raises: tools catch these without importing redis themselves.
@@ -60,9 +61,11 @@ def client_for(
     retries: int = 0,
     socket_timeout: float | None = 5.0,
     name: str = "harvest-async",
+    protocol: int | None = None,
 ) -> aioredis.Redis:
     """A decode_responses client. `retries=0` for writers: a replayed MULTI/EXEC after a
-    timeout could append a second audit entry, so the publisher decides itself."""
+    timeout could append a second audit entry, so the publisher decides itself.
+    `protocol=2`: authenticate as the service's wire does (see `check_redis`)."""
     retry = (
         Retry(ExponentialBackoff(cap=1.0, base=0.05), retries) if retries else Retry(NoBackoff(), 0)
     )
@@ -78,9 +81,13 @@ def client_for(
     }
     if password is not None:
         kwargs["password"] = password
+    if protocol is not None:
+        kwargs["protocol"] = protocol
     return aioredis.Redis.from_url(url, **kwargs)
 
 
+# a password given to a server that has none: AUTH fails (Redis 6+, Valkey; Redis 5)
+_UNNEEDED_PASSWORD_MARKERS = ("without any password configured", "no password is set")
 _AUTH_MARKERS = (
     "noauth",
     "wrongpass",
@@ -89,6 +96,7 @@ _AUTH_MARKERS = (
     "invalid username-password",
     # redis-py 8 reports a failed AUTH during the handshake this way
     "hello must be called with the client already authenticated",
+    *_UNNEEDED_PASSWORD_MARKERS,
 )
 
 
@@ -96,6 +104,12 @@ def is_auth_error(text: str) -> bool:
     """Whether a Redis error message means our credentials were refused."""
     lowered = text.lower()
     return any(marker in lowered for marker in _AUTH_MARKERS)
+
+
+def unneeded_password(text: str) -> bool:
+    """Whether an AUTH refusal says the server has no password (one was given anyway)."""
+    lowered = text.lower()
+    return any(marker in lowered for marker in _UNNEEDED_PASSWORD_MARKERS)
 
 
 # How Redis 6.2/7.x and Valkey word an ACL refusal: NOPERM replies, redis-py's wrapping
@@ -116,20 +130,65 @@ def denied_command(text: str) -> str | None:
     return (found.group(1) or found.group(2)).lower() if found else None
 
 
-def refused(context: str, exc: BaseException) -> RedisUnavailable:
-    """The project's error for a failed Redis call made while `context`: PermissionDenied
-    (naming the command, or the kind of access, when Redis says) for an ACL refusal."""
+def redis_error(context: str, exc: BaseException) -> RedisUnavailable:
+    """The project's error for a redis-py error raised while `context`: PermissionDenied
+    for an ACL refusal (naming the command, or the kind of access, when Redis says),
+    AuthenticationFailed for refused credentials, RedisUnavailable for the rest (the server
+    is unreachable, or answered with an error reply: OOM, LOADING, WRONGTYPE...)."""
     text = str(exc)
-    if not is_permission_error(text):
-        return RedisUnavailable(f"{context}: {text}")
-    command = denied_command(text)
-    if command:
-        thing = f"command {command}"
-    elif "channel" in text.lower():
-        thing = "channel access"
-    else:
-        thing = "key access"
-    return PermissionDenied(f"{thing} while {context}", text)
+    if is_permission_error(text):
+        command = denied_command(text)
+        if command:
+            thing = f"command {command}"
+        elif "channel" in text.lower():
+            thing = "channel access"
+        else:
+            thing = "key access"
+        return PermissionDenied(f"{thing} while {context}", text)
+    if is_auth_error(text):
+        hint = (
+            "the server has no password: remove it from REDIS_URL / REDIS_PASSWORD_FILE"
+            if unneeded_password(text)
+            else "check the password (REDIS_URL, REDIS_PASSWORD_FILE or the redis-password "
+            "credential)"
+        )
+        return AuthenticationFailed(f"{context}: Redis refused our credentials ({text}); {hint}")
+    if isinstance(exc, REDIS_ERRORS):  # no reply: say what failed (ConnectionError, ...)
+        return RedisUnavailable(f"{context}: {type(exc).__name__}: {text}")
+    return RedisUnavailable(f"{context}: {text}")  # the server's error reply
+
+
+refused = redis_error  # the name the write and notification paths use
+
+
+@asynccontextmanager
+async def redis_errors(context: str, *, replies: bool = True) -> AsyncIterator[None]:
+    """Translate the redis-py errors raised inside the block (see `redis_error`):
+
+        async with redis_errors("reading the liveness keys"):
+            ...
+
+    `replies=False`: only the errors that say Redis is unreachable or refuses our
+    credentials; error replies (NOPERM, WRONGTYPE, ...) go through as `ResponseError`, for
+    a caller that tells them apart itself."""
+    caught = REDIS_OR_REPLY_ERRORS if replies else REDIS_ERRORS
+    try:
+        yield
+    except caught as exc:
+        raise redis_error(context, exc) from exc
+
+
+async def hgetall_many(
+    client: aioredis.Redis, keys: Sequence[str], *, chunk: int = 500
+) -> list[dict[str, str]]:
+    """Whole hashes (`{}`: absent), `chunk` keys per pipelined round trip."""
+    out: list[dict[str, str]] = []
+    for start in range(0, len(keys), chunk):
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys[start : start + chunk]:
+                pipe.hgetall(key)
+            out.extend(await pipe.execute())
+    return out
 
 
 async def scan_symbols(client: aioredis.Redis, prefix: str, limit: int | None = None) -> list[str]:
@@ -151,39 +210,23 @@ def describe_url(url: str) -> str:
     return url
 
 
-async def translate(call: Callable[[], Awaitable[T]], what: str) -> T:
-    try:
-        return await call()
-    except REDIS_ERRORS as exc:
-        raise RedisUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
-
-
-@asynccontextmanager
-async def closing(client: aioredis.Redis) -> AsyncIterator[aioredis.Redis]:
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 async def check_redis(settings: Settings) -> None:
     """Fail fast with one clear line when Redis is unreachable or refuses us (exit 3), or
-    is older than the oldest supported server (exit 2)."""
-    client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-check")
+    is older than the oldest supported server (exit 2).
+
+    Over RESP2, as the service's own connections: the legacy AUTH refuses a password the
+    server does not have, where RESP3's HELLO would accept it."""
+    client = client_for(
+        settings.redis_url, settings.redis_password, name="harvest-async-check", protocol=2
+    )
     where = describe_url(settings.redis_url)
     try:
         await probe_server(client, where)
     except REDIS_OR_REPLY_ERRORS as exc:
-        if is_permission_error(str(exc)):  # CLIENT SETNAME or PING refused by the ACL
-            raise refused(f"connecting to Redis at {where}", exc) from exc
-        if is_auth_error(str(exc)):
-            raise RedisUnavailable(
-                f"Redis at {where} refused our credentials ({exc}); check the password "
-                "(REDIS_URL, REDIS_PASSWORD_FILE or the redis-password credential)"
-            ) from exc
-        raise RedisUnavailable(
-            f"cannot reach Redis at {where}: {type(exc).__name__}: {exc}"
-        ) from exc
+        error = redis_error(f"connecting to Redis at {where}", exc)
+        if type(error) is RedisUnavailable:  # neither credentials nor ACL: not reachable
+            error = RedisUnavailable(f"cannot reach Redis at {where}: {type(exc).__name__}: {exc}")
+        raise error from exc
     finally:
         with anyio.CancelScope(shield=True):
             await client.aclose()

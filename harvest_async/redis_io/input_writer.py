@@ -9,8 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from harvest_async.core.keys import Keys
-from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_ERRORS, Client
+from harvest_async.redis_io.client import Client, redis_errors
 
 __all__ = ["InputWrite", "InputWriter"]
 
@@ -68,31 +67,31 @@ class InputWriter:
         key_for = self.keys.input_key
         streams = self.streams
         entry_id = self._entry_id(stream_at) if streams else "*"
-        try:
-            # one MULTI/EXEC per batch: a reader never sees a hash between DEL and HSET
-            async with self.client.pipeline(transaction=True) as pipe:
-                for w in writes:
-                    key = key_for(w.kind, w.symbol)
-                    stream = streams.get(w.kind)
-                    if stream is not None:
-                        entry = {"symbol": w.symbol}
-                        entry.update({"op": "delete"} if w.op == "delete" else w.fields)
-                        pipe.xadd(stream, entry, id=entry_id)  # type: ignore[arg-type]
-                    if w.op == "delete":
-                        pipe.delete(key)
-                        shapes[key] = frozenset()
-                        continue
-                    names = frozenset(w.fields)
-                    before = shapes.get(key)
-                    if before is None:
-                        pipe.delete(key)  # first write of this run: start from a clean hash
-                    elif before - names:
-                        pipe.hdel(key, *sorted(before - names))
-                    shapes[key] = names
-                    pipe.hset(key, mapping=w.fields)  # type: ignore[arg-type]
-                    ttl = self.ttl.get(w.kind)
-                    if ttl is not None:
-                        pipe.expire(key, ttl)
-                await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise RedisUnavailable(f"{self.label}: {type(exc).__name__}: {exc}") from exc
+        # one MULTI/EXEC per batch: a reader never sees a hash between DEL and HSET
+        async with (
+            redis_errors(self.label, replies=False),
+            self.client.pipeline(transaction=True) as pipe,
+        ):
+            for w in writes:
+                key = key_for(w.kind, w.symbol)
+                stream = streams.get(w.kind)
+                if stream is not None:
+                    entry = {"symbol": w.symbol}
+                    entry.update({"op": "delete"} if w.op == "delete" else w.fields)
+                    pipe.xadd(stream, entry, id=entry_id)  # type: ignore[arg-type]
+                if w.op == "delete":
+                    pipe.delete(key)
+                    shapes[key] = frozenset()
+                    continue
+                names = frozenset(w.fields)
+                before = shapes.get(key)
+                if before is None:
+                    pipe.delete(key)  # first write of this run: start from a clean hash
+                elif before - names:
+                    pipe.hdel(key, *sorted(before - names))
+                shapes[key] = names
+                pipe.hset(key, mapping=w.fields)  # type: ignore[arg-type]
+                ttl = self.ttl.get(w.kind)
+                if ttl is not None:
+                    pipe.expire(key, ttl)
+            await pipe.execute()

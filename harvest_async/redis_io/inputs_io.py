@@ -22,17 +22,19 @@ from redis.exceptions import NoScriptError
 
 from harvest_async.config import Settings
 from harvest_async.core.input_hashes import OVERSIZED, USED_FIELDS, Hash, trim
-from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS, is_permission_error, refused
+from harvest_async.core.keys import INPUT_KINDS, Keys
+from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS, redis_error, redis_errors
 
 __all__ = [
     "READ_COMMANDS",
     "READ_SCRIPT",
     "READ_SHA",
     "InputLimits",
+    "InputRow",
     "Mode",
     "decode_reply",
     "read_hashes",
+    "read_input_rows",
     "unknown_command",
 ]
 
@@ -177,9 +179,7 @@ def read_error(kind: str, exc: Exception, context: str) -> Hash:
     raised as the project's error (an ACL refusal, a busy server, ...)."""
     if str(exc).startswith("WRONGTYPE"):
         return trim(kind, exc)  # type: ignore[return-value]  # never None for an error
-    if is_permission_error(str(exc)):
-        raise refused(context, exc)
-    raise RedisUnavailable(f"{context}: {exc}")
+    raise redis_error(context, exc)
 
 
 async def read_hashes(
@@ -212,6 +212,32 @@ async def read_hashes(
     return out
 
 
+# A symbol's three input hashes (market state, risk proposal, position); None: absent
+InputRow = tuple[Hash | None, Hash | None, Hash | None]
+ROWS_PER_READ = 500  # symbols per round trip (three hashes each)
+
+
+async def read_input_rows(
+    client: aioredis.Redis,
+    keys: Keys,
+    symbols: Sequence[str],
+    limits: InputLimits,
+    mode: Mode,
+    *,
+    transaction: bool = False,
+) -> list[InputRow]:
+    """Each symbol's three input hashes, ROWS_PER_READ symbols per pipeline (or per
+    MULTI/EXEC with `transaction`: a symbol's hashes as they were at one instant)."""
+    prefixes = keys.input_prefixes()
+    rows: list[InputRow] = []
+    for start in range(0, len(symbols), ROWS_PER_READ):
+        chunk = symbols[start : start + ROWS_PER_READ]
+        wanted = [(kind, prefixes[kind] + s) for s in chunk for kind in INPUT_KINDS]
+        raw = await read_hashes(client, wanted, limits, mode, transaction=transaction)
+        rows.extend((raw[i], raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3))
+    return rows
+
+
 async def _run_script(
     client: aioredis.Redis,
     command: str,
@@ -229,11 +255,9 @@ async def _run_script(
     except REDIS_OR_REPLY_ERRORS as exc:  # also MULTI or EXEC refused
         if unknown_command(exc):  # queued in MULTI: EXECABORT naming the command
             return [exc]
-        raise refused("reading inputs", exc) from exc
+        raise redis_error("reading inputs", exc) from exc
 
 
 async def load_read_script(client: aioredis.Redis) -> None:
-    try:
+    async with redis_errors("loading the input read script (SCRIPT LOAD)"):
         await client.script_load(READ_SCRIPT)
-    except REDIS_OR_REPLY_ERRORS as exc:
-        raise refused("loading the input read script (SCRIPT LOAD)", exc) from exc

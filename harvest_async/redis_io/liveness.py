@@ -9,8 +9,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from harvest_async.core.keys import Keys
-from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_ERRORS, scan_symbols
+from harvest_async.redis_io.client import redis_errors, scan_symbols
 
 __all__ = ["Publisher", "read_publishers"]
 
@@ -47,7 +46,7 @@ async def read_publishers(
     """The live publishers' liveness hashes (sorted by instance): every one found by a
     SCAN, or only those of `names` (no SCAN: cheap enough to repeat every second)."""
     prefix = keys.liveness_prefix
-    try:
+    async with redis_errors("reading the liveness keys"):
         if names is None:
             names = await scan_symbols(client, prefix, limit)
         names = sorted(set(names))
@@ -56,8 +55,6 @@ async def read_publishers(
                 pipe.hgetall(prefix + name)
                 pipe.pttl(prefix + name)
             replies = await pipe.execute(raise_on_error=False)
-    except REDIS_ERRORS as exc:
-        raise RedisUnavailable(f"reading the liveness keys: {exc}") from exc
     out = []
     for i, name in enumerate(names):
         fields, pttl = replies[2 * i], replies[2 * i + 1]

@@ -28,13 +28,15 @@ from redis.exceptions import ResponseError
 
 from harvest_async.config import Settings
 from harvest_async.core.keys import INPUT_KINDS, glob_escape
-from harvest_async.errors import PermissionDenied, RedisUnavailable
+from harvest_async.errors import PermissionDenied
 from harvest_async.redis_io.client import (
     REDIS_ERRORS,
     client_for,
     denied_command,
     describe_url,
     is_permission_error,
+    redis_error,
+    redis_errors,
 )
 from harvest_async.redis_io.inputs_io import (
     READ_COMMANDS,
@@ -192,7 +194,7 @@ class _Probe:
                 await conn.connect()  # CLIENT SETNAME: refused by an ACL without it
             except REDIS_ERRORS as exc:
                 self.refused("CLIENT SETNAME", exc)
-                raise RedisUnavailable(f"cannot reach Redis at {self.where}: {exc}") from exc
+                raise redis_error(f"connecting to Redis at {self.where}", exc) from exc
             yield self
         finally:
             with anyio.CancelScope(shield=True):
@@ -200,11 +202,9 @@ class _Probe:
                     await conn.disconnect()
 
     async def ask(self, *args: str) -> Any:
-        try:
+        async with redis_errors(f"checking permissions at {self.where}", replies=False):
             await self.conn.send_command(*args)
             return await self.conn.read_response()
-        except REDIS_ERRORS as exc:
-            raise RedisUnavailable(f"checking permissions at {self.where}: {exc}") from exc
 
     async def check(self, what: str, *args: str) -> Any:
         """Send one command; raise PermissionDenied if the ACL refuses it. Other

@@ -26,19 +26,17 @@ import anyio
 from harvest_async import __version__
 from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings
-from harvest_async.core.input_hashes import Hash
 from harvest_async.core.keys import Keys, glob_escape
 from harvest_async.core.ports import Event, Gap
 from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import (
-    REDIS_OR_REPLY_ERRORS,
     Client,
     check_redis,
     client_for,
     describe_url,
-    refused,
+    redis_errors,
 )
-from harvest_async.redis_io.inputs_io import InputLimits, read_hashes
+from harvest_async.redis_io.inputs_io import InputLimits, InputRow, read_input_rows
 from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.redis_io.permissions import verify_permissions
 from harvest_async.replay.format import (
@@ -55,8 +53,8 @@ __all__ = ["RecordStats", "Recorder", "record"]
 
 log = logging.getLogger(__name__)
 
-READ_BATCH = 500  # symbols per MULTI/EXEC read
 FLUSH_EVERY = 1.0  # seconds
+_ABSENT: InputRow = (None, None, None)
 
 
 @dataclass(slots=True)
@@ -94,7 +92,7 @@ class Recorder:
         self.symbols = symbols
         self.limits = limits or InputLimits()
         self._allowed = frozenset(symbols) if symbols is not None else None
-        self.known: dict[str, list[Hash | None]] = {}  # symbol -> last recorded hashes
+        self.known: dict[str, InputRow] = {}  # symbol -> last recorded hashes
         self._dirty: dict[str, None] = {}
         self._gap: str | None = None
         self._wake = anyio.Event()
@@ -117,52 +115,40 @@ class Recorder:
         if self.symbols is not None:
             return list(self.symbols)
         found: set[str] = set(self.known)
-        try:
+        async with redis_errors("scanning input keys"):
             for prefix in self.keys.input_prefixes().values():
                 async for key in self.client.scan_iter(match=glob_escape(prefix) + "*", count=1000):
                     hit = self.keys.classify(key)
                     if hit is not None:
                         found.add(hit[1])
-        except REDIS_OR_REPLY_ERRORS as exc:
-            raise refused("scanning input keys", exc) from exc
         return sorted(found)
 
-    async def _fetch(self, symbols: Sequence[str]) -> dict[str, list[Hash | None]]:
-        keys = self.keys
-        out: dict[str, list[Hash | None]] = {}
-        prefixes = keys.input_prefixes()
-        for start in range(0, len(symbols), READ_BATCH):
-            chunk = symbols[start : start + READ_BATCH]
-            # Whole hashes within the service's size limits (an oversized one is recorded
-            # as the service reads it: invalid input saying why; so is a key of another
-            # type), in one transaction: a symbol's three hashes as they were at one instant
-            wanted = [(kind, prefixes[kind] + s) for s in chunk for kind in KINDS]
-            raw = await read_hashes(self.client, wanted, self.limits, "all", transaction=True)
-            for i, symbol in enumerate(chunk):
-                out[symbol] = raw[3 * i : 3 * i + 3]
-        return out
+    async def _fetch(self, symbols: Sequence[str]) -> dict[str, InputRow]:
+        # Whole hashes within the service's size limits (an oversized one is recorded as
+        # the service reads it: invalid input saying why; so is a key of another type),
+        # in transactions: a symbol's three hashes as they were at one instant
+        rows = await read_input_rows(
+            self.client, self.keys, symbols, self.limits, "all", transaction=True
+        )
+        return dict(zip(symbols, rows, strict=True))
 
     @staticmethod
-    def _state(rows: dict[str, list[Hash | None]]) -> dict[str, SymbolState]:
-        return {
-            symbol: SymbolState(*row)
-            for symbol, row in sorted(rows.items())
-            if row != [None, None, None]
-        }
+    def _state(rows: dict[str, InputRow]) -> dict[str, SymbolState]:
+        return {symbol: SymbolState(*row) for symbol, row in sorted(rows.items()) if row != _ABSENT}
 
     async def snapshot(self) -> tuple[float, dict[str, SymbolState]]:
         rows = await self._fetch(await self._discover())
         at = self.clock.now()
-        self.known = {s: r for s, r in rows.items() if r != [None, None, None]}
+        self.known = {s: r for s, r in rows.items() if r != _ABSENT}
         return at, self._state(rows)
 
     # -- recording ---------------------------------------------------------------------
-    def _record_diff(self, rows: dict[str, list[Hash | None]], at: float) -> None:
+    def _record_diff(self, rows: dict[str, InputRow], at: float) -> None:
         writer = self.writer
         assert writer is not None
         known = self.known
         for symbol, row in rows.items():
-            before = known.get(symbol) or [None, None, None]
+            before = known.get(symbol) or _ABSENT
             for index, kind in enumerate(KINDS):
                 new = row[index]
                 if new == before[index]:
@@ -171,7 +157,7 @@ class Recorder:
                     writer.delete(at, kind, symbol)
                 else:
                     writer.set(at, kind, symbol, new)
-            if row == [None, None, None]:
+            if row == _ABSENT:
                 known.pop(symbol, None)
             else:
                 known[symbol] = row

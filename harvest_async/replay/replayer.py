@@ -74,9 +74,9 @@ class _CountingObserver(NullHooks):
 
 @contextlib.contextmanager
 def _quiet_engine_log() -> Iterator[None]:
-    """The engine logs one INFO line per publish (and the rounds one per resync): right
-    for a service, noise for a replay of a million changes. Keep their warnings; show the
-    rest only at DEBUG."""
+    """The engine logs a line per change of a symbol's state (and the rounds one per
+    resync): right for a service, noise for a replay of a million changes. Keep their
+    warnings; show the rest only at DEBUG."""
     loggers = [
         logging.getLogger(n) for n in ("harvest_async.core.engine", "harvest_async.core.rounds")
     ]

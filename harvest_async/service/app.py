@@ -14,6 +14,7 @@ from functools import partial
 import anyio
 from anyio.abc import TaskStatus
 
+from harvest_async import __version__
 from harvest_async.backoff import DenialLog
 from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings, engine_config
@@ -29,7 +30,9 @@ from harvest_async.redis_io.inputs_io import InputLimits
 from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.redis_io.permissions import verify_permissions
 from harvest_async.redis_io.publisher import LivenessWriter, RedisInputReader, RedisSink
-from harvest_async.service.metrics import start_for as start_metrics
+from harvest_async.service.fanout import fan_out
+from harvest_async.service.metrics_server import start_for as start_metrics
+from harvest_async.service.publish_log import PublishLog
 from harvest_async.service.runner import Runner
 from harvest_async.service.sdnotify import Notifier
 
@@ -55,6 +58,8 @@ async def serve(
     clock = clock or SystemClock()
     await check_redis(settings)
     await verify_permissions(settings, "once" if once else "run")
+    publish_log = PublishLog(settings.log_publish_detail_max_per_sec)
+    observer = fan_out(publish_log, observer)
     stop_metrics: Callable[[], None] | None = None
     if settings.metrics_port is not None and not once:
         observer, hooks, stop_metrics = start_metrics(settings, observer, hooks)
@@ -83,7 +88,12 @@ async def serve(
     try:
         if once:
             await runner.startup()
-            log.info("one pass done: %d symbols, %d writes", len(engine), runner.writes)
+            log.info(
+                "one pass done: %d symbols, %d writes, %d proposals adopted",
+                len(engine),
+                runner.writes,
+                engine.adopted,
+            )
             return 0
         source = KeyspaceSource(
             settings.redis_url,
@@ -97,17 +107,11 @@ async def serve(
         liveness = LivenessWriter(
             client, settings.keys, settings.instance, settings.liveness_ttl_sec
         )
-        log.info(
-            "harvest-async running: redis=%s symbols=%s floor=%gs heartbeat=%gs stream=%s",
-            describe_url(settings.redis_url),
-            ",".join(settings.symbols) if settings.symbols else "*",
-            settings.publish_interval_sec,
-            settings.max_publish_age_sec,
-            settings.keys.stream if settings.enable_stream else "off",
-        )
+        _log_startup(settings, engine.theta_id)
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(_stop_on_signal, tg.cancel_scope, notifier)
+            tg.start_soon(publish_log.run, clock)
             await tg.start(runner.run, source)
             # started after its first refresh: ready means announced
             await tg.start(
@@ -122,20 +126,60 @@ async def serve(
                 )
             )
             notifier.ready(f"publishing {len(engine)} symbols")
+            log.info(
+                "ready: %d symbols, %d writes at startup, %d proposals adopted",
+                len(engine),
+                runner.writes,
+                engine.adopted,
+            )
             if on_ready is not None:
                 await on_ready(runner)
         return 0
     finally:
+        cleared = False
         with anyio.CancelScope(shield=True):
             if not once:
                 with contextlib.suppress(RedisUnavailable):
                     await LivenessWriter(
                         client, settings.keys, settings.instance, settings.liveness_ttl_sec
                     ).clear()
+                    cleared = True
             await client.aclose()
         notifier.close()
         if stop_metrics is not None:
             stop_metrics()
+        publish_log.roll(clock.now(), final=True)
+        if not once:
+            log.info(
+                "stopped after %d writes (%d symbols tracked); liveness key %s",
+                runner.writes,
+                len(engine),
+                "deleted" if cleared else "NOT deleted (Redis unavailable): it expires by its TTL",
+                extra={"event": "shutdown", "writes": runner.writes},
+            )
+
+
+def _log_startup(settings: Settings, theta_id: str) -> None:
+    symbols = (
+        f"{len(settings.symbols)} listed ({','.join(settings.symbols[:5])}"
+        + (",..." if len(settings.symbols) > 5 else "")
+        + ")"
+        if settings.symbols
+        else "* (every position key, discovered live)"
+    )
+    log.info(
+        "harvest-async %s running: instance=%s theta_id=%s symbols=%s redis=%s floor=%gs "
+        "heartbeat=%gs stream=%s",
+        __version__,
+        settings.instance,
+        theta_id,
+        symbols,
+        describe_url(settings.redis_url),
+        settings.publish_interval_sec,
+        settings.max_publish_age_sec,
+        settings.keys.stream if settings.enable_stream else "off",
+        extra={"event": "startup", "version": __version__, "theta_id": theta_id},
+    )
 
 
 async def _stop_on_signal(scope: anyio.CancelScope, notifier: Notifier) -> None:

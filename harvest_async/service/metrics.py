@@ -1,6 +1,7 @@
 """Prometheus metrics: one object that is both the engine's `Observer` and the runner's
 `RunnerHooks`, on a `CollectorRegistry` of its own (never the global one), served on
-`METRICS_ADDR` (default 127.0.0.1) by `serve_metrics` when `METRICS_PORT` is set.
+`METRICS_ADDR` (default 127.0.0.1) by `metrics_server.serve_metrics` when `METRICS_PORT`
+is set.
 
 Cardinality: per-symbol series (kill score and its components, R_net, action, input ages)
 exist only for the first `symbol_cap` symbols that have a proposal (`METRICS_SYMBOL_CAP`,
@@ -12,8 +13,6 @@ sets (input kind, trigger, action, retraction reason).
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -24,28 +23,13 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
 )
 
 from harvest_async import __version__
-from harvest_async.config import Settings
 from harvest_async.core.models import Theta
-from harvest_async.core.ports import Observer, PublishOut, RetractOut, RunnerHooks
-from harvest_async.errors import HarvestError
+from harvest_async.core.ports import PublishOut, RetractOut
 
-__all__ = [
-    "ACTION_CODES",
-    "METRIC_NAMES",
-    "Fanout",
-    "Metrics",
-    "MetricsServer",
-    "combine",
-    "reason_label",
-    "serve_metrics",
-    "start_for",
-]
-
-log = logging.getLogger(__name__)
+__all__ = ["ACTION_CODES", "METRIC_NAMES", "Metrics", "reason_label"]
 
 # harvest_symbol_action's value: ordered by how much of the position is proposed to close
 ACTION_CODES: dict[str, int] = {
@@ -124,7 +108,18 @@ class Metrics:
             ProcessCollector(registry=reg)
             PlatformCollector(registry=reg)
             reg.register(GC_COLLECTOR)
+        self._declare_activity(reg)
+        self._declare_per_symbol(reg)
+        # the configuration in force, so dashboards and alerts use the real values
+        _declare_settings(reg, theta or Theta(), floor_sec, heartbeat_sec, self.symbol_cap)
 
+        # hot-path children, bound once
+        self._event_children: dict[str, Any] = {}
+        self._state: dict[str, str] = {}  # symbol -> state label (see harvest_symbols)
+        self._admitted: set[str] = set()  # symbols with per-symbol series
+
+    def _declare_activity(self, reg: CollectorRegistry) -> None:
+        """What happens: events, outputs, resyncs, latencies, symbols by state."""
         self.input_events = Counter(
             "harvest_input_events",
             "Input change signals received (keyspace notifications, stream entries), by kind.",
@@ -188,6 +183,9 @@ class Metrics:
             ["state"],
             registry=reg,
         )
+
+    def _declare_per_symbol(self, reg: CollectorRegistry) -> None:
+        """The current proposal of each of the first `symbol_cap` symbols."""
         self.kill_score = Gauge(
             "harvest_symbol_kill_score",
             "Kill score of the symbol's current proposal (first METRICS_SYMBOL_CAP symbols).",
@@ -221,52 +219,6 @@ class Metrics:
             ["symbol", "input"],
             registry=reg,
         )
-        # the configuration in force, so dashboards and alerts use the real values
-        theta = theta or Theta()
-        Gauge(
-            "harvest_kill_threshold",
-            "Kill score at or above which FULL_CLOSE_PROPOSED is proposed.",
-            registry=reg,
-        ).set(theta.kill_threshold)
-        weights = Gauge(
-            "harvest_kill_weight",
-            "Weight of each kill-score component (kill = sigmoid(sum of weight * component)).",
-            ["component"],
-            registry=reg,
-        )
-        for name in COMPONENTS:
-            weights.labels(name).set(getattr(theta, f"k_{name}"))
-        ladder = Gauge(
-            "harvest_ladder_trigger_r",
-            "R_net at which each partial-exit tranche triggers (T1_R, T2_R, T3_R).",
-            ["tranche"],
-            registry=reg,
-        )
-        for i, value in enumerate((theta.T1_R, theta.T2_R, theta.T3_R), 1):
-            ladder.labels(str(i)).set(value)
-        Gauge(
-            "harvest_floor_seconds",
-            "PUBLISH_INTERVAL_SEC: at most one publish per symbol per this many seconds.",
-            registry=reg,
-        ).set(floor_sec)
-        Gauge(
-            "harvest_heartbeat_seconds",
-            "MAX_PUBLISH_AGE_SEC: a proposal is re-published at least this often.",
-            registry=reg,
-        ).set(heartbeat_sec)
-        Gauge(
-            "harvest_metrics_symbol_cap",
-            "METRICS_SYMBOL_CAP: how many symbols get per-symbol series.",
-            registry=reg,
-        ).set(self.symbol_cap)
-        Gauge(
-            "harvest_build_info", "harvest-async version (value is 1).", ["version"], registry=reg
-        ).labels(__version__).set(1)
-
-        # hot-path children, bound once
-        self._event_children: dict[str, Any] = {}
-        self._state: dict[str, str] = {}  # symbol -> state label (see harvest_symbols)
-        self._admitted: set[str] = set()  # symbols with per-symbol series
 
     # -- engine.Observer -----------------------------------------------------------------
     def on_publish(self, out: PublishOut) -> None:
@@ -310,6 +262,9 @@ class Metrics:
                 _remove(self.components, (symbol, name))
             for name in ("marketstate", "position"):
                 _remove(self.input_age, (symbol, name))
+
+    def on_defer(self, symbol: str, until: float) -> None:
+        pass  # a deferral is not an output; the publish that ends it is counted
 
     def on_invalid(self, symbol: str, reason: str) -> None:
         self.invalid.labels(reason).inc()
@@ -359,100 +314,46 @@ def _remove(gauge: Gauge, labels: tuple[str, ...]) -> None:
         gauge.remove(*labels)
 
 
-class Fanout:
-    """Forwards every Observer and RunnerHooks call to several receivers."""
-
-    def __init__(self, observers: Iterable[Observer], hooks: Iterable[RunnerHooks]) -> None:
-        self.observers = tuple(observers)
-        self.hooks = tuple(hooks)
-
-    def on_publish(self, out: PublishOut) -> None:
-        for o in self.observers:
-            o.on_publish(out)
-
-    def on_retract(self, out: RetractOut) -> None:
-        for o in self.observers:
-            o.on_retract(out)
-
-    def on_invalid(self, symbol: str, reason: str) -> None:
-        for o in self.observers:
-            o.on_invalid(symbol, reason)
-
-    def on_compute(self, seconds: float) -> None:
-        for o in self.observers:
-            o.on_compute(seconds)
-
-    def on_event(self, kind: str) -> None:
-        for h in self.hooks:
-            h.on_event(kind)
-
-    def on_resync(self, reason: str) -> None:
-        for h in self.hooks:
-            h.on_resync(reason)
-
-    def on_latency(self, seconds: float) -> None:
-        for h in self.hooks:
-            h.on_latency(seconds)
-
-    def on_cycle(self, tracked: int) -> None:
-        for h in self.hooks:
-            h.on_cycle(tracked)
-
-
-def combine(
-    metrics: Metrics, observer: Observer | None, hooks: RunnerHooks | None
-) -> tuple[Observer, RunnerHooks]:
-    """`metrics` plus the caller's own observer/hooks, if any."""
-    obs: Observer = metrics if observer is None else Fanout([metrics, observer], [])
-    hks: RunnerHooks = metrics if hooks is None else Fanout([], [metrics, hooks])
-    return obs, hks
-
-
-class MetricsServer:
-    """The running endpoint: `port` (the bound one, useful with port 0) and `stop()`."""
-
-    def __init__(self, registry: CollectorRegistry, port: int, addr: str) -> None:
-        self._server, self._thread = start_http_server(port, addr=addr, registry=registry)
-        bound = self._server.server_address
-        self.addr: str = str(bound[0])  # what the socket is really bound to
-        self.port: int = int(bound[1])
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=2.0)
-
-
-def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> MetricsServer:
-    """Serve `registry` on http://addr:port/metrics from a daemon thread.
-
-    Raises OSError when the port cannot be bound.
-    """
-    return MetricsServer(registry, port, addr)
-
-
-def start_for(
-    settings: Settings, observer: Observer | None, hooks: RunnerHooks | None
-) -> tuple[Observer, RunnerHooks, Callable[[], None]]:
-    """What `service.serve` does when METRICS_PORT is set: build the metrics, serve them on
-    METRICS_ADDR (default 127.0.0.1), and return the observer/hooks to use plus the function
-    that stops serving."""
-    metrics = Metrics(
-        symbol_cap=settings.metrics_symbol_cap,
-        theta=settings.theta,
-        floor_sec=settings.publish_interval_sec,
-        heartbeat_sec=settings.max_publish_age_sec,
+def _declare_settings(
+    reg: CollectorRegistry, theta: Theta, floor_sec: float, heartbeat_sec: float, cap: int
+) -> None:
+    """The settings in force as gauges (the alerts and the dashboard read them)."""
+    Gauge(
+        "harvest_kill_threshold",
+        "Kill score at or above which FULL_CLOSE_PROPOSED is proposed.",
+        registry=reg,
+    ).set(theta.kill_threshold)
+    weights = Gauge(
+        "harvest_kill_weight",
+        "Weight of each kill-score component (kill = sigmoid(sum of weight * component)).",
+        ["component"],
+        registry=reg,
     )
-    port, addr = settings.metrics_port, settings.metrics_addr
-    assert port is not None
-    where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-    try:
-        server = serve_metrics(metrics.registry, port, addr)
-    except OSError as exc:
-        # exit 1 through cli.exits, as any HarvestError that is not a configuration error
-        raise HarvestError(
-            f"METRICS_PORT: cannot listen on {where}: {exc.strerror or exc}"
-        ) from exc
-    log.info("metrics on http://%s/metrics", where)
-    obs, hks = combine(metrics, observer, hooks)
-    return obs, hks, server.stop
+    for name in COMPONENTS:
+        weights.labels(name).set(getattr(theta, f"k_{name}"))
+    ladder = Gauge(
+        "harvest_ladder_trigger_r",
+        "R_net at which each partial-exit tranche triggers (T1_R, T2_R, T3_R).",
+        ["tranche"],
+        registry=reg,
+    )
+    for i, value in enumerate((theta.T1_R, theta.T2_R, theta.T3_R), 1):
+        ladder.labels(str(i)).set(value)
+    Gauge(
+        "harvest_floor_seconds",
+        "PUBLISH_INTERVAL_SEC: at most one publish per symbol per this many seconds.",
+        registry=reg,
+    ).set(floor_sec)
+    Gauge(
+        "harvest_heartbeat_seconds",
+        "MAX_PUBLISH_AGE_SEC: a proposal is re-published at least this often.",
+        registry=reg,
+    ).set(heartbeat_sec)
+    Gauge(
+        "harvest_metrics_symbol_cap",
+        "METRICS_SYMBOL_CAP: how many symbols get per-symbol series.",
+        registry=reg,
+    ).set(cap)
+    Gauge(
+        "harvest_build_info", "harvest-async version (value is 1).", ["version"], registry=reg
+    ).labels(__version__).set(1)

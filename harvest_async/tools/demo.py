@@ -18,14 +18,14 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TextIO
 
 import anyio
 
 from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.core.ports import PublishOut, RetractOut
+from harvest_async.core.ports import NullHooks, PublishOut, RetractOut
+from harvest_async.core.timefmt import clock_utc
 from harvest_async.redis_io.client import REDIS_ERRORS, Client, client_for, describe_url
 from harvest_async.service.app import serve
 from harvest_async.service.metrics import reason_label
@@ -75,7 +75,7 @@ def demo_settings(
 
 
 @dataclass
-class DemoTally:
+class DemoTally(NullHooks):
     """An engine Observer that remembers what was published (for the summary)."""
 
     publishes: Counter[str] = field(default_factory=Counter)  # by trigger
@@ -101,12 +101,6 @@ class DemoTally:
         seen = self.per_symbol.setdefault(out.symbol, [])
         if not seen or seen[-1] != "RETRACTED":
             seen.append("RETRACTED")
-
-    def on_invalid(self, symbol: str, reason: str) -> None:
-        pass
-
-    def on_compute(self, seconds: float) -> None:
-        pass
 
     @property
     def total_publishes(self) -> int:
@@ -260,10 +254,7 @@ async def run_demo(
             title=title,
             live=False,
         )
-        events = [
-            f"{datetime.fromtimestamp(at, UTC):%H:%M:%S}  {text}"
-            for at, _kind, text in list(watcher.model.events)
-        ]
+        events = [f"{clock_utc(at)}  {text}" for at, _kind, text in list(watcher.model.events)]
         return DemoResult(recorder, written, seconds, table, events)
     finally:
         with anyio.CancelScope(shield=True):

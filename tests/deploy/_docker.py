@@ -13,14 +13,16 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE_VARIABLES = ("HARVEST_BASE_IMAGE", "REDIS_IMAGE", "PROMETHEUS_IMAGE")
+IMAGE_VARIABLES = ("HARVEST_BASE_IMAGE", "REDIS_IMAGE", "PROMETHEUS_IMAGE", "ALERTMANAGER_IMAGE")
+# no local stand-in (Debian does not package Grafana): its step runs when the image is there
+OPTIONAL_IMAGE_VARIABLES = ("GRAFANA_IMAGE",)
 
 
 def official_images() -> dict[str, str]:
     """The compose file's pinned defaults: `${REDIS_IMAGE:-redis:...}` and the like."""
     text = (ROOT / "docker-compose.yml").read_text()
     found = dict(re.findall(r"\$\{(\w+_IMAGE):-([^}]+)\}", text))
-    return {name: found[name] for name in IMAGE_VARIABLES}
+    return {name: found[name] for name in (*IMAGE_VARIABLES, *OPTIONAL_IMAGE_VARIABLES)}
 
 
 def sh(

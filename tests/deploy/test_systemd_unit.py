@@ -4,9 +4,9 @@ beside it: READY, STATUS, the watchdog, a clean stop, no restart on a configurat
 every hardening option in force with uvloop and hiredis working under them, and the
 journal.
 
-The steps share one container (a module fixture) and run in file order. Two behaviours
-come with issue 10 and are marked xfail(strict=True): once they work the xfail fails, and
-the marker must go.
+The steps share one container (a module fixture) and run in file order. A behaviour that
+comes with issue 10 is marked xfail(strict=True): once it works the xfail fails, and the
+marker must go.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ LIVENESS = "quantum:harvest:publisher:systemd-test"
 VENV_BIN = "/opt/harvest-async/.venv/bin"
 PASSWORD = "systemd-" + os.urandom(9).hex()
 ISSUE_10_WAIT = "issue 10: startup wait not implemented yet"
-ISSUE_10_PRIORITY = "issue 10: syslog priority prefixes in text logs not implemented yet"
 
 # how `systemctl show` spells what the unit file says, where it differs
 SHOWN_AS = {
@@ -228,9 +227,8 @@ def test_uvloop_and_hiredis_work_under_the_hardening(machine: Machine) -> None:
 
 
 def test_the_journal_keeps_the_logs_with_levels_in_json(machine: Machine) -> None:
-    """What works today: with LOG_FORMAT=json each journal entry of the unit is one JSON
-    object with its level (a WARNING for a bad input here). Priorities for text logs:
-    test_journal_priorities_from_text_logs (issue 10)."""
+    """With LOG_FORMAT=json each journal entry of the unit is one JSON object with its level
+    and fields (a WARNING for a bad input here), at the journal priority of its level."""
     machine.set_env("LOG_FORMAT", "json")
     try:
         machine.exec("systemctl", "restart", UNIT)
@@ -242,7 +240,11 @@ def test_the_journal_keeps_the_logs_with_levels_in_json(machine: Machine) -> Non
             records = [json.loads(line) for line in lines if line.startswith("{")]
             return [r for r in records if r["level"] == "WARNING" and "BADUSDT" in r["msg"]]
 
-        wait_for("a JSON WARNING about BADUSDT in the journal", warning_logged, timeout=20)
+        found = wait_for("a JSON WARNING about BADUSDT in the journal", warning_logged, 20)
+        assert isinstance(found, list)
+        assert found[0]["symbol"] == "BADUSDT" and found[0]["instance"] == "systemd-test"
+        warnings = machine.journal("--since", since, "-p", "warning", "-o", "cat")
+        assert '"symbol":"BADUSDT"' in warnings
     finally:
         machine.redis("del", position_key("BADUSDT"))
         machine.set_env("LOG_FORMAT", None)
@@ -344,9 +346,9 @@ def test_redis_down_at_start_the_unit_waits_then_runs(machine: Machine) -> None:
         machine.exec("systemctl", "restart", UNIT, check=False)
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE_10_PRIORITY)
 def test_journal_priorities_from_text_logs(machine: Machine) -> None:
-    """With the default text logs, a WARNING is a warning for journald (`-p warning`)."""
+    """With the default text logs, a WARNING is a warning for journald (`-p warning`): the
+    service writes `<4>` before it (stderr is the journal: JOURNAL_STREAM)."""
     since = machine.exec("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
     try:
         write_bad_position(machine, "BADTEXT")

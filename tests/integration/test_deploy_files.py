@@ -547,3 +547,131 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- the monitoring profile: Alertmanager and Grafana -------------------------------------------
+ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+GRAFANA_PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
+AMTOOL = shutil.which("amtool")
+NEEDS_AMTOOL = pytest.mark.skipif(
+    AMTOOL is None,
+    reason="amtool not found (Debian package `prometheus-alertmanager`; .ci/run installs it)",
+)
+
+
+def alert_names() -> list[str]:
+    return re.findall(r"^\s*- alert: (\w+)", RULES.read_text(), flags=re.MULTILINE)
+
+
+def test_compose_monitoring_profile_has_prometheus_alertmanager_and_grafana() -> None:
+    services = compose()["services"]
+    monitoring = sorted(n for n, s in services.items() if "monitoring" in s.get("profiles", []))
+    assert monitoring == ["alertmanager", "grafana", "prometheus"]
+    alertmanager = image_default(services["alertmanager"]["image"], "ALERTMANAGER_IMAGE")
+    assert exact(alertmanager, "prom/alertmanager")
+    assert exact(
+        image_default(services["grafana"]["image"], "GRAFANA_IMAGE"), "grafana/grafana-oss"
+    )
+    for name in monitoring:  # their UIs on this host only
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+        assert services[name]["cap_drop"] == ["ALL"], name
+    assert "alertmanager" in services["prometheus"]["depends_on"]
+    assert services["alertmanager"]["read_only"] is True
+
+
+def test_prometheus_sends_its_alerts_to_the_profiles_alertmanager() -> None:
+    services = compose()["services"]
+    listen = next(
+        a for a in services["alertmanager"]["command"] if a.startswith("--web.listen-address=")
+    )
+    port = listen.rsplit(":", 1)[1]
+    config = yaml_load(PROM_CONFIG.read_text())
+    targets = [
+        t
+        for manager in config["alerting"]["alertmanagers"]
+        for sc in manager["static_configs"]
+        for t in sc["targets"]
+    ]
+    assert targets == [f"alertmanager:{port}"]
+    mounts = services["alertmanager"]["volumes"]
+    assert "./deploy/alertmanager:/etc/alertmanager:ro" in mounts
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in services["alertmanager"]["command"]
+
+
+@NEEDS_AMTOOL
+def test_alertmanager_config_is_valid_and_routes_every_alert_to_the_null_receiver() -> None:
+    assert AMTOOL is not None
+    done = subprocess.run(
+        [AMTOOL, "check-config", str(ALERTMANAGER_CONFIG)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    for alert in alert_names():
+        for severity in ("critical", "warning"):
+            routed = subprocess.run(
+                [AMTOOL, "config", "routes", "test", "--config.file", str(ALERTMANAGER_CONFIG),
+                 f"alertname={alert}", f"severity={severity}"],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert routed.stdout.strip() == "null", (alert, routed.stdout, routed.stderr)
+
+
+@NEEDS_AMTOOL
+def test_the_documented_real_receiver_example_is_valid_and_routes_by_severity(
+    tmp_path: Path,
+) -> None:
+    """The example in alertmanager.yml's comments, uncommented, is a working config."""
+    assert AMTOOL is not None
+    lines = ALERTMANAGER_CONFIG.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("#   route:"))
+    example = []
+    for line in lines[start:]:
+        if not line.startswith("#   "):
+            break
+        example.append(line[4:])
+    (tmp_path / "smtp-password").write_text("secret\n")
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(
+        "\n".join(example).replace(
+            "/etc/alertmanager/smtp-password", str(tmp_path / "smtp-password")
+        )
+        + "\n"
+    )
+    done = subprocess.run(
+        [AMTOOL, "check-config", str(config)], capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    for severity, receiver in (("critical", "oncall"), ("warning", "desk-mail"), ("", "null")):
+        routed = subprocess.run(
+            [AMTOOL, "config", "routes", "test", "--config.file", str(config),
+             "alertname=HarvestPublisherDown", f"severity={severity}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert routed.stdout.strip() == receiver, (severity, routed.stdout, routed.stderr)
+
+
+def test_grafana_is_provisioned_with_the_prometheus_and_the_dashboard() -> None:
+    services = compose()["services"]
+    grafana = services["grafana"]
+    mounts = dict(v.rsplit(":", 2)[:2] for v in grafana["volumes"] if v.startswith("./"))
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    dashboard_in_container = mounts["./deploy/grafana/harvest.json"]
+    (source,) = yaml_load((GRAFANA_PROVISIONING / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    prometheus_listen = next(
+        a for a in services["prometheus"]["command"] if a.startswith("--web.listen-address=")
+    )
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    assert source["url"] == f"http://prometheus:{prometheus_listen.rsplit(':', 1)[1]}"
+    (provider,) = yaml_load((GRAFANA_PROVISIONING / "dashboards" / "harvest.yml").read_text())[
+        "providers"
+    ]
+    assert provider["type"] == "file"
+    assert dashboard_in_container == f"{provider['options']['path']}/harvest.json"
+    # the dashboard picks its data source by type: the provisioned default one
+    dash = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == source["type"]

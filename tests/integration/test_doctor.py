@@ -24,9 +24,11 @@ import redis.asyncio as aioredis
 from harvest_async.config import Settings, settings_from_env
 from harvest_async.core.keys import Keys
 from harvest_async.core.proposal import PROPOSAL_FIELDS, SCHEMA_VERSION
+from harvest_async.errors import AuthenticationFailed
+from harvest_async.redis_io.client import check_redis
 from harvest_async.service.app import serve
 from harvest_async.service.runner import Runner
-from harvest_async.tools.doctor import Check, Report, render_text, run_doctor
+from harvest_async.tools.doctor import CHECK_NAMES, Check, Report, render_text, run_doctor
 from harvest_async.tools.embedded_server import EmbeddedRedis
 
 KEYS = Keys()
@@ -169,6 +171,8 @@ async def test_healthy_service_passes_every_check(redis_url: str, client: aiored
     assert body["ok"] is True
     assert body["exit_code"] == 0
     assert {c["status"] for c in body["checks"]} == {"PASS"}
+    # a check that passed asks for nothing
+    assert {c["name"]: c["action"] for c in body["checks"]} == dict.fromkeys(CHECK_NAMES, "")
     assert proc.stderr == ""
 
 
@@ -223,6 +227,27 @@ async def test_wrong_or_missing_password_is_reported_as_refused(
     admin = aioredis.Redis.from_url(server.url, password="s3cret")
     await admin.config_set("requirepass", "")  # so the fixture can shut it down quickly
     await admin.aclose()
+
+
+async def test_a_password_the_server_does_not_have_fails_as_run_fails(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # redis-py's RESP3 HELLO accepts any password for a user without one; the service
+    # (RESP2 AUTH) is refused, and so must doctor be
+    password = tmp_path / "password"
+    password.write_text("not-needed\n")
+    cfg = settings(redis_url, REDIS_PASSWORD_FILE=str(password))
+    report = await run_doctor(cfg)
+    redis = check(report, "redis")
+    assert (redis.status, report.exit_code) == ("FAIL", 3)
+    assert "has no password, but one is configured" in redis.message
+    assert "remove it from REDIS_URL" in redis.action
+    with pytest.raises(AuthenticationFailed, match="the server has no password"):
+        await check_redis(cfg)  # what `run` checks first
+
+    proc = run_cli("--redis-url", redis_url, env={"REDIS_PASSWORD_FILE": str(password)})
+    assert proc.returncode == 3
+    assert "has no password, but one is configured" in proc.stderr
 
 
 # -- notifications -----------------------------------------------------------------------------
@@ -440,3 +465,25 @@ def test_unknown_check_name_is_a_usage_error() -> None:
     proc = run_cli("--only", "redis,bogus", "--redis-url", "redis://127.0.0.1:1/0")
     assert proc.returncode == 2
     assert "unknown check bogus" in proc.stderr
+
+
+async def test_no_proposals_because_every_input_is_bad_is_not_a_publisher_problem(
+    redis_url: str, client: aioredis.Redis
+) -> None:
+    await put_inputs(client, "BTCUSDT", market_age=1000)
+    await put_inputs(client, "ETHUSDT")
+    await client.hset(KEYS.marketstate("ETHUSDT"), "sigma", "n/a")
+    report = await run_doctor(settings(redis_url), only=["inputs", "proposals"])
+    assert check(report, "inputs").status == "FAIL"
+    props = check(report, "proposals")
+    assert props.status == "PASS", props.message
+    assert "none of the 2 symbols with a position has usable inputs" in props.message
+    assert "same Redis database" not in props.action + props.message
+
+    # one usable position and still no proposal: that is the publisher's business
+    await put_inputs(client, "ETHUSDT")
+    report = await run_doctor(settings(redis_url), only=["inputs", "proposals"])
+    props = check(report, "proposals")
+    assert props.status == "WARN"
+    assert "although 1 symbols have a position with usable inputs" in props.message
+    assert "same Redis database" in props.action

@@ -128,7 +128,8 @@ async def test_metrics_endpoint_serves_every_listed_metric(redis_url: str) -> No
 
 def test_metrics_listen_on_loopback_only() -> None:
     """The endpoint's socket is bound to 127.0.0.1; other local addresses are refused."""
-    from harvest_async.service.metrics import Metrics, serve_metrics
+    from harvest_async.service.metrics import Metrics
+    from harvest_async.service.metrics_server import serve_metrics
 
     server = serve_metrics(Metrics(process_metrics=False).registry, 0)
     try:
@@ -160,7 +161,7 @@ async def test_metrics_port_in_use_is_one_clear_error(redis_url: str) -> None:
 def test_metrics_addr_chooses_the_listening_address() -> None:
     """METRICS_ADDR (a container sets 0.0.0.0 so Prometheus can scrape it over the compose
     network) is where the endpoint listens; 127.0.0.2 is a loopback address of its own."""
-    from harvest_async.service.metrics import start_for
+    from harvest_async.service.metrics_server import start_for
 
     port = free_port()
     settings = settings_from_env({"METRICS_PORT": str(port), "METRICS_ADDR": "127.0.0.2"})

@@ -4,6 +4,7 @@ the service until every symbol's proposal matches its inputs."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,11 +18,13 @@ from typing import IO, Any
 import pytest
 import redis
 
+from harvest_async import __version__
 from harvest_async.core.input_hashes import NoAdvice, SymbolInputs
 from harvest_async.core.inputs import evaluate
 from harvest_async.core.kernel import KernelInputError, compute
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
+from harvest_async.core.proposal import theta_id_for
 from harvest_async.redis_io.publisher import trim
 from harvest_async.tools.embedded_server import EmbeddedRedis
 
@@ -166,6 +169,48 @@ def test_once_publishes_and_exits_0(redis_url: str, client: redis.Redis) -> None
     assert client.xlen(KEYS.stream) == 2
 
 
+def test_json_logs_carry_the_decisions_fields(redis_url: str, client: redis.Redis) -> None:
+    put_inputs(client, "BTCUSDT", 5.0)
+    env = clean_env(REDIS_URL=redis_url, LOG_FORMAT="json", INSTANCE="vps-7", SYMBOLS="BTCUSDT")
+    result = cli("run", "--once", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {line["instance"] for line in lines} == {"vps-7"}
+    (publish,) = [line for line in lines if line.get("event") == "publish"]
+    published = client.hgetall(KEYS.proposal("BTCUSDT"))
+    assert publish["symbol"] == "BTCUSDT"
+    assert publish["action"] == "PARTIAL_25" and publish["trigger"] == "startup"
+    assert publish["plan_id"] == published["plan_id"]
+    assert str(publish["seq"]) == published["seq"]
+    assert repr(publish["R_net"]) == published["R_net"]
+    assert repr(publish["kill_score"]) == published["kill_score"]
+
+
+def test_under_systemd_log_lines_carry_their_syslog_priority(
+    redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    put_inputs(client, "BTCUSDT", 5.0)
+    journal = tmp_path / "journal"
+    with journal.open("w") as stderr:
+        found = os.fstat(stderr.fileno())
+        env = clean_env(
+            REDIS_URL=redis_url,
+            SYMBOLS="BTCUSDT",
+            JOURNAL_STREAM=f"{found.st_dev}:{found.st_ino}",  # what systemd sets
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "harvest_async", "run", "--once"],
+            env=env,
+            stderr=stderr,
+            timeout=20,
+            check=False,
+        )
+    assert done.returncode == 0
+    lines = journal.read_text().splitlines()
+    assert any("publish BTCUSDT" in line for line in lines), lines
+    assert all(line.startswith("<6>INFO    harvest_async.") for line in lines), lines
+
+
 def test_once_honours_prefixes_and_stream_name(
     redis_url: str, client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -279,6 +324,13 @@ def test_live_change_then_sigterm_exits_0_promptly(
         assert proc.wait(timeout=10) == 0, log()
         assert time.perf_counter() - stopping < 3.0
     assert "SIGTERM received" in log()
+    # the startup line says what runs where; the last one what it finished
+    (started,) = [line for line in log().splitlines() if " running: " in line]
+    assert f"harvest-async {__version__} running: instance=sigterm theta_id=" in started
+    assert f"theta_id={theta_id_for(Theta())} symbols=1 listed (BTCUSDT)" in started
+    assert f"redis={redis_url}" in started
+    last = log().strip().splitlines()[-1]
+    assert "stopped after 4 writes (1 symbols tracked); liveness key deleted" in last
 
 
 @pytest.mark.parametrize("url", ["unix:///nonexistent/redis.sock", "redis://127.0.0.1:1/0"])

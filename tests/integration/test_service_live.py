@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from harvest_async.config import Settings, settings_from_env
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
-from harvest_async.core.ports import PublishOut, RetractOut
+from harvest_async.core.ports import NullHooks, PublishOut, RetractOut
 from harvest_async.core.proposal import PROPOSAL_FIELDS, theta_id_for
 from harvest_async.service.app import serve
 from harvest_async.service.runner import Runner
@@ -182,7 +182,7 @@ def make_settings(url: str, **env: str) -> Settings:
     return settings_from_env(base)
 
 
-class Recorder:
+class Recorder(NullHooks):
     """Observer: what the engine published/retracted/flagged."""
 
     def __init__(self) -> None:
@@ -198,9 +198,6 @@ class Recorder:
 
     def on_invalid(self, symbol: str, reason: str) -> None:
         self.invalid.append((symbol, reason))
-
-    def on_compute(self, seconds: float) -> None:
-        pass
 
 
 @asynccontextmanager

@@ -44,10 +44,12 @@ def jsonl(cases: list[dict[str, Any]]) -> bytes:
     return b"".join(msgspec.json.encode(c) + b"\n" for c in cases)
 
 
-def run(data: bytes | str, theta: Theta | None = None) -> tuple[int, list[dict[str, Any]]]:
+def run(
+    data: bytes | str, theta: Theta | None = None, read_bytes: int = whatif.READ_BYTES
+) -> tuple[int, list[dict[str, Any]]]:
     out = io.BytesIO()
     stream = io.BytesIO(data) if isinstance(data, bytes) else io.StringIO(data)
-    status = whatif.run_compute(stream, out, theta)
+    status = whatif.run_compute(stream, out, theta, read_bytes=read_bytes)
     return status, [json.loads(line) for line in out.getvalue().splitlines()]
 
 
@@ -474,12 +476,11 @@ def test_jsonl_details_blank_lines_crlf_bom_and_no_final_newline() -> None:
     assert_exact(out[2], VECTORS[1])
 
 
-def test_jsonl_across_tiny_read_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_jsonl_across_tiny_read_blocks() -> None:
     """Lines split across reads are reassembled (the reader works in blocks)."""
-    monkeypatch.setattr(whatif, "_READ_BYTES", 7)
     cases = [case_input(c) for c in VECTORS[:30]]
     cases[11] = bad_position_case(side="long")
-    status, out = run(jsonl(cases) + b"\n\n")
+    status, out = run(jsonl(cases) + b"\n\n", read_bytes=7)
     assert status == 1
     assert len(out) == 30
     assert out[11]["index"] == 11
@@ -488,9 +489,9 @@ def test_jsonl_across_tiny_read_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
         assert_exact(out[i], VECTORS[i])
 
 
-def test_array_across_tiny_read_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(whatif, "_READ_BYTES", 3)
-    status, out = run(b"\n  \n" + msgspec.json.encode([case_input(c) for c in VECTORS[:5]]))
+def test_array_across_tiny_read_blocks() -> None:
+    data = b"\n  \n" + msgspec.json.encode([case_input(c) for c in VECTORS[:5]])
+    status, out = run(data, read_bytes=3)
     assert status == 0
     for got, case in zip(out, VECTORS[:5], strict=True):
         assert_exact(got, case)

@@ -1,4 +1,4 @@
-"""`explain`: the verdict from a snapshot of Redis and a time (tools/explain.py, pure).
+"""`explain`: the verdict from a snapshot of Redis and a time (tools/explain/decide.py, pure).
 
 The snapshots are built the way Redis holds them; the verdicts must be what the engine's
 own pieces (codec, kernel, gate) decide. The command on a real server:

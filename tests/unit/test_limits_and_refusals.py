@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from redis import exceptions as rexc
 
 from harvest_async.config import ConfigError, settings_from_env
 from harvest_async.core.input_hashes import OVERSIZED, USED_FIELDS, NoAdvice, trim
 from harvest_async.core.inputs import parse_market, parse_position, parse_risk
-from harvest_async.errors import PermissionDenied, RedisUnavailable
-from harvest_async.redis_io.client import refused
+from harvest_async.errors import AuthenticationFailed, PermissionDenied, RedisUnavailable
+from harvest_async.redis_io.client import redis_errors, refused
 from harvest_async.redis_io.inputs_io import InputLimits, decode_reply
 
 
@@ -96,3 +97,64 @@ def test_other_refusals_are_outages() -> None:
     error = refused("writing", RuntimeError("OOM command not allowed"))
     assert type(error) is RedisUnavailable
     assert str(error) == "writing: OOM command not allowed"
+
+
+_NO_PASSWORD = (
+    "AUTH <password> called without any password configured for the default user. "
+    "Are you sure your configuration is correct?"
+)
+
+
+@pytest.mark.parametrize(
+    ("raised", "kind", "text"),
+    [
+        (rexc.ConnectionError("Error 111 connecting"), RedisUnavailable,
+         "reading: ConnectionError: Error 111 connecting"),
+        (rexc.TimeoutError("Timeout reading"), RedisUnavailable,
+         "reading: TimeoutError: Timeout reading"),
+        (rexc.ResponseError("OOM command not allowed"), RedisUnavailable,
+         "reading: OOM command not allowed"),
+        (rexc.NoPermissionError("User u has no permissions to run the 'hgetall' command"),
+         PermissionDenied, "permission denied: command hgetall while reading"),
+        (rexc.AuthenticationError("invalid username-password pair"), AuthenticationFailed,
+         "reading: Redis refused our credentials (invalid username-password pair); check the"),
+        (rexc.ResponseError(_NO_PASSWORD), AuthenticationFailed,
+         "reading: Redis refused our credentials (AUTH <password> called without any password"),
+    ],
+)  # fmt: skip
+async def test_redis_errors_translates_each_kind_once(
+    raised: Exception, kind: type[RedisUnavailable], text: str
+) -> None:
+    with pytest.raises(RedisUnavailable) as caught:
+        async with redis_errors("reading"):
+            raise raised
+    assert type(caught.value) is kind
+    assert str(caught.value).startswith(text)
+    assert caught.value.__cause__ is raised
+
+
+async def test_an_unneeded_password_is_named_as_such() -> None:
+    with pytest.raises(AuthenticationFailed) as caught:
+        async with redis_errors("connecting"):
+            raise rexc.ResponseError(_NO_PASSWORD)
+    assert "the server has no password: remove it from REDIS_URL" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "reply", ["WRONGTYPE Operation against a key holding the wrong kind of value", "NOPERM x"]
+)
+async def test_redis_errors_without_replies_leaves_error_replies_to_the_caller(
+    reply: str,
+) -> None:
+    with pytest.raises(rexc.ResponseError):
+        async with redis_errors("reading", replies=False):
+            raise rexc.ResponseError(reply)
+    with pytest.raises(RedisUnavailable):
+        async with redis_errors("reading", replies=False):
+            raise rexc.ConnectionError("gone")
+
+
+async def test_redis_errors_leaves_other_errors_alone() -> None:
+    with pytest.raises(ValueError, match="a bug"):
+        async with redis_errors("reading"):
+            raise ValueError("a bug")

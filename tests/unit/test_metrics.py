@@ -10,13 +10,9 @@ from prometheus_client import REGISTRY, generate_latest
 
 from harvest_async.core.models import Decision, KComponents, Theta
 from harvest_async.core.ports import PublishOut, RetractOut
-from harvest_async.service.metrics import (
-    ACTION_CODES,
-    METRIC_NAMES,
-    Metrics,
-    combine,
-    serve_metrics,
-)
+from harvest_async.service.fanout import combine
+from harvest_async.service.metrics import ACTION_CODES, METRIC_NAMES, Metrics
+from harvest_async.service.metrics_server import serve_metrics
 
 T0 = 1_700_000_000.0
 

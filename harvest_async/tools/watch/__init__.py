@@ -10,11 +10,13 @@ Plain ANSI escape codes (alternate screen, cursor home, erase line): works over 
 tmux without curses. Ctrl-C, SIGTERM or `q` exit cleanly and restore the terminal.
 `--once` prints one snapshot (no escape codes unless colour is asked for) for scripts.
 
-Modules: `model` (rows), `render` (the table and the terminal), `live` (Redis and the loop).
+Modules: `model` (rows), `render` (the table and the terminal), `watcher` (Redis: notifications,
+re-reads, liveness), `live` (the loop and the command).
 """
 
-from harvest_async.tools.watch.live import Watcher, live, run_watch
+from harvest_async.tools.watch.live import live, run_watch
 from harvest_async.tools.watch.model import WatchModel, use_color
 from harvest_async.tools.watch.render import Terminal, render
+from harvest_async.tools.watch.watcher import Watcher
 
 __all__ = ["Terminal", "WatchModel", "Watcher", "live", "render", "run_watch", "use_color"]

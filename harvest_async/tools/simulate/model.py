@@ -1,50 +1,16 @@
-"""Synthetic input producer: random-walk prices, regime shifts, positions opening and closing.
-
-`Simulator` is a pure, deterministic generator (one `random.Random(seed)`, no clock, no
-I/O): the same symbols, seed and sequence of calls give the same writes, so tests and the
-benchmark can reproduce a run exactly. `run_simulator` paces it at a given rate and writes
-the three input hashes into Redis the way the real producers do: the whole hash with
-`HSET` and a TTL (market state 600 s, positions 3600 s), a closed position as a `FLAT`
-hash or a `DEL`.
-
-What a run contains, so that every proposal action and every retraction shows up:
-
-* prices: a geometric random walk per symbol; an open position's hash is rewritten on each
-  tick with `unrealized_pnl = (price - entry) * quantity * sign`. Quantities stay near 1
-  so that the default `r_basis = "price"` kernel sees R multiples spread over all tranches
-  (NONE .. PARTIAL_75) rather than jumping to the top one.
-* market state: small drifts of `sigma`, `ts` and the regime probabilities (which sum to
-  1); occasional regime shifts (a flip to chop/mean-reversion, a sigma spike, or both)
-  that push the kill score over the threshold (FULL_CLOSE_PROPOSED), and back.
-* risk proposals: `stop_dist_pct` between 0.3 % and 2 %, sometimes absent (fallback stop).
-* positions open (LONG or SHORT, sometimes with a `stop_loss`) and close (a `FLAT` hash or
-  the key deleted): retractions for `flat` and `no_position`.
-* occasionally a stale input (`ts_timestamp` or `ts_epoch` `stale_age` seconds in the
-  past): a `stale_*` retraction until the next fresh write of that hash.
-"""
+"""The simulator itself: pure and deterministic (one `random.Random(seed)`, no clock, no
+I/O); what a run contains is in the package's docstring."""
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
 
-from harvest_async.clock import Clock
-from harvest_async.core.keys import Keys
-from harvest_async.redis_io.client import Client
-from harvest_async.redis_io.input_writer import InputWriter
-
-__all__ = [
-    "KINDS",
-    "TTL_SEC",
-    "InputWrite",
-    "Simulator",
-    "run_simulator",
-    "symbols_for",
-]
+__all__ = ["KINDS", "TTL_SEC", "InputWrite", "Simulator", "symbols_for"]
 
 KINDS = ("marketstate", "risk", "position")
 
@@ -367,54 +333,3 @@ class Simulator:
         if sym.take_profit is not None:
             fields["take_profit"] = repr(sym.take_profit)
         return InputWrite(now, "position", sym.symbol, "set", fields)
-
-
-async def run_simulator(
-    client: Client,
-    keys: Keys,
-    sim: Simulator,
-    *,
-    rate: float,
-    duration: float | None,
-    clock: Clock,
-    initial: bool = True,
-    tick: float | None = None,
-    on_write: Callable[[int], None] | None = None,
-    streams: Mapping[str, str] | None = None,
-) -> int:
-    """Write `sim`'s changes into Redis at `rate` changes/s for `duration` s (None: until
-    cancelled); first the initial snapshot unless `initial=False`. Returns the number of
-    hash writes (snapshot included); `on_write(n)` is called after each written batch.
-    `streams` (kind -> stream name): also append each change there (InputWriter)."""
-    if not rate > 0:
-        raise ValueError(f"rate must be > 0, got {rate}")
-    writer = InputWriter(client, keys, ttl=TTL_SEC, label="simulator write", streams=streams)
-    written = 0
-    if initial:
-        snapshot = sim.initial()
-        for start in range(0, len(snapshot), 5000):
-            chunk = snapshot[start : start + 5000]
-            await writer.write(chunk, stream_at=clock.now())
-            written += len(chunk)
-            if on_write is not None:
-                on_write(len(chunk))
-    step = tick if tick is not None else min(0.05, max(0.002, 1.0 / rate))
-    max_batch = max(1, int(rate * 0.2))
-    began = clock.now()
-    emitted = 0
-    total = None if duration is None else int(duration * rate)
-    while True:
-        now = clock.now()
-        due = int((now - began) * rate) - emitted
-        if total is not None:
-            due = min(due, total - emitted)
-        if due > 0:
-            batch = sim.advance(now, min(due, max_batch))
-            await writer.write(batch, stream_at=now)
-            emitted += len(batch)
-            written += len(batch)
-            if on_write is not None:
-                on_write(len(batch))
-        if total is not None and emitted >= total:
-            return written
-        await clock.sleep_until(now + step)
