@@ -71,7 +71,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_timeout_sec: float = 5.0
 
 
-
 def _get(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     if value is None:
