@@ -53,10 +53,11 @@ def market(**over: str | None) -> dict[str, str]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def position(pnl: float = 0.0, symbol: str = SYM, **over: str | None) -> dict[str, str]:
+def position(pnl: float = 0.0, symbol: str | None = SYM, **over: str | None) -> dict[str, str]:
     """LONG 1 @ 100 opened and snapshotted now. With a 2 % stop (risk unit 2, cost 0.1)
     R = (pnl - 0.1) / 2: pnl 0 -> NONE, 5 -> PARTIAL_25 (+ profit lock), 9 -> PARTIAL_50,
-    13 -> PARTIAL_75; with a 1 % stop pnl 5 -> PARTIAL_50. None in `over` removes a field.
+    13 -> PARTIAL_75; with a 1 % stop pnl 5 -> PARTIAL_50. None in `over` (or `symbol`)
+    leaves that field out.
     """
     fields: dict[str, str | None] = {
         "symbol": symbol,
