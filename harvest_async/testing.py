@@ -109,7 +109,8 @@ class MemorySink:
 
     * `fail`: the next N writes raise RedisUnavailable, having written nothing;
     * `refuse`: a write with an output for one of these symbols is refused whole
-      (WriteRefused, e.g. NOPERM on one key); the other outputs are its collateral;
+      (WriteRefused with `refusal` as Redis's reply: out of memory, or NOPERM on one
+      key); the other outputs are its collateral;
     * `audit_refused`: the audit entries are refused inside the transaction after the
       hashes changed (WriteRefused, every output `touched`: e.g. the stream key holds
       another type), so the hashes no longer say what was confirmed;
@@ -125,6 +126,7 @@ class MemorySink:
         self.attempts = 0  # calls of write(), failed ones included
         self.fail = 0
         self.refuse: set[str] = set()
+        self.refusal = "OOM command not allowed when used memory > 'maxmemory' (test)"
         self.audit_refused = False
         self.uncertain: bool | None = None
         self.unanswered = 0
@@ -157,7 +159,7 @@ class MemorySink:
             raise RedisUnavailable("sink down (test)")
         if any(out.symbol in self.refuse for out in outputs):
             collateral = [out for out in outputs if out.symbol not in self.refuse]
-            raise WriteRefused("NOPERM refused (test)", collateral=collateral)
+            raise WriteRefused(self.refusal, collateral=collateral)
         if self.audit_refused:
             self._apply_hashes(outputs)
             raise WriteRefused("WRONGTYPE audit stream (test)", touched=outputs)
