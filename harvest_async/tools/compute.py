@@ -45,8 +45,9 @@ __all__ = ["ServiceChecks", "run_compute"]
 
 _DEFAULT_THETA = Theta()
 
-# JSON lines are read in blocks of this size, so memory stays bounded for any input.
-_READ_BYTES = 4 << 20
+# JSON lines are read in blocks of this size, so memory stays bounded for any input
+# (public: tests shrink it to split lines across blocks).
+READ_BYTES = 4 << 20
 
 
 class _Case(msgspec.Struct, gc=False):
@@ -402,7 +403,7 @@ def _run_array(data: bytes, runner: _Runner) -> None:
 def _blocks(first: bytes, stream: IO[bytes]) -> Iterator[bytes]:
     yield first
     while True:
-        block = stream.read(_READ_BYTES)
+        block = stream.read(READ_BYTES)
         if not block:
             return
         yield block
@@ -458,7 +459,7 @@ def run_compute(
     # Find the first non-blank byte to choose array vs JSON lines.
     head = b""
     while True:
-        block = reader.read(_READ_BYTES)
+        block = reader.read(READ_BYTES)
         if not block:
             break
         head += block

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ._docker import ROOT, Container, compose_command, sh, wait_for
+from .containers import ROOT, Container, compose_command, sh, wait_for
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 

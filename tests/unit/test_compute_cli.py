@@ -476,7 +476,7 @@ def test_jsonl_details_blank_lines_crlf_bom_and_no_final_newline() -> None:
 
 def test_jsonl_across_tiny_read_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lines split across reads are reassembled (the reader works in blocks)."""
-    monkeypatch.setattr(whatif, "_READ_BYTES", 7)
+    monkeypatch.setattr(whatif, "READ_BYTES", 7)
     cases = [case_input(c) for c in VECTORS[:30]]
     cases[11] = bad_position_case(side="long")
     status, out = run(jsonl(cases) + b"\n\n")
@@ -489,7 +489,7 @@ def test_jsonl_across_tiny_read_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_array_across_tiny_read_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(whatif, "_READ_BYTES", 3)
+    monkeypatch.setattr(whatif, "READ_BYTES", 3)
     status, out = run(b"\n  \n" + msgspec.json.encode([case_input(c) for c in VECTORS[:5]]))
     assert status == 0
     for got, case in zip(out, VECTORS[:5], strict=True):
