@@ -28,6 +28,7 @@ Imports the core, the clock and anyio; never redis (the import contracts enforce
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import anyio
@@ -35,6 +36,7 @@ import anyio.lowlevel
 
 from harvest_async.clock import FakeClock
 from harvest_async.core.input_hashes import Hash, SymbolInputs
+from harvest_async.core.keys import Keys
 from harvest_async.core.ports import Changed, Event, Gap, Output, PublishOut, Started
 from harvest_async.errors import RedisUnavailable, WriteRefused, WriteUncertain
 
@@ -48,7 +50,8 @@ class MemoryStore:
     """The input hashes and the proposal hashes, as a Redis database would hold them.
 
     Implements `core.ports.InputReader`. `inputs` and `proposals` are plain dicts the
-    test may read and change at will; `fetches` lists the symbols of every fetch.
+    test may read and change at will; `fetches` lists the symbols of every fetch, and
+    `proposal_reads` those of every read of the proposal hashes (None: all of them).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class MemoryStore:
         self.inputs: dict[str, SymbolInputs] = {i.symbol: i for i in items}
         self.proposals: dict[str, Hash] = dict(proposals or {})
         self.fetches: list[list[str]] = []
+        self.proposal_reads: list[list[str] | None] = []
 
     # -- what producers do --------------------------------------------------------------
     def set_inputs(self, inputs: SymbolInputs) -> None:
@@ -96,6 +100,7 @@ class MemoryStore:
         return sorted(with_position | self.proposals.keys())
 
     async def read_published(self, symbols: Sequence[str] | None) -> dict[str, Hash]:
+        self.proposal_reads.append(None if symbols is None else list(symbols))
         await anyio.lowlevel.checkpoint()
         names = list(self.proposals) if symbols is None else symbols
         return {s: dict(self.proposals[s]) for s in names if s in self.proposals}
@@ -193,10 +198,13 @@ class ManualSource:
     """A change source the test drives: implements `core.ports.ChangeSource`.
 
     `changed` and `gap` deliver events to the runner it was started by, synchronously
-    (as the Redis source does when a notification arrives).
+    (as the Redis source does when a notification arrives). `notify(key)` is a keyspace
+    notification for a key, delivered only if the Redis source's patterns
+    (`Keys.keyspace_patterns`) cover it, as the event its `Keys.classify` makes of it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keys: Keys | None = None) -> None:
+        self.keys = keys or Keys()
         self._emit: Callable[[Event], None] | None = None
 
     @property
@@ -225,3 +233,33 @@ class ManualSource:
     def gap(self, reason: str = "resubscribed") -> None:
         """Notifications may have been lost (a reconnect, a resubscribe)."""
         self.emit(Gap(reason))
+
+    def notify(self, key: str) -> bool:
+        """A keyspace notification for `key` (e.g. `keys.risk("BTCUSDT")`); True if it
+        reached the runner as a change."""
+        channel = self.keys.keyspace_channel_prefix() + key
+        if not any(_glob_match(p, channel) for p in self.keys.keyspace_patterns()):
+            return False  # not subscribed: Redis would not deliver it
+        found = self.keys.classify(key)
+        if found is None:
+            return False
+        kind, symbol = found
+        self.emit(Changed(symbol, kind))
+        return True
+
+
+def _glob_match(pattern: str, text: str) -> bool:
+    """Redis's glob as `Keys` builds patterns: `*`, `?` and backslash escapes (it escapes
+    every other special character of a prefix)."""
+    out = []
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            out.append(re.escape(next(chars, "\\")))
+        elif ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+    return re.fullmatch("".join(out), text, re.DOTALL) is not None

@@ -115,9 +115,14 @@ async def test_floor_trailing_edge_on_the_fake_clock() -> None:
         (out,) = h.sink.batches[1]
         assert isinstance(out, PublishOut)
         assert out.decision.harvest_action == "PARTIAL_50"  # the latest state
+        assert out.trigger == "change"
         assert out.at == T0 + FLOOR
         await settle()
         assert len(h.sink.batches) == 2
+        h.clock.advance(FLOOR)
+        await settle()
+        assert len(h.sink.batches) == 2  # and nothing after it
+        assert [e["harvest_action"] for e in h.sink.audit_of("A")] == ["NONE", "PARTIAL_50"]
 
 
 async def test_floor_revert_publishes_nothing() -> None:
