@@ -27,6 +27,7 @@ from harvest_async.tools.embedded_server import (
     ServerBinary,
     find_redis_servers,
 )
+from tests.support.live import client  # noqa: F401 - the shared `client` fixture
 
 _SERVER_FIXTURES = frozenset(
     {"redis_binary", "redis_server", "redis_url", "fresh_redis_server", "redis_server_factory"}

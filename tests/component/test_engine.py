@@ -7,58 +7,24 @@ import random
 import pytest
 
 from harvest_async.core import engine as engine_mod
-from harvest_async.core.engine import Engine, EngineConfig
+from harvest_async.core.engine import Engine
 from harvest_async.core.gate import GateConfig
 from harvest_async.core.input_hashes import SymbolInputs
 from harvest_async.core.kernel import compute
 from harvest_async.core.models import Theta
 from harvest_async.core.ports import Output, PublishOut, RetractOut
-
-T0 = 1_700_000_000.0
-FLOOR = 10.0
-HEARTBEAT = 60.0
-
-MS = {"sigma": "0.01", "ts": "0.35", "p_trend": "0.5", "p_mr": "0.2", "p_chop": "0.3"}
-RISK = {"stop_dist_pct": "0.02"}
-# entry 100, stop 2 %, cost 0.1: R = (pnl - 0.1) / 2
-NONE_PNL = 1.0  # R 0.45: NONE, no SL
-P25_PNL = 5.0  # R 2.45: PARTIAL_25 + profit lock
-P50_PNL = 9.0  # R 4.45: PARTIAL_50
-P75_PNL = 13.0  # R 6.45: PARTIAL_75
-
-
-def pos(pnl: float = NONE_PNL, **changes: str | None) -> dict[str, str]:
-    out = {
-        "side": "LONG",
-        "entry_price": "100",
-        "unrealized_pnl": repr(pnl),
-        "current_price": "101",
-        "quantity": "1",
-    }
-    for name, value in changes.items():
-        if value is None:
-            out.pop(name, None)
-        else:
-            out[name] = value
-    return out
-
-
-def inp(
-    sym: str = "A",
-    pnl: float = NONE_PNL,
-    *,
-    ms: dict[str, str] | None = MS,
-    risk: dict[str, str] | None = RISK,
-    position: dict[str, str] | bool | None = True,
-    **changes: str | None,
-) -> SymbolInputs:
-    p = pos(pnl, **changes) if position is True else position or None
-    return SymbolInputs(sym, marketstate=ms, risk=risk, position=p)
-
-
-def make(**kwargs: object) -> Engine:
-    kwargs.setdefault("gate", GateConfig(floor_sec=FLOOR, heartbeat_sec=HEARTBEAT))
-    return Engine(EngineConfig(**kwargs))  # type: ignore[arg-type]
+from tests.support.component import (
+    FLOOR,
+    HEARTBEAT,
+    MS,
+    NONE_PNL,
+    P25_PNL,
+    P50_PNL,
+    P75_PNL,
+    T0,
+    engine_for,
+    inp,
+)
 
 
 def publish(e: Engine, sym: str, now: float) -> PublishOut:
@@ -70,7 +36,7 @@ def publish(e: Engine, sym: str, now: float) -> PublishOut:
 
 def started(*syms: str, now: float = T0, **kwargs: object) -> tuple[Engine, list[PublishOut]]:
     """An engine past its startup pass with `syms` published at `now` (pnl NONE)."""
-    e = make(**kwargs)
+    e = engine_for(**kwargs)
     outs = []
     for sym in syms:
         e.observe(inp(sym))
@@ -83,7 +49,7 @@ def started(*syms: str, now: float = T0, **kwargs: object) -> tuple[Engine, list
 
 
 def test_startup_publish_then_change() -> None:
-    e = make()
+    e = engine_for()
     assert e.starting
     assert e.observe(inp("A"))
     first = e.evaluate("A", T0)
@@ -105,7 +71,7 @@ def test_startup_publish_then_change() -> None:
 
 
 def test_second_publish_during_startup_pass_is_a_change() -> None:
-    e = make()
+    e = engine_for()
     e.observe(inp("A"))
     publish(e, "A", T0)
     e.observe(inp("A", P25_PNL))
@@ -119,7 +85,7 @@ def test_symbol_first_seen_after_startup_is_a_change() -> None:
 
 
 def test_identical_inputs_are_not_recomputed() -> None:
-    e = make()
+    e = engine_for()
     assert e.observe(inp("A"))
     assert not e.observe(inp("A"))  # equal content, new objects
     assert e.observe(inp("A", P25_PNL))
@@ -211,7 +177,7 @@ def test_heartbeat_keeps_plan_id_with_new_seq() -> None:
 
 
 def test_heartbeat_shows_the_position_age_advancing() -> None:
-    e = make()
+    e = engine_for()
     e.observe(inp("A", created_at=repr(T0 - 3600)))
     first = publish(e, "A", T0)
     assert float(first.fields["position_age_sec"]) == pytest.approx(3600.0)
@@ -295,7 +261,7 @@ def test_future_stamp_retracts_then_publishes_when_within_the_skew() -> None:
 
 @pytest.mark.parametrize(("bad", "reason"), RETRACTIONS)
 def test_no_retraction_when_nothing_was_published(bad: SymbolInputs, reason: str) -> None:
-    e = make()
+    e = engine_for()
     e.starting = False
     e.observe(bad)
     assert e.evaluate("A", T0) is None
@@ -371,7 +337,7 @@ def test_seq_keeps_increasing_when_a_closed_symbol_is_forgotten_and_comes_back()
 
 def existing(at: float, pnl: float = NONE_PNL, **config: object) -> dict[str, str]:
     """A proposal hash as a previous run of this service wrote it at `at`."""
-    prev = make(**config)
+    prev = engine_for(**config)
     prev.observe(inp("A", pnl))
     out = prev.evaluate("A", at)
     assert isinstance(out, PublishOut)
@@ -380,7 +346,7 @@ def existing(at: float, pnl: float = NONE_PNL, **config: object) -> dict[str, st
 
 def test_adopts_matching_young_hash() -> None:
     old = existing(T0 - 20)
-    e = make()
+    e = engine_for()
     e.note_existing("A", old)
     e.observe(inp("A"))
     assert e.evaluate("A", T0) is None  # adopted, not re-published
@@ -397,7 +363,7 @@ def test_adopts_matching_young_hash() -> None:
 
 def test_adopted_hash_keeps_the_floor() -> None:
     old = existing(T0 - 5)
-    e = make()
+    e = engine_for()
     e.note_existing("A", old)
     e.observe(inp("A"))
     assert e.evaluate("A", T0) is None
@@ -408,7 +374,7 @@ def test_adopted_hash_keeps_the_floor() -> None:
 
 def test_adopted_hash_schedules_its_heartbeat() -> None:
     old = existing(T0 - 20)
-    e = make()
+    e = engine_for()
     e.note_existing("A", old)
     e.observe(inp("A"))
     assert e.evaluate("A", T0) is None
@@ -456,7 +422,7 @@ ORIGINAL_FORMAT = {  # the original publisher's hash: no plan_id, ts_epoch, seq,
     ],
 )
 def test_existing_hash_is_replaced(fields: dict[str, str]) -> None:
-    e = make()
+    e = engine_for()
     e.note_existing("A", fields)
     e.observe(inp("A"))
     out = e.evaluate("A", T0)
@@ -467,7 +433,7 @@ def test_existing_hash_is_replaced(fields: dict[str, str]) -> None:
 
 def test_seq_exceeds_an_adopted_hash_seq() -> None:
     big = int(T0 * 1000) + 10**9  # e.g. written by a host whose clock ran ahead
-    e = make()
+    e = engine_for()
     e.note_existing("A", {**existing(T0 - 20), "seq": str(big)})
     e.observe(inp("A", P25_PNL))  # differs: replaced
     out = e.evaluate("A", T0)
@@ -475,7 +441,7 @@ def test_seq_exceeds_an_adopted_hash_seq() -> None:
 
 
 def test_existing_hash_without_position_is_retracted() -> None:
-    e = make()
+    e = engine_for()
     e.note_existing("A", existing(T0 - 20))
     e.observe(SymbolInputs("A"))
     out = e.evaluate("A", T0)
@@ -510,7 +476,7 @@ def test_seq_strictly_increasing_across_publishes_and_retractions() -> None:
 
 
 def test_symbol_not_configured_is_ignored() -> None:
-    e = make(symbols=("A", "B"))
+    e = engine_for(symbols=("A", "B"))
     assert not e.wants("Z")
     assert not e.observe(inp("Z"))
     e.note_existing("Z", existing(T0 - 20))
@@ -546,7 +512,7 @@ def test_kernel_exception_for_unpublished_symbol_is_quiet(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(engine_mod, "compute", lambda *a: 1 / 0)
-    e = make()
+    e = engine_for()
     e.observe(inp("A"))
     assert e.evaluate("A", T0) is None
     assert e.status("A") == "internal_error"
@@ -607,7 +573,7 @@ def churn() -> tuple[int, int, int]:
     syms = [f"S{i:04d}" for i in range(N_SYMBOLS)]
     pnls = (NONE_PNL, NONE_PNL + 0.02, P25_PNL, P50_PNL, P75_PNL)
     variants = {s: [inp(s, p) for p in pnls] for s in syms}
-    e = make()
+    e = engine_for()
     rng = random.Random(7)
     now = T0
     max_heap = 0

@@ -1,8 +1,9 @@
 """Offline replay: shipped recordings, virtual time, and equality with the live runner.
 
 The strongest check here drives the real `runner.Runner` (the live driver) on a FakeClock
-from the same recording, with in-memory reader/sink/source, and requires the replay's
-output to be byte-identical: the replay is the live engine driven the live way.
+from the same recording, with the shipped in-memory fakes (`harvest_async.testing`) as
+its reader, sink and change source, and requires the replay's output to be identical:
+the replay is the live engine driven the live way.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,14 +19,12 @@ import anyio
 import anyio.lowlevel
 import msgspec
 import pytest
-from anyio.abc import TaskStatus
 
-from harvest_async.clock import FakeClock
 from harvest_async.config import engine_config, settings_from_env
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.gate import GateConfig
-from harvest_async.core.input_hashes import Hash, SymbolInputs
-from harvest_async.core.ports import Changed, Event, Gap, Output, PublishOut
+from harvest_async.core.input_hashes import SymbolInputs
+from harvest_async.core.ports import Output
 from harvest_async.redis_io.publisher import trim
 from harvest_async.replay.compare import compare
 from harvest_async.replay.format import (
@@ -45,6 +43,7 @@ from harvest_async.replay.recording_writer import RecordingWriter, write_recordi
 from harvest_async.replay.replayer import replay
 from harvest_async.replay.timeline import replay_to_file
 from harvest_async.service.runner import Runner
+from harvest_async.testing import KINDS, FakeClock, ManualSource, MemorySink, MemoryStore
 from harvest_async.tools.simulate import Simulator, symbols_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -282,67 +281,16 @@ def test_a_gap_snapshot_is_a_full_resync(tmp_path: Path) -> None:
 # -- the live runner on a FakeClock, from the same recording --------------------------------
 
 
-class _StoreReader:
-    def __init__(self, store: dict[str, list[Hash | None]], sink: _Sink) -> None:
-        self.store = store
-        self.sink = sink
-
-    async def fetch(self, symbols: Sequence[str]) -> list[SymbolInputs]:
-        await anyio.lowlevel.checkpoint()
-        out = []
-        for symbol in symbols:
-            row = self.store.get(symbol)
-            out.append(SymbolInputs(symbol, *row) if row else SymbolInputs(symbol))
-        return out
-
-    async def discover(self) -> list[str]:
-        with_position = {s for s, row in self.store.items() if row[2] is not None}
-        return sorted(with_position | set(self.sink.hashes))
-
-    async def read_published(self, symbols: Sequence[str] | None) -> dict[str, Hash]:
-        names = list(self.sink.hashes) if symbols is None else symbols
-        return {s: dict(self.sink.hashes[s]) for s in names if s in self.sink.hashes}
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.outputs: list[Output] = []
-        self.hashes: dict[str, Hash] = {}
-
-    async def write(self, outputs: Sequence[Output]) -> None:
-        await anyio.lowlevel.checkpoint()
-        self.outputs.extend(outputs)
-        for out in outputs:
-            if isinstance(out, PublishOut):
-                self.hashes[out.symbol] = dict(out.fields)
-            else:
-                self.hashes.pop(out.symbol, None)
-
-
-class _Source:
-    def __init__(self) -> None:
-        self.emit: Callable[[Event], None] = lambda _e: None
-
-    async def run(self, emit: Callable[[Event], None], *, task_status: TaskStatus[None]) -> None:
-        self.emit = emit
-        task_status.started()
-        await anyio.sleep_forever()
-
-
-def _load(
-    state: dict[str, SymbolState], allowed: frozenset[str] | None
-) -> dict[str, list[Hash | None]]:
-    store: dict[str, list[Hash | None]] = {}
+def _inputs(state: dict[str, SymbolState], allowed: frozenset[str] | None) -> list[SymbolInputs]:
+    """A recorded state as the service reads it (only the fields it uses)."""
+    out = []
     for symbol, hashes in state.items():
         if allowed is not None and symbol not in allowed:
             continue
-        row = [
-            trim(k, f) if (f := hashes.get(k)) else None
-            for k in ("marketstate", "risk", "position")
-        ]
+        row = [trim(k, f) if (f := hashes.get(k)) else None for k in KINDS]
         if row != [None, None, None]:
-            store[symbol] = row
-    return store
+            out.append(SymbolInputs(symbol, *row))
+    return out
 
 
 async def live_runner_outputs(path: Path, config: EngineConfig) -> list[dict[str, str]]:
@@ -350,19 +298,18 @@ async def live_runner_outputs(path: Path, config: EngineConfig) -> list[dict[str
     head, lines = read_all(path)
     allowed = frozenset(config.symbols) if config.symbols is not None else None
     clock = FakeClock(head.start)
-    sink = _Sink()
-    store = _load(head.snapshot, allowed)
-    reader = _StoreReader(store, sink)
+    store = MemoryStore(_inputs(head.snapshot, allowed))
+    sink = MemorySink(store)
     engine = Engine(config)
     runner = Runner(
         engine,
-        reader,
+        store,
         sink,
         clock,
         symbols=config.symbols,
         reconcile_every=config.gate.heartbeat_sec,
     )
-    source = _Source()
+    source = ManualSource()
 
     async def run_timers(limit: float, inclusive: bool) -> None:
         while True:
@@ -389,22 +336,20 @@ async def live_runner_outputs(path: Path, config: EngineConfig) -> list[dict[str
                 if isinstance(line, Set | Delete):
                     if allowed is not None and line.symbol not in allowed:
                         continue
-                    row = store.setdefault(line.symbol, [None, None, None])
-                    index = ("marketstate", "risk", "position").index(line.kind)
-                    row[index] = trim(line.kind, line.fields) if isinstance(line, Set) else None
-                    if row == [None, None, None]:
-                        del store[line.symbol]
-                    source.emit(Changed(line.symbol, line.kind))
+                    fields = trim(line.kind, line.fields) if isinstance(line, Set) else None
+                    store.put(line.symbol, line.kind, fields)
+                    source.changed(line.symbol, line.kind)
                 elif isinstance(line, Snapshot):
-                    store.clear()
-                    store.update(_load(line.state, allowed))
-                    source.emit(Gap(line.reason))
+                    store.inputs.clear()
+                    for inputs in _inputs(line.state, allowed):
+                        store.set_inputs(inputs)
+                    source.gap(line.reason)
                 else:
                     assert isinstance(line, End)
             await runner.wait_idle()
         await run_timers(end, inclusive=True)
         tg.cancel_scope.cancel()
-    return [o.audit_fields() for o in sink.outputs]
+    return sink.audit
 
 
 def short_session(path: Path, *, symbols: int = 8, seconds: int = 400, rate: int = 2) -> None:

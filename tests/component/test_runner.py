@@ -1,200 +1,38 @@
 """The runner with an in-memory change source, input reader and sink on a FakeClock.
 
-Time only moves with `clock.advance`; the real-time waits below are safety timeouts for
+The fakes are the package's (`harvest_async.testing`), wired by `tests.support.component`.
+Time only moves with `clock.advance`; the real-time waits are safety timeouts for
 in-memory work that takes a few event-loop turns.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
-from anyio.abc import TaskStatus
 
-from harvest_async.backoff import Backoff
-from harvest_async.clock import FakeClock
-from harvest_async.core.engine import Engine, EngineConfig
-from harvest_async.core.gate import GateConfig
-from harvest_async.core.input_hashes import Hash, SymbolInputs
-from harvest_async.core.ports import Changed, Event, Gap, Output, PublishOut, RetractOut
-from harvest_async.errors import RedisUnavailable, WriteRefused, WriteUncertain
-from harvest_async.service.runner import Runner
-
-T0 = 1_700_000_000.0
-FLOOR = 10.0
-HEARTBEAT = 60.0
-ABC = ("A", "B", "C")
-
-MS = {"sigma": "0.01", "ts": "0.35", "p_trend": "0.5", "p_mr": "0.2", "p_chop": "0.3"}
-RISK = {"stop_dist_pct": "0.02"}
-NONE_PNL, P25_PNL, P50_PNL = 1.0, 5.0, 9.0  # R 0.45 / 2.45 / 4.45
-
-
-def inp(sym: str, pnl: float = NONE_PNL, *, position: bool = True) -> SymbolInputs:
-    pos = {
-        "side": "LONG",
-        "entry_price": "100",
-        "unrealized_pnl": repr(pnl),
-        "current_price": "101",
-        "quantity": "1",
-    }
-    return SymbolInputs(sym, marketstate=MS, risk=RISK, position=pos if position else None)
-
-
-class MemReader:
-    def __init__(self, inputs: dict[str, SymbolInputs]) -> None:
-        self.inputs = inputs
-        self.published: dict[str, Hash] = {}
-        self.fetches: list[list[str]] = []
-
-    async def fetch(self, symbols: Sequence[str]) -> list[SymbolInputs]:
-        self.fetches.append(list(symbols))
-        await anyio.lowlevel.checkpoint()
-        return [self.inputs.get(sym, SymbolInputs(sym)) for sym in symbols]
-
-    async def discover(self) -> list[str]:
-        return [sym for sym, i in self.inputs.items() if i.position is not None]
-
-    async def read_published(self, symbols: Sequence[str] | None) -> dict[str, Hash]:
-        wanted = self.published if symbols is None else symbols
-        return {sym: dict(self.published[sym]) for sym in wanted if sym in self.published}
-
-
-class MemSink:
-    """Records written batches; `fail` makes the next writes raise having written nothing;
-    `refuse` names symbols whose writes Redis refuses (the whole batch aborts, the other
-    outputs are collateral); `uncertain` makes the next write's outcome unknown, after
-    applying it (True) or not (False)."""
-
-    def __init__(self, reader: MemReader) -> None:
-        self.reader = reader
-        self.batches: list[list[Output]] = []
-        self.attempts = 0
-        self.fail = 0
-        self.refuse: set[str] = set()
-        self.uncertain: bool | None = None
-        self.unanswered = 0  # outcome checks that fail before one succeeds
-        self.applied: set[tuple[str, int]] = set()
-
-    async def write(self, outputs: Sequence[Output]) -> None:
-        self.attempts += 1
-        await anyio.lowlevel.checkpoint()
-        if self.fail:
-            self.fail -= 1
-            raise RedisUnavailable("sink down (test)")
-        if any(o.symbol in self.refuse for o in outputs):
-            collateral = [o for o in outputs if o.symbol not in self.refuse]
-            raise WriteRefused("OOM command not allowed (test)", collateral=collateral)
-        uncertain, self.uncertain = self.uncertain, None
-        if uncertain is False:
-            raise WriteUncertain("no reply (test)")
-        self.batches.append(list(outputs))
-        for out in outputs:
-            self.applied.add((out.symbol, out.seq))
-            if isinstance(out, PublishOut):
-                self.reader.published[out.symbol] = dict(out.fields)
-            else:
-                self.reader.published.pop(out.symbol, None)
-        if uncertain:
-            raise WriteUncertain("no reply (test)")
-
-    async def landed(self, outputs: Sequence[Output]) -> bool:
-        await anyio.lowlevel.checkpoint()
-        if self.unanswered:
-            self.unanswered -= 1
-            raise RedisUnavailable("sink down (test)")
-        return (outputs[-1].symbol, outputs[-1].seq) in self.applied
-
-    def publishes(self, symbol: str, since: int = 0) -> list[PublishOut]:
-        return [
-            o
-            for batch in self.batches[since:]
-            for o in batch
-            if isinstance(o, PublishOut) and o.symbol == symbol
-        ]
-
-
-class MemSource:
-    def __init__(self) -> None:
-        self.emit: Callable[[Event], None] | None = None
-
-    async def run(self, emit: Callable[[Event], None], *, task_status: TaskStatus[None]) -> None:
-        self.emit = emit
-        task_status.started()
-        await anyio.sleep_forever()
-
-    def changed(self, symbol: str, kind: str = "position", times: int = 1) -> None:
-        assert self.emit is not None
-        for _ in range(times):
-            self.emit(Changed(symbol, kind))
-
-
-@dataclass
-class Harness:
-    clock: FakeClock
-    reader: MemReader
-    sink: MemSink
-    engine: Engine
-    runner: Runner
-    source: MemSource
-
-
-def build(symbols: tuple[str, ...] | None = ABC, *, reconcile_every: float = 3600.0) -> Harness:
-    clock = FakeClock(T0)
-    reader = MemReader({sym: inp(sym) for sym in symbols or ("A",)})
-    sink = MemSink(reader)
-    engine = Engine(
-        EngineConfig(symbols=symbols, gate=GateConfig(floor_sec=FLOOR, heartbeat_sec=HEARTBEAT))
-    )
-    runner = Runner(
-        engine,
-        reader,
-        sink,
-        clock,
-        symbols=symbols,
-        reconcile_every=reconcile_every,
-        refusal_backoff=Backoff(first=1.0, cap=4.0, jitter=0.0),  # 1, 2, 4, 4 ... s
-    )
-    return Harness(clock, reader, sink, engine, runner, MemSource())
-
-
-@asynccontextmanager
-async def running(h: Harness) -> AsyncIterator[Harness]:
-    async with anyio.create_task_group() as tg:
-        with anyio.fail_after(2):
-            await tg.start(h.runner.run, h.source)
-        try:
-            yield h
-        finally:
-            tg.cancel_scope.cancel()
-
-
-async def until(condition: Callable[[], bool], *, limit: float = 2.0) -> None:
-    """Wait (real time, at most `limit` s) for in-memory work to reach `condition`."""
-    with anyio.fail_after(limit):
-        while not condition():
-            await anyio.lowlevel.checkpoint()
-
-
-async def settle(turns: int = 100) -> None:
-    """Let the runner finish whatever in-memory work it has (no time passes)."""
-    for _ in range(turns):
-        await anyio.lowlevel.checkpoint()
-
-
-async def change(h: Harness, symbol: str, inputs: SymbolInputs, times: int = 1) -> None:
-    """Write new inputs, notify, and wait until the runner has fetched and handled them."""
-    before = len(h.reader.fetches)
-    h.reader.inputs[symbol] = inputs
-    h.source.changed(symbol, times=times)
-    await until(lambda: len(h.reader.fetches) > before)
-    await settle()
-
+from harvest_async.core.ports import PublishOut, RetractOut
+from harvest_async.testing import MemoryStore
+from tests.support.component import (
+    ABC,
+    FLOOR,
+    HEARTBEAT,
+    NONE_PNL,
+    P25_PNL,
+    P50_PNL,
+    T0,
+    Harness,
+    build,
+    change,
+    inp,
+    running,
+    settle,
+    until,
+)
 
 # -- tests ------------------------------------------------------------------------------
 
@@ -206,7 +44,7 @@ async def test_startup_publishes_every_symbol_in_one_batch() -> None:
         (batch,) = h.sink.batches
         assert sorted(o.symbol for o in batch) == list(ABC)
         assert all(isinstance(o, PublishOut) and o.trigger == "startup" for o in batch)
-        assert h.reader.fetches == [list(ABC)]
+        assert h.store.fetches == [list(ABC)]
         assert h.runner.passes == 1
         assert not h.engine.starting
         await settle()
@@ -218,7 +56,7 @@ async def test_startup_adopts_a_matching_hash() -> None:
     async with running(previous):
         pass
     h = build()
-    h.reader.published = {"A": previous.reader.published["A"]}
+    h.store.proposals = {"A": previous.store.proposals["A"]}
     async with running(h):
         (batch,) = h.sink.batches
         assert sorted(o.symbol for o in batch) == ["B", "C"]
@@ -231,7 +69,7 @@ async def test_adopted_hash_heartbeats_on_time() -> None:
         pass
     h = build(reconcile_every=HEARTBEAT)  # as the service configures it
     h.clock.advance(20.0)
-    h.reader.published = {"A": previous.reader.published["A"]}  # written at T0
+    h.store.proposals = {"A": previous.store.proposals["A"]}  # written at T0
     async with running(h):
         assert sorted(o.symbol for o in h.sink.batches[0]) == ["B", "C"]
         h.clock.advance(HEARTBEAT - 20.0)  # T0 + 60: A's hash is a heartbeat old
@@ -239,24 +77,24 @@ async def test_adopted_hash_heartbeats_on_time() -> None:
             await until(lambda: len(h.sink.publishes("A")) == 1)
         (out,) = h.sink.publishes("A")
         assert out.trigger == "heartbeat"
-        assert out.plan_id == previous.reader.published["A"]["plan_id"]
+        assert out.plan_id == previous.store.proposals["A"]["plan_id"]
 
 
 async def test_burst_is_coalesced_into_one_fetch_and_one_publish() -> None:
     h = build()
     async with running(h):
         h.clock.advance(20.0)
-        fetched = len(h.reader.fetches)
+        fetched = len(h.store.fetches)
         h.source.changed("Z", times=100)  # not a configured symbol: ignored
         await change(h, "A", inp("A", P25_PNL), times=10_000)
-        assert h.reader.fetches[fetched:] == [["A"]]
+        assert h.store.fetches[fetched:] == [["A"]]
         assert len(h.sink.batches) == 2
         (out,) = h.sink.batches[1]
         assert isinstance(out, PublishOut)
         assert out.symbol == "A" and out.decision.harvest_action == "PARTIAL_25"
         assert out.trigger == "change"
         await settle()
-        assert len(h.reader.fetches) == fetched + 1
+        assert len(h.store.fetches) == fetched + 1
         assert len(h.sink.batches) == 2
 
 
@@ -277,9 +115,14 @@ async def test_floor_trailing_edge_on_the_fake_clock() -> None:
         (out,) = h.sink.batches[1]
         assert isinstance(out, PublishOut)
         assert out.decision.harvest_action == "PARTIAL_50"  # the latest state
+        assert out.trigger == "change"
         assert out.at == T0 + FLOOR
         await settle()
         assert len(h.sink.batches) == 2
+        h.clock.advance(FLOOR)
+        await settle()
+        assert len(h.sink.batches) == 2  # and nothing after it
+        assert [e["harvest_action"] for e in h.sink.audit_of("A")] == ["NONE", "PARTIAL_50"]
 
 
 async def test_floor_revert_publishes_nothing() -> None:
@@ -301,7 +144,7 @@ async def test_retraction_is_written_inside_the_floor() -> None:
         await until(lambda: len(h.sink.batches) == 2)
         (out,) = h.sink.batches[1]
         assert isinstance(out, RetractOut) and out.reason.startswith("no_position")
-        assert "A" not in h.reader.published
+        assert "A" not in h.store.proposals
 
 
 async def test_heartbeat_on_the_fake_clock() -> None:
@@ -341,13 +184,12 @@ async def test_gap_triggers_a_full_resync() -> None:
     h = build()
     async with running(h):
         h.clock.advance(20.0)
-        h.reader.inputs["B"] = inp("B", P25_PNL)  # changed while notifications were lost
-        fetched = len(h.reader.fetches)
-        assert h.source.emit is not None
-        h.source.emit(Gap("reconnected"))
+        h.store.inputs["B"] = inp("B", P25_PNL)  # changed while notifications were lost
+        fetched = len(h.store.fetches)
+        h.source.gap("reconnected")
         await until(lambda: h.runner.passes == 2)
         await settle()
-        assert h.reader.fetches[fetched:] == [list(ABC)]
+        assert h.store.fetches[fetched:] == [list(ABC)]
         assert len(h.sink.batches) == 2
         (out,) = h.sink.batches[1]
         assert isinstance(out, PublishOut) and out.symbol == "B"
@@ -359,7 +201,7 @@ async def test_sink_failure_is_retried_and_published_once() -> None:
         h.clock.advance(20.0)
         h.sink.fail = 1
         before = h.engine.published("A")
-        h.reader.inputs["A"] = inp("A", P25_PNL)
+        h.store.inputs["A"] = inp("A", P25_PNL)
         h.source.changed("A")
         await until(lambda: h.sink.attempts == 2)
         await settle()
@@ -405,11 +247,10 @@ async def test_all_symbols_mode_tracks_a_new_symbol() -> None:
 async def test_all_symbols_resync_discovers_symbols() -> None:
     h = build(symbols=None)
     async with running(h):
-        h.reader.inputs["D"] = inp("D")  # appeared without a notification
-        assert h.source.emit is not None
-        h.source.emit(Gap("reconnected"))
+        h.store.inputs["D"] = inp("D")  # appeared without a notification
+        h.source.gap("reconnected")
         await until(lambda: len(h.sink.batches) == 2)
-        assert sorted(h.reader.fetches[-1]) == ["A", "D"]
+        assert sorted(h.store.fetches[-1]) == ["A", "D"]
         assert [o.symbol for o in h.sink.batches[1]] == ["D"]
 
 
@@ -465,8 +306,7 @@ async def test_a_refused_symbol_does_not_hold_back_the_others_in_its_batch() -> 
     async with running(h):
         h.clock.advance(20.0)
         h.sink.refuse = {"A"}  # e.g. NOPERM on one proposal key
-        h.reader.inputs.update({sym: inp(sym, P25_PNL) for sym in ABC})
-        assert h.source.emit is not None
+        h.store.inputs.update({sym: inp(sym, P25_PNL) for sym in ABC})
         for sym in ABC:
             h.source.changed(sym)
         await until(lambda: len(h.sink.batches) == 2)
@@ -517,12 +357,12 @@ async def test_nothing_is_written_before_an_uncertain_write_is_settled() -> None
         assert len(h.sink.publishes("A", since=1)) == 1
 
 
-class ChurnReader(MemReader):
+class ChurnStore(MemoryStore):
     """Discovery that takes its snapshot, then lets a producer act before it returns: a
     key created after SCAN passed its slot, its notification consumed during the await."""
 
-    def __init__(self, inputs: dict[str, SymbolInputs]) -> None:
-        super().__init__(inputs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.during_discover: Callable[[], None] | None = None
 
     async def discover(self) -> list[str]:
@@ -535,16 +375,15 @@ class ChurnReader(MemReader):
 
 
 async def test_symbol_created_while_discovery_runs_is_published_by_that_resync() -> None:
-    h = build(symbols=None, reconcile_every=HEARTBEAT)
-    reader = ChurnReader(h.reader.inputs)
-    h.reader = h.runner.reader = h.sink.reader = reader
+    store = ChurnStore([inp("A")])
+    h = build(symbols=None, reconcile_every=HEARTBEAT, store=store)
 
     def new_position() -> None:
-        reader.inputs["NEW"] = inp("NEW", P25_PNL)
+        store.set_inputs(inp("NEW", P25_PNL))
         h.source.changed("NEW")
 
     async with running(h):
-        reader.during_discover = new_position
+        store.during_discover = new_position
         h.clock.advance(HEARTBEAT)  # the periodic reconcile, which scans again
         await until(lambda: h.runner.passes == 2)
         # published by this very reconcile, not a heartbeat later

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ._docker import IMAGE_VARIABLES, ROOT, can_use, engine_problem, official_images, sh
+from .containers import IMAGE_VARIABLES, ROOT, can_use, engine_problem, official_images, sh
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from ._docker import ROOT, Container, can_use, compose_command, official_images, sh, wait_for
+from .containers import ROOT, Container, can_use, compose_command, official_images, sh, wait_for
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ._docker import ROOT, Container, sh, wait_for
+from .containers import ROOT, Container, sh, wait_for
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 

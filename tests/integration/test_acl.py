@@ -16,27 +16,32 @@ import os
 import re
 import shlex
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from functools import partial
 from itertools import count
 from pathlib import Path
-from typing import Any, TypeVar
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
 
 from harvest_async.config import Settings, settings_from_env
-from harvest_async.core.keys import Keys
 from harvest_async.errors import PermissionDenied
 from harvest_async.service.app import serve
-from harvest_async.service.runner import Runner
+from tests.support.live import (
+    KEYS,
+    SYM,
+    absent,
+    audit,
+    connected,
+    logged,
+    passes_above,
+    position,
+    put_inputs,
+    running,
+    service_env,
+    shows_pnl,
+    wait_for,
+)
 
-T = TypeVar("T")
-KEYS = Keys()
-SYM = "BTCUSDT"
 INSTANCE = "vps-1"  # the instance the documented ACL names
 PASSWORD = "acl-test-password"
 OPERATIONS = Path(__file__).parents[2] / "docs" / "operations.md"
@@ -77,132 +82,42 @@ def for_redis_6(text: str) -> str:
     return text.replace("%R~", "~").replace("evalsha_ro", "evalsha")
 
 
-def now() -> float:
-    return time.time()
-
-
-def position(pnl: float = 0.0) -> dict[str, str]:
-    return {
-        "side": "LONG",
-        "quantity": "1.0",
-        "entry_price": "100.0",
-        "current_price": repr(100.0 + pnl),
-        "unrealized_pnl": repr(float(pnl)),
-        "created_at": str(int(now())),
-        "ts_epoch": repr(round(now(), 3)),
-    }
-
-
-async def put_inputs(client: aioredis.Redis, pnl: float = 0.0) -> None:
-    market = {
-        "sigma": "0.005",
-        "ts": "0.5",
-        "p_trend": "0.6",
-        "p_mr": "0.2",
-        "p_chop": "0.2",
-        "ts_timestamp": str(int(now())),
-    }
-    await client.hset(KEYS.marketstate(SYM), mapping=market)  # type: ignore[arg-type]
-    await client.hset(KEYS.risk(SYM), mapping={"stop_dist_pct": "0.02"})  # type: ignore[arg-type]
-    await client.hset(KEYS.position(SYM), mapping=position(pnl))  # type: ignore[arg-type]
-
-
-async def wait_for(
-    probe: Callable[[], Awaitable[T]], what: str, limit: float = 5.0, every: float = 0.005
-) -> T:
-    deadline = time.perf_counter() + limit
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.perf_counter() > deadline:
-            raise AssertionError(f"timed out after {limit} s waiting for {what}")
-        await anyio.sleep(every)
-
-
-def published(client: aioredis.Redis, pnl: float) -> Callable[[], Awaitable[bool]]:
-    async def probe() -> bool:
-        got = await client.hget(KEYS.proposal(SYM), "position_unrealized_pnl")
-        return bool(got == repr(pnl))
-
-    return probe
-
-
-async def audit(client: aioredis.Redis) -> list[dict[str, str]]:
-    entries: Any = await client.xrange(KEYS.stream)
-    return [fields for _id, fields in entries]
-
-
 async def nothing_written(client: aioredis.Redis) -> bool:
     written = await client.exists(KEYS.proposal(SYM), KEYS.stream, KEYS.liveness(INSTANCE))
     return written == 0
 
 
 def env_for(url: str) -> dict[str, str]:
-    return {
-        "REDIS_URL": url,
-        "SYMBOLS": "*",
-        "PUBLISH_INTERVAL_SEC": "0",
-        "MAX_PUBLISH_AGE_SEC": "30",
-        "INSTANCE": INSTANCE,
-        "POLL_INTERVAL_SEC": "0.2",
-    }
+    """Every symbol, and the instance the documented ACL names."""
+    return service_env(url, SYMBOLS="*", INSTANCE=INSTANCE)
 
 
 def make_settings(url: str) -> Settings:
     return settings_from_env(env_for(url))
 
 
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Runner]:
-    box: dict[str, Runner] = {}
-    ready = anyio.Event()
-
-    async def on_ready(runner: Runner) -> None:
-        box["runner"] = runner
-        ready.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve, settings, on_ready=on_ready, handle_signals=False))
-        with anyio.fail_after(10):
-            await ready.wait()
-        try:
-            yield box["runner"]
-        finally:
-            tg.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def admin_client(url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 # -- the documented ACL ------------------------------------------------------------------
 
 
 async def test_the_documented_acl_is_enough(redis_url: str) -> None:
-    async with admin_client(redis_url) as admin:
+    async with connected(redis_url) as admin:
         user = await create_user(admin, documented_acl())
         await put_inputs(admin)
         async with running(make_settings(user_url(redis_url, user))) as runner:
-            await wait_for(published(admin, 0.0), "the first publish")
+            await wait_for(lambda: shows_pnl(admin, 0.0), "the first publish")
             await wait_for(lambda: admin.exists(KEYS.liveness(INSTANCE)), "the liveness key")
             # a closed position is retracted
             await admin.delete(KEYS.position(SYM))
-            await wait_for(lambda: _no_proposal(admin), "the retraction")
+            await wait_for(lambda: absent(admin), "the retraction")
             await admin.hset(KEYS.position(SYM), mapping=position(5.0))  # type: ignore[arg-type]
-            await wait_for(published(admin, 5.0), "the publish after reopening")
+            await wait_for(lambda: shows_pnl(admin, 5.0), "the publish after reopening")
             # every connection dropped: it reconnects, resyncs and follows changes again
             passes = runner.passes
             for kind in ("normal", "pubsub"):
                 await admin.execute_command("CLIENT", "KILL", "USER", user, "TYPE", kind)
-            await wait_for(_above(runner, passes), "the resync after the reconnect")
+            await wait_for(passes_above(runner, passes), "the resync after the reconnect")
             await admin.hset(KEYS.position(SYM), mapping=position(9.0))  # type: ignore[arg-type]
-            await wait_for(published(admin, 9.0), "a publish after the reconnect")
+            await wait_for(lambda: shows_pnl(admin, 9.0), "a publish after the reconnect")
             events = [e["event"] for e in await audit(admin)]
             assert events == ["publish", "retract", "publish", "publish"]
             assert runner.engine.status(SYM) == "ok"
@@ -211,24 +126,13 @@ async def test_the_documented_acl_is_enough(redis_url: str) -> None:
 async def test_config_get_is_optional(redis_url: str) -> None:
     """Without CONFIG GET the service cannot read the notification flags; it starts and
     trusts its canary instead."""
-    async with admin_client(redis_url) as admin:
+    async with connected(redis_url) as admin:
         user = await create_user(admin, without("+config|get", None))
         await put_inputs(admin)
         async with running(make_settings(user_url(redis_url, user))):
-            await wait_for(published(admin, 0.0), "the first publish")
+            await wait_for(lambda: shows_pnl(admin, 0.0), "the first publish")
             await admin.hset(KEYS.position(SYM), mapping=position(5.0))  # type: ignore[arg-type]
-            await wait_for(published(admin, 5.0), "a publish on a change")
-
-
-async def _no_proposal(client: aioredis.Redis) -> bool:
-    return not await client.exists(KEYS.proposal(SYM))
-
-
-def _above(runner: Runner, passes: int) -> Callable[[], Awaitable[bool]]:
-    async def probe() -> bool:
-        return runner.passes > passes
-
-    return probe
+            await wait_for(lambda: shows_pnl(admin, 5.0), "a publish on a change")
 
 
 # -- one permission missing: the start stops, naming it ----------------------------------
@@ -293,7 +197,7 @@ def without(rule: str, replacement: str | None) -> list[str]:
 async def test_a_missing_permission_stops_the_start_naming_it(
     redis_url: str, rule: str, replacement: str | None, named: str
 ) -> None:
-    async with admin_client(redis_url) as admin:
+    async with connected(redis_url) as admin:
         if await is_redis_6(admin):
             if "%R~" in rule + (replacement or ""):
                 pytest.skip("Redis 6.2 has no read-only key permissions (%R~)")
@@ -345,44 +249,42 @@ async def test_a_permission_lost_while_running_is_logged_once_and_waited_for(
     redis_url: str, rule: str, named: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="harvest_async")
-    async with admin_client(redis_url) as admin:
+    async with connected(redis_url) as admin:
         if await is_redis_6(admin):
             rule, named = for_redis_6(rule), for_redis_6(named)
         rules = documented_acl()
         user = await create_user(admin, rules)
         await put_inputs(admin)
         async with running(make_settings(user_url(redis_url, user))):
-            await wait_for(published(admin, 0.0), "the first publish")
+            await wait_for(lambda: shows_pnl(admin, 0.0), "the first publish")
             await admin.execute_command("ACL", "SETUSER", user, "-" + rule[1:])
             if rule == "+multi":
                 # the write in flight when MULTI went away runs without a transaction (its
                 # replies tell); it counts as written, and the next one stops at MULTI
                 await admin.hset(KEYS.position(SYM), mapping=position(1.0))  # type: ignore[arg-type]
-                await wait_for(published(admin, 1.0), "the write without MULTI")
+                await wait_for(lambda: shows_pnl(admin, 1.0), "the write without MULTI")
             await admin.hset(KEYS.position(SYM), mapping=position(5.0))  # type: ignore[arg-type]
             # retried with backoff (0.5, 1, 2 s ...) and logged once
-            await wait_for(lambda: _logged(caplog, named), f"the log line for {named}")
+            await wait_for(lambda: logged(caplog, named), f"the log line for {named}")
             await anyio.sleep(2.0)
-            assert not await published(admin, 5.0)()
+            assert not await shows_pnl(admin, 5.0)
             await admin.execute_command("ACL", "SETUSER", user, rule)
-            await wait_for(published(admin, 5.0), "the publish once permitted", limit=8.0)
+            await wait_for(lambda: shows_pnl(admin, 5.0), "the publish once permitted", limit=8.0)
+            # the all-clear is logged once the write returns: just after it shows in Redis
+            recovered = (
+                "permission granted again"
+                if named.startswith("permission denied")
+                else "Redis refuses proposal writes: cleared"
+            )
+            await wait_for(lambda: logged(caplog, recovered), "the all-clear in the log")
             lines = [r for r in caplog.records if named in r.getMessage()]
             assert len(lines) == 1, [r.getMessage() for r in lines]
             if named.startswith("permission denied"):
                 assert lines[0].levelno == logging.ERROR
-                assert await _logged(caplog, "permission granted again")
             else:
                 assert rule[1:] in lines[0].getMessage()  # the server names the command
                 assert lines[0].levelno == logging.WARNING
-                # logged once the write returns, a moment after it shows in Redis
-                await wait_for(
-                    lambda: _logged(caplog, "Redis refuses proposal writes: cleared"), "cleared"
-                )
         entries = await audit(admin)
         seqs = [e["seq"] for e in entries]
         assert len(seqs) == len(set(seqs)), entries  # no audit entry twice
         assert [e["position_unrealized_pnl"] for e in entries][-1] == repr(5.0)
-
-
-async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
-    return any(text in r.getMessage() for r in caplog.records)

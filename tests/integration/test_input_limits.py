@@ -9,10 +9,8 @@ holds nothing big. The service runs in-process (`service.serve`).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from functools import partial
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -20,91 +18,33 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from harvest_async.clock import SystemClock
-from harvest_async.config import Settings, settings_from_env
+from harvest_async.config import Settings
 from harvest_async.core.input_hashes import OVERSIZED, NoAdvice
 from harvest_async.core.inputs import parse_position
-from harvest_async.core.keys import Keys
 from harvest_async.redis_io.client import client_for
 from harvest_async.redis_io.inputs_io import InputLimits, read_hashes
 from harvest_async.redis_io.publisher import RedisInputReader
 from harvest_async.replay.recorder import Recorder
-from harvest_async.service.app import serve
 from harvest_async.service.runner import Runner
 from harvest_async.tools.doctor import run_doctor
 from harvest_async.tools.embedded_server import EmbeddedRedis
 from harvest_async.tools.server_binaries import ServerBinary
+from tests.support.live import (
+    KEYS,
+    connected,
+    position,
+    proposal,
+    put,
+    put_inputs,
+    running,
+    shows_pnl,
+    wait_for,
+)
+from tests.support.live import make_settings as service_settings
 
-T = TypeVar("T")
-KEYS = Keys()
 BIG = "BIGUSDT"
 OTHER = "BTCUSDT"
 TEN_MB = 10 * 2**20
-
-
-def now() -> float:
-    return time.time()
-
-
-def market() -> dict[str, str]:
-    return {
-        "sigma": "0.005",
-        "ts": "0.5",
-        "p_trend": "0.6",
-        "p_mr": "0.2",
-        "p_chop": "0.2",
-        "ts_timestamp": str(int(now())),
-        "buffer_size": "100",  # a field the codec does not read
-    }
-
-
-def position(pnl: float = 0.0) -> dict[str, str]:
-    return {
-        "side": "LONG",
-        "quantity": "1.0",
-        "entry_price": "100.0",
-        "current_price": repr(100.0 + pnl),
-        "unrealized_pnl": repr(float(pnl)),
-        "created_at": str(int(now())),
-        "ts_epoch": repr(round(now(), 3)),
-    }
-
-
-async def put(client: aioredis.Redis, key: str, fields: dict[str, str]) -> None:
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.delete(key)
-        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-        await pipe.execute()
-
-
-async def put_inputs(client: aioredis.Redis, symbol: str, pnl: float = 0.0) -> dict[str, str]:
-    """Writes the three inputs; returns the market state written."""
-    ms = market()
-    await put(client, KEYS.marketstate(symbol), ms)
-    await put(client, KEYS.risk(symbol), {"stop_dist_pct": "0.02"})
-    await put(client, KEYS.position(symbol), position(pnl))
-    return ms
-
-
-async def wait_for(
-    probe: Callable[[], Awaitable[T]], what: str, limit: float = 5.0, every: float = 0.002
-) -> T:
-    deadline = time.perf_counter() + limit
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.perf_counter() > deadline:
-            raise AssertionError(f"timed out after {limit} s waiting for {what}")
-        await anyio.sleep(every)
-
-
-async def proposal(client: aioredis.Redis, symbol: str) -> dict[str, str]:
-    return await client.hgetall(KEYS.proposal(symbol))  # type: ignore[no-any-return,misc]
-
-
-async def published_pnl(client: aioredis.Redis, symbol: str, pnl: float) -> bool:
-    fields = await proposal(client, symbol)
-    return fields.get("position_unrealized_pnl") == repr(pnl)
 
 
 async def last_retraction(client: aioredis.Redis, symbol: str) -> dict[str, str]:
@@ -116,43 +56,7 @@ async def last_retraction(client: aioredis.Redis, symbol: str) -> dict[str, str]
 
 
 def make_settings(url: str, **env: str) -> Settings:
-    base = {
-        "REDIS_URL": url,
-        "SYMBOLS": f"{OTHER},{BIG}",
-        "PUBLISH_INTERVAL_SEC": "0",
-        "MAX_PUBLISH_AGE_SEC": "30",
-        "INSTANCE": "limits",
-    }
-    base.update(env)
-    return settings_from_env(base)
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Runner]:
-    box: dict[str, Runner] = {}
-    ready = anyio.Event()
-
-    async def on_ready(runner: Runner) -> None:
-        box["runner"] = runner
-        ready.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve, settings, on_ready=on_ready, handle_signals=False))
-        with anyio.fail_after(10):
-            await ready.wait()
-        try:
-            yield box["runner"]
-        finally:
-            tg.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def connected(url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+    return service_settings(url, SYMBOLS=f"{OTHER},{BIG}", INSTANCE="limits", **env)
 
 
 def largest_value(runner: Runner, symbol: str) -> int:
@@ -171,7 +75,7 @@ async def other_symbol_latency(client: aioredis.Redis, pnl: float) -> float:
         pipe.hset(KEYS.position(OTHER), mapping=position(pnl))  # type: ignore[arg-type]
         await pipe.execute()
     sent = time.perf_counter()
-    await wait_for(lambda: published_pnl(client, OTHER, pnl), f"{OTHER} at pnl {pnl}")
+    await wait_for(lambda: shows_pnl(client, pnl, OTHER), f"{OTHER} at pnl {pnl}")
     return time.perf_counter() - sent
 
 
@@ -180,7 +84,7 @@ async def test_a_huge_hash_and_a_huge_value_are_retracted_and_not_kept(redis_url
         for symbol in (OTHER, BIG):
             await put_inputs(client, symbol)
         for symbol in (OTHER, BIG):
-            await wait_for(lambda s=symbol: published_pnl(client, s, 0.0), f"{symbol} published")
+            await wait_for(lambda s=symbol: shows_pnl(client, 0.0, s), f"{symbol} published")
 
         # 100k fields: retracted, saying which key and how many fields
         await client.hset(
@@ -205,7 +109,7 @@ async def test_a_huge_hash_and_a_huge_value_are_retracted_and_not_kept(redis_url
 
         # valid again, then a 10 MB value in a field the codec reads
         await put(client, KEYS.position(BIG), position(1.0))
-        await wait_for(lambda: published_pnl(client, BIG, 1.0), f"{BIG} published again")
+        await wait_for(lambda: shows_pnl(client, 1.0, BIG), f"{BIG} published again")
         await client.hset(KEYS.position(BIG), "unrealized_pnl", "9" * TEN_MB)
         retraction = await wait_for(lambda: last_retraction(client, BIG), "the retraction")
         assert retraction["reason"] == (
@@ -216,9 +120,9 @@ async def test_a_huge_hash_and_a_huge_value_are_retracted_and_not_kept(redis_url
 
         # a 10 MB value in a field the codec does not read is never read at all
         await put(client, KEYS.position(BIG), {**position(2.0), "notes": "x" * TEN_MB})
-        await wait_for(lambda: published_pnl(client, BIG, 2.0), f"{BIG} published again")
+        await wait_for(lambda: shows_pnl(client, 2.0, BIG), f"{BIG} published again")
         assert largest_value(runner, BIG) < 200
-        assert await published_pnl(client, OTHER, 6.0)  # and the other one never stopped
+        assert await shows_pnl(client, 6.0, OTHER)  # and the other one never stopped
 
 
 async def test_the_read_script_tells_absent_empty_oversized_and_wrong_type_apart(
@@ -233,7 +137,7 @@ async def test_the_read_script_tells_absent_empty_oversized_and_wrong_type_apart
                 KEYS.position("WIDE"),
                 mapping={f"f{i}": "1" for i in range(21)},  # type: ignore[arg-type]
             )
-            pos = position()
+            pos = position(symbol=None)  # only fields the service reads
             await admin.hset(KEYS.position("LONGV"), mapping={**pos, "side": "L" * 101})
             await admin.hset(KEYS.position("UNREAD"), mapping={**pos, "notes": "x" * 500})
             await admin.set(KEYS.position("STRING"), "not a hash")
@@ -313,7 +217,7 @@ async def test_a_server_without_evalsha_ro_is_read_with_evalsha(
         await put_inputs(client, BIG)
         async with running(make_settings(server.url)):
             for symbol in (OTHER, BIG):
-                await wait_for(lambda s=symbol: published_pnl(client, s, 0.0), f"{symbol}")
+                await wait_for(lambda s=symbol: shows_pnl(client, 0.0, s), f"{symbol}")
             await client.hset(
                 KEYS.position(BIG),
                 mapping={f"extra{i}": "1" for i in range(300)},  # type: ignore[arg-type]

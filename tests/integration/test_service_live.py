@@ -12,174 +12,37 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 import redis.asyncio as aioredis
 
-from harvest_async.config import Settings, settings_from_env
-from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
 from harvest_async.core.ports import NullHooks, PublishOut, RetractOut
 from harvest_async.core.proposal import PROPOSAL_FIELDS, theta_id_for
-from harvest_async.service.app import serve
-from harvest_async.service.runner import Runner
-
-T = TypeVar("T")
-KEYS = Keys()
-SYM = "BTCUSDT"
-
-
-# -- inputs ------------------------------------------------------------------------------
-
-
-def now() -> float:
-    return time.time()
-
-
-def market(**over: str | None) -> dict[str, str]:
-    """A calm market: no regime flip, no sigma spike, no ts drop (K = 0.5)."""
-    fields: dict[str, str | None] = {
-        "sigma": "0.005",
-        "ts": "0.5",
-        "p_trend": "0.6",
-        "p_mr": "0.2",
-        "p_chop": "0.2",
-        "ts_timestamp": str(int(now())),
-        "mu": "0.0001",
-        "buffer_size": "256",
-    }
-    fields.update(over)
-    return {k: v for k, v in fields.items() if v is not None}
-
-
-FLIP = {"p_trend": "0.1", "p_mr": "0.4", "p_chop": "0.5"}  # K = 0.73: FULL_CLOSE_PROPOSED
-
-
-def position(pnl: float = 0.0, **over: str | None) -> dict[str, str]:
-    """LONG 1 @ 100, stop 2 % (risk unit 2, cost 0.1): R = (pnl - 0.1) / 2.
-
-    pnl 0 -> NONE, 5 -> PARTIAL_25 (+ profit lock), 9 -> PARTIAL_50, 13 -> PARTIAL_75.
-    """
-    fields: dict[str, str | None] = {
-        "symbol": SYM,
-        "side": "LONG",
-        "quantity": "1.0",
-        "entry_price": "100.0",
-        "current_price": repr(100.0 + pnl),
-        "unrealized_pnl": repr(float(pnl)),
-        "created_at": str(int(now())),
-        "ts_epoch": repr(round(now(), 3)),
-    }
-    fields.update(over)
-    return {k: v for k, v in fields.items() if v is not None}
-
-
-def risk(stop: str = "0.02") -> dict[str, str]:
-    return {"stop_dist_pct": stop, "proposed_sl": "98.0"}
-
-
-async def put(client: aioredis.Redis, key: str, fields: dict[str, str]) -> None:
-    """Replace the whole hash atomically (what a producer's rewrite looks like)."""
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.delete(key)
-        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-        await pipe.execute()
-
-
-async def put_inputs(
-    client: aioredis.Redis,
-    symbol: str = SYM,
-    *,
-    pnl: float = 0.0,
-    mkt: dict[str, str] | None = None,
-    pos: dict[str, str] | None = None,
-    keys: Keys = KEYS,
-) -> None:
-    await put(client, keys.marketstate(symbol), mkt if mkt is not None else market())
-    await put(client, keys.risk(symbol), risk())
-    fields = pos if pos is not None else position(pnl)
-    await put(client, keys.position(symbol), {**fields, "symbol": symbol})
-
-
-# -- waiting and reading -----------------------------------------------------------------
-
-
-async def wait_for(
-    probe: Callable[[], Awaitable[T]], what: str, limit: float = 3.0, every: float = 0.003
-) -> T:
-    """Poll `probe` every few ms until it returns something truthy, for at most `limit` s."""
-    deadline = time.perf_counter() + limit
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.perf_counter() > deadline:
-            raise AssertionError(f"timed out after {limit} s waiting for {what}")
-        await anyio.sleep(every)
-
-
-async def proposal(client: aioredis.Redis, symbol: str = SYM, keys: Keys = KEYS) -> dict[str, str]:
-    fields: dict[str, str] = await client.hgetall(keys.proposal(symbol))  # type: ignore[misc]
-    return fields
-
-
-async def audit(client: aioredis.Redis, stream: str = KEYS.stream) -> list[dict[str, str]]:
-    entries = await client.xrange(stream)
-    return [fields for _id, fields in entries]
-
-
-def publishes(entries: list[dict[str, str]], symbol: str = SYM) -> list[dict[str, str]]:
-    return [e for e in entries if e["event"] == "publish" and e["symbol"] == symbol]
-
-
-def retracts(entries: list[dict[str, str]], symbol: str = SYM) -> list[dict[str, str]]:
-    return [e for e in entries if e["event"] == "retract" and e["symbol"] == symbol]
-
-
-async def wait_published(
-    client: aioredis.Redis,
-    check: Callable[[dict[str, str]], bool] = bool,
-    what: str = "a proposal",
-    *,
-    symbol: str = SYM,
-    limit: float = 3.0,
-    keys: Keys = KEYS,
-) -> dict[str, str]:
-    async def probe() -> dict[str, str]:
-        fields = await proposal(client, symbol, keys)
-        return fields if fields and check(fields) else {}
-
-    return await wait_for(probe, f"{what} for {symbol}", limit)
-
-
-async def wait_absent(client: aioredis.Redis, symbol: str = SYM, limit: float = 3.0) -> None:
-    async def probe() -> bool:
-        return not await client.exists(KEYS.proposal(symbol))
-
-    await wait_for(probe, f"{symbol}'s proposal to be retracted", limit)
-
-
-# -- the service -------------------------------------------------------------------------
-
-
-def make_settings(url: str, **env: str) -> Settings:
-    base = {
-        "REDIS_URL": url,
-        "SYMBOLS": SYM,
-        "PUBLISH_INTERVAL_SEC": "0",
-        "MAX_PUBLISH_AGE_SEC": "30",
-        "INSTANCE": "it",
-        "POLL_INTERVAL_SEC": "0.2",
-    }
-    base.update(env)
-    return settings_from_env(base)
+from tests.support.live import (
+    KEYS,
+    SYM,
+    audit,
+    make_settings,
+    market,
+    now,
+    passes_above,
+    position,
+    proposal,
+    publishes,
+    put,
+    put_inputs,
+    retracts,
+    risk,
+    running,
+    wait_absent,
+    wait_for,
+    wait_published,
+)
 
 
 class Recorder(NullHooks):
@@ -198,33 +61,6 @@ class Recorder(NullHooks):
 
     def on_invalid(self, symbol: str, reason: str) -> None:
         self.invalid.append((symbol, reason))
-
-
-@asynccontextmanager
-async def running(settings: Settings, **kwargs: Any) -> AsyncIterator[Runner]:
-    """The service in this event loop until the block ends (then cancelled)."""
-    box: dict[str, Runner] = {}
-    ready = anyio.Event()
-
-    async def on_ready(runner: Runner) -> None:
-        box["runner"] = runner
-        ready.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve, settings, on_ready=on_ready, handle_signals=False, **kwargs))
-        with anyio.fail_after(10):
-            await ready.wait()
-        try:
-            yield box["runner"]
-        finally:
-            tg.cancel_scope.cancel()
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield c
-    await c.aclose()
 
 
 # -- tests -------------------------------------------------------------------------------
@@ -270,42 +106,25 @@ async def test_live_change_is_published_within_100ms(
 async def test_floor_trailing_edge_publishes_the_latest_state_once(
     redis_url: str, client: aioredis.Redis
 ) -> None:
+    """The floor's wiring (PUBLISH_INTERVAL_SEC, the wall clock, the timer): changes inside
+    the window are published once, at its end, with the latest state. The rule in full
+    (nothing before the end, nothing after it, a reverted change publishes nothing) is
+    pinned on the fake clock in tests/component/test_runner.py."""
     await put_inputs(client, pnl=0.0)
     async with running(make_settings(redis_url, PUBLISH_INTERVAL_SEC="0.5")):
         first = await wait_published(client)
         t0 = float(first["ts_epoch"])
-        await anyio.sleep(0.05)
         await put(client, KEYS.position(SYM), position(5.0))  # material, inside the window
-        await anyio.sleep(0.1)
         await put(client, KEYS.position(SYM), position(13.0))  # the latest state
-        await anyio.sleep(0.1)
-        # still inside the floor window: nothing new yet
-        assert (await proposal(client))["seq"] == first["seq"]
         last = await wait_published(
             client, lambda f: f["seq"] != first["seq"], "the trailing edge", limit=2.0
         )
-        await anyio.sleep(0.3)  # and nothing else after it
         entries = publishes(await audit(client))
     assert last["harvest_action"] == "PARTIAL_75"
     assert last["position_unrealized_pnl"] == "13.0"
     assert last["trigger"] == "change"
     assert 0.5 <= float(last["ts_epoch"]) - t0 < 0.7
-    assert len(entries) == 2
-
-
-async def test_floor_window_that_ends_unchanged_publishes_nothing(
-    redis_url: str, client: aioredis.Redis
-) -> None:
-    await put_inputs(client, pnl=0.0)
-    async with running(make_settings(redis_url, PUBLISH_INTERVAL_SEC="0.4")):
-        first = await wait_published(client)
-        await put(client, KEYS.position(SYM), position(9.0))
-        await anyio.sleep(0.05)
-        await put(client, KEYS.position(SYM), position(0.0))  # back to what is published
-        await anyio.sleep(0.6)
-        entries = publishes(await audit(client))
-        assert (await proposal(client))["seq"] == first["seq"]
-    assert len(entries) == 1
+    assert len(entries) == 2  # nothing inside the window
 
 
 async def test_heartbeat_republishes_with_the_same_plan_id(
@@ -632,11 +451,7 @@ async def test_symbols_churning_through_reconciles_are_each_published_at_once(
         await churn()
         reconciles = runner.passes - passes
         ended = runner.passes
-
-        async def reconciled_since_the_end() -> bool:
-            return runner.passes > ended
-
-        await wait_for(reconciled_since_the_end, "one more reconcile", limit=5.0)
+        await wait_for(passes_above(runner, ended), "one more reconcile", limit=5.0)
         entries = await client.xrange(KEYS.stream)
     first_publish: dict[str, float] = {}
     for entry_id, fields in entries:

@@ -9,7 +9,6 @@ flight at the moment the service is told to stop, every time.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -17,19 +16,16 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
-import pytest
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
 from harvest_async.config import settings_from_env
-from harvest_async.core.keys import Keys
 from harvest_async.service.app import serve
 from harvest_async.service.runner import Runner
 from harvest_async.tools.embedded_server import EmbeddedRedis
+from tests.support.live import KEYS, SYM, put_inputs
 
-KEYS = Keys()
 INSTANCE = "shutdown"
-SYM = "BTCUSDT"
 
 
 class HoldingRelay:
@@ -44,44 +40,44 @@ class HoldingRelay:
         self.holding = False
         self.held = anyio.Event()  # a write is held: in flight, not yet at the server
         self.watched = anyio.Event()  # `watch` went through to the server
-        self._released = anyio.Event()
-        self._holder: object | None = None
+        self.unblocked = anyio.Event()
+        self.holder: object | None = None
 
     def release(self) -> None:
         self.holding = False
-        self._released.set()
+        self.unblocked.set()
 
     async def serve(self, *, task_status: TaskStatus[None]) -> None:
         async with await anyio.create_unix_listener(self.path) as listener:
             task_status.started()
-            await listener.serve(self._relay)
+            await listener.serve(self.relay_one)
 
-    async def _relay(self, client: anyio.abc.SocketStream) -> None:
+    async def relay_one(self, client: anyio.abc.SocketStream) -> None:
         async with (
             client,
             await anyio.connect_unix(self.upstream) as server,
             anyio.create_task_group() as tg,
         ):
-            tg.start_soon(self._forward_replies, server, client)
-            await self._forward_requests(client, server)
+            tg.start_soon(self.forward_replies, server, client)
+            await self.forward_requests(client, server)
             tg.cancel_scope.cancel()
 
-    async def _forward_requests(
+    async def forward_requests(
         self, client: anyio.abc.SocketStream, server: anyio.abc.SocketStream
     ) -> None:
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
             while True:
                 chunk = await client.receive()
-                if self.holding and (self._holder is client or self.marker in chunk):
-                    self._holder = client
+                if self.holding and (self.holder is client or self.marker in chunk):
+                    self.holder = client
                     self.held.set()
-                    await self._released.wait()
+                    await self.unblocked.wait()
                 await server.send(chunk)
                 if self.watch in chunk:
                     self.watched.set()
 
     @staticmethod
-    async def _forward_replies(
+    async def forward_replies(
         server: anyio.abc.SocketStream, client: anyio.abc.SocketStream
     ) -> None:
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
@@ -103,10 +99,10 @@ class Service:
         self.relay = relay
         self.ready = anyio.Event()
         self.stopped = anyio.Event()
-        self._scope = anyio.CancelScope()
+        self.scope = anyio.CancelScope()
 
     def stop(self) -> None:
-        self._scope.cancel()
+        self.scope.cancel()
 
     async def run(self, **env: str) -> None:
         settings = settings_from_env(
@@ -116,7 +112,7 @@ class Service:
         async def on_ready(_runner: Runner) -> None:
             self.ready.set()
 
-        with self._scope:
+        with self.scope:
             await serve(settings, on_ready=on_ready, handle_signals=False)
         self.stopped.set()
 
@@ -149,28 +145,6 @@ async def service_via_relay(
                 service.stop()
                 await service.stopped.wait()
             tg.cancel_scope.cancel()
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield c
-    await c.aclose()
-
-
-async def put_inputs(client: aioredis.Redis, pnl: float) -> None:
-    position = {
-        "symbol": SYM,
-        "side": "LONG",
-        "quantity": "1.0",
-        "entry_price": "100.0",
-        "unrealized_pnl": repr(pnl),
-        "created_at": str(int(time.time())),
-    }
-    market = {"sigma": "0.005", "ts": "0.5", "p_trend": "0.6", "p_mr": "0.2", "p_chop": "0.2"}
-    await client.hset(KEYS.marketstate(SYM), mapping=market)  # type: ignore[misc]
-    await client.hset(KEYS.risk(SYM), mapping={"stop_dist_pct": "0.02"})  # type: ignore[misc]
-    await client.hset(KEYS.position(SYM), mapping=position)  # type: ignore[misc]
 
 
 # -- tests -------------------------------------------------------------------------------

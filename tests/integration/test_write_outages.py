@@ -10,139 +10,40 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
-from typing import TypeVar
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from harvest_async.config import Settings, settings_from_env
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.input_hashes import SymbolInputs
-from harvest_async.core.keys import Keys
 from harvest_async.core.ports import Output
 from harvest_async.errors import WriteRefused
 from harvest_async.redis_io.client import client_for
 from harvest_async.redis_io.publisher import RedisSink
-from harvest_async.service.app import serve
-from harvest_async.service.runner import Runner
 from harvest_async.tools.embedded_server import EmbeddedRedis
+from tests.support.live import (
+    KEYS,
+    SYM,
+    audit,
+    connected,
+    make_settings,
+    market,
+    messages,
+    passes_above,
+    position,
+    proposal,
+    proposals,
+    put,
+    put_inputs,
+    running,
+    wait_action,
+    wait_for,
+)
 
-T = TypeVar("T")
-KEYS = Keys()
-SYM = "BTCUSDT"
 REFUSED = "Redis refuses proposal writes"
-
-
-def market() -> dict[str, str]:
-    return {
-        "sigma": "0.005",
-        "ts": "0.5",
-        "p_trend": "0.6",
-        "p_mr": "0.2",
-        "p_chop": "0.2",
-        "ts_timestamp": str(int(time.time())),
-    }
-
-
-def position(pnl: float, symbol: str = SYM) -> dict[str, str]:
-    """LONG 1 @ 100: with a 2 % stop pnl 0 -> NONE, 5 -> PARTIAL_25, 9 -> _50, 13 -> _75;
-    with a 1 % stop pnl 5 -> PARTIAL_50."""
-    return {
-        "symbol": symbol,
-        "side": "LONG",
-        "quantity": "1.0",
-        "entry_price": "100.0",
-        "current_price": repr(100.0 + pnl),
-        "unrealized_pnl": repr(float(pnl)),
-        "created_at": str(int(time.time())),
-        "ts_epoch": repr(round(time.time(), 3)),
-    }
-
-
-async def put(client: aioredis.Redis, key: str, fields: dict[str, str]) -> None:
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.delete(key)
-        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-        await pipe.execute()
-
-
-async def put_inputs(
-    client: aioredis.Redis, symbol: str, pnl: float, stop_dist_pct: str = "0.02"
-) -> None:
-    await put(client, KEYS.marketstate(symbol), market())
-    await put(client, KEYS.risk(symbol), {"stop_dist_pct": stop_dist_pct})
-    await put(client, KEYS.position(symbol), position(pnl, symbol))
-
-
-async def wait_for(probe: Callable[[], Awaitable[T]], what: str, limit: float = 3.0) -> T:
-    deadline = time.perf_counter() + limit
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.perf_counter() > deadline:
-            raise AssertionError(f"timed out after {limit} s waiting for {what}")
-        await anyio.sleep(0.005)
-
-
-async def proposals(client: aioredis.Redis, symbols: list[str]) -> dict[str, dict[str, str]]:
-    async with client.pipeline(transaction=False) as pipe:
-        for symbol in symbols:
-            pipe.hgetall(KEYS.proposal(symbol))
-        found = await pipe.execute()
-    return dict(zip(symbols, found, strict=True))
-
-
-async def audit(client: aioredis.Redis) -> list[dict[str, str]]:
-    return [fields for _id, fields in await client.xrange(KEYS.stream)]
-
-
-def make_settings(url: str, **env: str) -> Settings:
-    base = {
-        "REDIS_URL": url,
-        "SYMBOLS": SYM,
-        "PUBLISH_INTERVAL_SEC": "0",
-        "MAX_PUBLISH_AGE_SEC": "30",
-        "INSTANCE": "it",
-    }
-    base.update(env)
-    return settings_from_env(base)
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Runner]:
-    box: dict[str, Runner] = {}
-    ready = anyio.Event()
-
-    async def on_ready(runner: Runner) -> None:
-        box["runner"] = runner
-        ready.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve, settings, on_ready=on_ready, handle_signals=False))
-        with anyio.fail_after(10):
-            await ready.wait()
-        try:
-            yield box["runner"]
-        finally:
-            tg.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def connected(url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
 def assert_no_repeated_decision(entries: list[dict[str, str]]) -> None:
@@ -178,7 +79,7 @@ async def test_refused_writes_are_one_outage_that_converges_when_cleared(
         running(make_settings(url, SYMBOLS=",".join(symbols))) as runner,
     ):
         for symbol in symbols:  # a 1 % stop: PARTIAL_50
-            await put_inputs(client, symbol, pnl=5.0, stop_dist_pct="0.01")
+            await put_inputs(client, symbol, pnl=5.0, stop="0.01")
 
         async def all_published() -> bool:
             found = await proposals(client, symbols)
@@ -193,7 +94,7 @@ async def test_refused_writes_are_one_outage_that_converges_when_cleared(
             await client.delete(KEYS.position(symbol))
         for symbol in changed:
             await client.hdel(KEYS.risk(symbol), "stop_dist_pct")  # type: ignore[misc]
-        await wait_for(lambda: anyio.to_thread.run_sync(lines, caplog, REFUSED), "the refusal")
+        await wait_for(lambda: anyio.to_thread.run_sync(messages, caplog, REFUSED), "the refusal")
         await anyio.sleep(3.0)  # a few seconds of refusal, retried in the background
         assert await all_published()  # nothing got through
         writes = runner.writes
@@ -217,7 +118,7 @@ async def test_refused_writes_are_one_outage_that_converges_when_cleared(
     ]
     assert "OOM command not allowed" in about_writes[0].getMessage()
     assert "cleared" in about_writes[1].getMessage()
-    assert not lines(caplog, "resync (redis error)")  # Redis was up: no resync for it
+    assert not messages(caplog, "resync (redis error)")  # Redis was up: no resync for it
     assert_no_repeated_decision(entries)
     for symbol in closed:
         events = [e["event"] for e in entries if e["symbol"] == symbol]
@@ -242,10 +143,7 @@ async def test_a_write_in_flight_during_a_stall_lands_once(
     settings = make_settings(server.url, PUBLISH_INTERVAL_SEC=str(floor), REDIS_TIMEOUT_SEC="0.3")
     async with connected(server.url) as client, running(settings) as runner:
         await put_inputs(client, SYM, pnl=0.0)
-        first = await wait_for(
-            lambda: client.hgetall(KEYS.proposal(SYM)),
-            "the first publish",  # type: ignore[arg-type]
-        )
+        first = await wait_for(lambda: proposal(client), "the first publish")
         # a change inside the floor: published exactly at the window's end, straight from
         # the engine's timer (no read before it), so the write is what meets the freeze
         await put(client, KEYS.position(SYM), position(9.0))
@@ -256,24 +154,15 @@ async def test_a_write_in_flight_during_a_stall_lands_once(
             await anyio.sleep(1.5)  # the write, its outcome check and a retry time out
         finally:
             os.kill(server.pid, signal.SIGCONT)
-        assert lines(caplog, "transaction outcome unknown")  # the freeze met the write
+        assert messages(caplog, "transaction outcome unknown")  # the freeze met the write
         passes = runner.passes
-
-        async def resynced() -> bool:
-            return runner.passes > passes
-
-        await wait_for(resynced, "the resync after the outage", limit=5.0)
+        await wait_for(passes_above(runner, passes), "the resync after the outage", limit=5.0)
         await put(client, KEYS.position(SYM), position(13.0))
-
-        async def latest() -> bool:
-            fields = await client.hgetall(KEYS.proposal(SYM))  # type: ignore[misc]
-            return fields.get("harvest_action") == "PARTIAL_75"
-
-        await wait_for(latest, "the latest state", limit=3.0)
+        await wait_action(client, "PARTIAL_75", limit=3.0)
         entries = await audit(client)
     assert_no_repeated_decision(entries)
     assert [e["harvest_action"] for e in entries] == ["NONE", "PARTIAL_50", "PARTIAL_75"]
-    assert not lines(caplog, "not the last one written")
+    assert not messages(caplog, "not the last one written")
 
 
 # -- what the sink reports about a refused transaction --------------------------------------
