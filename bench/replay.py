@@ -124,7 +124,7 @@ _SPLIT = (
     (("kernel.py", "compute"), "↳ kernel.compute"),
     (("codec.py", "proposal_fields"), "↳ proposal_fields (publishes only)"),
     (("engine.py", "observe"), "Engine.observe"),
-    (("publisher.py", "trim"), "publisher.trim (the live reader's field filter)"),
+    (("input_hashes.py", "trim"), "input_hashes.trim (the live reader's field filter)"),
     (("~", "<method 'decode_lines' of 'msgspec.json.Decoder' objects>"), "decoding the lines"),
 )
 

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
@@ -15,7 +14,14 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 
 from harvest_async.config import Settings
 from harvest_async.core.keys import glob_escape
-from harvest_async.errors import PermissionDenied, RedisUnavailable
+from harvest_async.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    PermissionDenied,
+    RedisReplyError,
+    RedisUnavailable,
+)
+from harvest_async.redis_io.wire import Endpoint, Wire, command, endpoint_from_url
 
 __all__ = [
     "REDIS_ERRORS",
@@ -26,6 +32,7 @@ __all__ = [
     "client_for",
     "denied_command",
     "describe_url",
+    "endpoint_for",
     "is_auth_error",
     "is_permission_error",
     "refused",
@@ -142,6 +149,14 @@ async def scan_symbols(client: aioredis.Redis, prefix: str, limit: int | None = 
     return found
 
 
+def endpoint_for(settings: Settings) -> Endpoint:
+    """Where the wire connects: REDIS_URL with the password from REDIS_PASSWORD_FILE."""
+    try:
+        return endpoint_from_url(settings.redis_url, settings.redis_password)
+    except ValueError as exc:
+        raise ConfigError("REDIS_URL", str(exc)) from None
+
+
 def describe_url(url: str) -> str:
     """The URL without credentials, for logs."""
     if "@" in url and "://" in url:
@@ -166,22 +181,25 @@ async def closing(client: aioredis.Redis) -> AsyncIterator[aioredis.Redis]:
 
 
 async def check_redis(settings: Settings) -> None:
-    """Fail fast (exit 3) with one clear line when Redis is unreachable or refuses us."""
-    client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-check")
+    """Fail fast (exit 3) with one clear line when Redis is unreachable or refuses us.
+
+    One PING on a connection of the wire's: credentials refused are told apart by the
+    reply's error code (WRONGPASS, NOAUTH), an ACL refusal (NOPERM) is PermissionDenied.
+    """
+    where = describe_url(settings.redis_url)
+    wire = Wire(endpoint_for(settings), name="harvest-async-check")
     try:
-        await client.ping()
-    except REDIS_OR_REPLY_ERRORS as exc:
-        where = describe_url(settings.redis_url)
-        if is_permission_error(str(exc)):  # CLIENT SETNAME or PING refused by the ACL
-            raise refused(f"connecting to Redis at {where}", exc) from exc
-        if is_auth_error(str(exc)):
-            raise RedisUnavailable(
-                f"Redis at {where} refused our credentials ({exc}); check the password "
-                "(REDIS_URL, REDIS_PASSWORD_FILE or the redis-password credential)"
-            ) from exc
-        raise RedisUnavailable(
-            f"cannot reach Redis at {where}: {type(exc).__name__}: {exc}"
+        (reply,) = await wire.roundtrip(command("PING"), 1)
+    except PermissionDenied:
+        raise
+    except AuthenticationFailed as exc:
+        raise AuthenticationFailed(
+            f"Redis at {where} refused our credentials ({exc}); check the password "
+            "(REDIS_URL, REDIS_PASSWORD_FILE or the redis-password credential)"
         ) from exc
+    except RedisUnavailable as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
     finally:
-        with anyio.CancelScope(shield=True):
-            await client.aclose()
+        wire.close()
+    if isinstance(reply, RedisReplyError):
+        raise refused(f"connecting to Redis at {where} (PING)", reply)

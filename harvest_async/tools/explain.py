@@ -27,9 +27,9 @@ from harvest_async.core.models import Decision, KComponents, Theta
 from harvest_async.core.proposal import theta_id_for
 from harvest_async.core.timefmt import age_text, clock_utc, iso_utc_ms
 from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import REDIS_ERRORS, Client
+from harvest_async.redis_io.client import REDIS_ERRORS, Client, endpoint_for
 from harvest_async.redis_io.liveness import Publisher, read_publishers
-from harvest_async.redis_io.publisher import RedisInputReader
+from harvest_async.redis_io.reader import RedisInputReader
 
 __all__ = ["Explanation", "Snapshot", "explain", "read_snapshot", "render_text"]
 
@@ -69,9 +69,13 @@ class Explanation(msgspec.Struct, frozen=True):
 # -- reading -------------------------------------------------------------------------------
 async def read_snapshot(client: Client, settings: Settings, symbol: str) -> Snapshot:
     keys = settings.keys
-    (inputs,) = await RedisInputReader(client, keys, timeout=settings.redis_timeout_sec).fetch(
-        [symbol]
+    reader = RedisInputReader(
+        client, keys, endpoint_for(settings), timeout=settings.redis_timeout_sec
     )
+    try:
+        (inputs,) = await reader.fetch([symbol])
+    finally:
+        reader.close()
     try:
         async with client.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.proposal(symbol))

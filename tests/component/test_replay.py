@@ -25,9 +25,8 @@ from harvest_async.clock import FakeClock
 from harvest_async.config import engine_config, settings_from_env
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.gate import GateConfig
-from harvest_async.core.input_hashes import Hash, SymbolInputs
+from harvest_async.core.input_hashes import Hash, SymbolInputs, trim
 from harvest_async.core.ports import Changed, Event, Gap, Output, PublishOut
-from harvest_async.redis_io.publisher import trim
 from harvest_async.replay.compare import compare
 from harvest_async.replay.format import (
     FORMAT,
