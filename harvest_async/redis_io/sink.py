@@ -25,7 +25,8 @@ groups (INTERFACE §6) will add a lease key and a fencing epoch as interface ver
 
 A batch of outputs goes out as MULTI, one EVALSHA per output, EXEC, in one round trip: a
 refusal stays local to its output (D1), and the batch is all or nothing against a lost
-connection, so one output tells whether an uncertain write landed (D3). The script is
+connection, so one output tells whether an uncertain write landed (D3). A batch of one is
+a bare EVALSHA, atomic by itself. The script is
 loaded (SCRIPT LOAD) in the same round trip whenever the connection is new, and after a
 NOSCRIPT. The sink never replays a write blindly: when the outcome is unknown it looks
 first, and only a write known not to have landed is sent again (once, and only when its
@@ -263,7 +264,14 @@ class RedisSink:
         self, outputs: Sequence[Output], calls: list[bytes], *, load: bool
     ) -> WriteRefused | str | None:
         """One round trip: [SCRIPT LOAD,] MULTI, the calls, EXEC; what Redis refused."""
-        replies = await self._exchange([_MULTI, *calls, _EXEC], load=load)
+        if len(calls) == 1:
+            # one call is atomic by itself: no MULTI/EXEC around it (the usual batch at
+            # moderate rates); its reply is then read as EXEC's would be
+            head = [_LOAD] if load else []
+            raw = await self._wire.roundtrip(b"".join([*head, calls[0]]), len(head) + 1)
+            replies: list[Reply] = [*raw[:-1], "OK", "QUEUED", [raw[-1]]]
+        else:
+            replies = await self._exchange([_MULTI, *calls, _EXEC], load=load)
         if load:
             loaded, replies = replies[0], replies[1:]
             if isinstance(loaded, RedisReplyError) and _all_noscript(replies):

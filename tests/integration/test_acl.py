@@ -323,7 +323,6 @@ async def _run_cli(url: str) -> str:
         # refused symbols are retried with backoff
         ("+xadd", "Redis refuses proposal writes (NOPERM"),
         ("+evalsha", "Redis refuses proposal writes (NOPERM"),
-        ("+multi", "Redis refuses proposal writes (NOPERM"),
     ],
 )
 async def test_a_permission_lost_while_running_is_logged_once_and_waited_for(
@@ -337,11 +336,6 @@ async def test_a_permission_lost_while_running_is_logged_once_and_waited_for(
         async with running(make_settings(user_url(redis_url, user))):
             await wait_for(published(admin, 0.0), "the first publish")
             await admin.execute_command("ACL", "SETUSER", user, "-" + rule[1:])
-            if rule == "+multi":
-                # the write in flight when MULTI went away runs without a transaction (its
-                # replies tell); it counts as written, and the next one stops at MULTI
-                await admin.hset(KEYS.position(SYM), mapping=position(1.0))  # type: ignore[arg-type]
-                await wait_for(published(admin, 1.0), "the write without MULTI")
             await admin.hset(KEYS.position(SYM), mapping=position(5.0))  # type: ignore[arg-type]
             # retried with backoff (0.5, 1, 2 s ...) and logged once
             await wait_for(lambda: _logged(caplog, named), f"the log line for {named}")
@@ -364,6 +358,31 @@ async def test_a_permission_lost_while_running_is_logged_once_and_waited_for(
         seqs = [e["seq"] for e in entries]
         assert len(seqs) == len(set(seqs)), entries  # no audit entry twice
         assert [e["position_unrealized_pnl"] for e in entries][-1] == repr(5.0)
+
+
+async def test_multi_lost_while_running_stops_the_liveness_refresh_not_the_writes(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MULTI/EXEC serves the liveness refresh (and batches of several proposals): without
+    it the refresh is denied, logged once, while single writes, atomic by themselves,
+    go on; once MULTI is back, so is the refresh."""
+    caplog.set_level(logging.INFO, logger="harvest_async")
+    named = "permission denied: command multi while liveness write"
+    async with admin_client(redis_url) as admin:
+        user = await create_user(admin, documented_acl())
+        await put_inputs(admin)
+        settings = settings_from_env(
+            {**env_for(user_url(redis_url, user)), "LIVENESS_TTL_SEC": "1.5"}
+        )
+        async with running(settings):
+            await wait_for(published(admin, 0.0), "the first publish")
+            await admin.execute_command("ACL", "SETUSER", user, "-multi")
+            await wait_for(lambda: _logged(caplog, named), "the denied liveness refresh")
+            await admin.hset(KEYS.position(SYM), mapping=position(5.0))  # type: ignore[arg-type]
+            await wait_for(published(admin, 5.0), "a publish without MULTI")
+            await admin.execute_command("ACL", "SETUSER", user, "+multi")
+            await wait_for(lambda: _logged(caplog, "permission granted again"), "the refresh")
+        assert len([r for r in caplog.records if named in r.getMessage()]) == 1
 
 
 async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:

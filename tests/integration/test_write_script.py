@@ -214,6 +214,34 @@ async def test_a_command_the_acl_refuses_inside_the_script_changes_nothing(
             await admin.execute_command("ACL", "DELUSER", "w")
 
 
+async def test_a_batch_whose_multi_is_refused_runs_call_by_call_then_stops_at_multi(
+    redis_url: str,
+) -> None:
+    """The ACL loses MULTI while running: the batch sent with it runs call by call (each
+    call atomic; the refusal reports them landed), and later batches send MULTI alone
+    first and stop there while it is refused: nothing runs outside a transaction."""
+    async with connected(redis_url) as admin:
+        await admin.execute_command("ACL", "SETUSER", "w", "on", ">pw", "~*", "+@all", "-multi")
+        try:
+            url = redis_url.replace("unix://", "unix://w:pw@")
+            async with sink_for(url) as sink:
+                first = [publish("AUSDT"), publish("BUSDT")]
+                with pytest.raises(WriteRefused, match=r"NOPERM.*multi") as info:
+                    await sink.write(first)
+                assert info.value.landed == tuple(first)
+                later = [publish("AUSDT", pnl=9.0), publish("BUSDT", pnl=9.0)]
+                with pytest.raises(WriteRefused, match=r"NOPERM.*multi") as info:
+                    await sink.write(later)
+                assert (info.value.landed, info.value.touched) == ((), ())
+                seqs = [e["seq"] for e in await audit(admin)]
+                assert seqs == [str(o.seq) for o in first]
+                await admin.execute_command("ACL", "SETUSER", "w", "+multi")
+                await sink.write(later)
+                assert len(await audit(admin)) == 4
+        finally:
+            await admin.execute_command("ACL", "DELUSER", "w")
+
+
 # -- writes whose outcome is unknown ---------------------------------------------------------
 
 
