@@ -6,8 +6,9 @@ nothing. One run measures, against a private server (EmbeddedRedis, unix socket)
 1. floor: HSET on one connection -> its keyspace notification on another (p50/p99);
 2. latency: the service (`python -m harvest_async run`, uvloop, its own process) with
    PUBLISH_INTERVAL_SEC=0 over 1,000 symbols at 1,000 input events/s: input HSET sent ->
-   the proposal's audit entry seen (XREAD BLOCK on the audit stream, which is written in
-   the same MULTI/EXEC as the hash). Each event rewrites one position hash with a unique
+   the proposal's audit entry seen (XREAD BLOCK on the audit stream, which is written by
+   the same write script call as the hash, just before it). Each event rewrites one
+   position hash with a unique
    `unrealized_pnl` (a material change), which the proposal echoes in
    `position_unrealized_pnl`: that pairs every publish with the HSET that caused it.
    Also "stamped": the proposal's own `ts_epoch` (compute time) minus the HSET time,
@@ -47,7 +48,7 @@ import redis.asyncio as aioredis
 from harvest_async import __version__
 from harvest_async.core.keys import Keys
 from harvest_async.core.proposal import PROPOSAL_FIELDS
-from harvest_async.redis_io.publisher import _pairs, _Wire
+from harvest_async.redis_io.wire import Wire, endpoint_from_url
 from harvest_async.tools.embedded_server import EmbeddedRedis, find_redis_servers
 from harvest_async.tools.simulate import Simulator, symbols_for
 
@@ -226,6 +227,13 @@ _AT = {name: 2 * (1 + PROPOSAL_FIELDS.index(name)) + 1 for name in PROPOSAL_FIEL
 _SYMBOL, _PNL, _TS = _AT["symbol"], _AT["position_unrealized_pnl"], _AT["ts_epoch"]
 
 
+def _pairs(fields: dict[str, str]) -> tuple[int, bytes]:
+    """(number of fields, their RESP bulk strings): ASCII text encoded once, the load
+    generator's cheapest way (its CPU is taken from the service it measures)."""
+    text = "".join(f"${len(k)}\r\n{k}\r\n${len(v)}\r\n{v}\r\n" for k, v in fields.items())
+    return len(fields), text.encode()
+
+
 async def reader_task(url: str, tracker: Tracker, stop: asyncio.Event) -> None:
     client = aioredis.Redis.from_url(url, socket_timeout=None)
     client.response_callbacks["XREAD"] = lambda r, **_kw: r  # raw lists: cheaper to walk
@@ -265,7 +273,7 @@ async def reader_task(url: str, tracker: Tracker, stop: asyncio.Event) -> None:
 
 
 async def drive(
-    wire: _Wire, tracker: Tracker, rate: float, seconds: float, rng: random.Random
+    wire: Wire, tracker: Tracker, rate: float, seconds: float, rng: random.Random
 ) -> float:
     """Rewrite random symbols' position hashes at `rate`/s; returns the achieved rate.
 
@@ -370,7 +378,7 @@ def own_cpu() -> float:
 
 
 async def phase(  # noqa: PLR0917 - a benchmark helper
-    wire: _Wire,
+    wire: Wire,
     tracker: Tracker,
     rng: random.Random,
     pids: tuple[int, int],
@@ -407,7 +415,7 @@ async def measure_service(  # noqa: PLR0917 - a benchmark's knobs
     steps: list[float], step_seconds: float,
 ) -> dict[str, Any]:  # fmt: skip
     client = aioredis.Redis.from_url(url)
-    wire = _Wire(client, 10.0)
+    wire = Wire(endpoint_from_url(url), name="bench-load", timeout=10.0)
     tracker = Tracker(symbols_for(n_symbols))
     rng = random.Random(1)
     await client.flushall()
@@ -444,6 +452,7 @@ async def measure_service(  # noqa: PLR0917 - a benchmark's knobs
         stop.set()
         await reader
         code = service.stop()
+        wire.close()
         await client.aclose()
     results["exit"] = code
     return results

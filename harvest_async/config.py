@@ -71,6 +71,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_sec: float = 5.0
     # one round trip to Redis (a read, a transaction) taking longer is given up as lost
     redis_timeout_sec: float = 5.0
+    # the proposal hash's TTL and `valid_until` (§2.5); 0: no TTL
+    proposal_ttl_sec: float = 180.0
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -421,6 +423,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError("LOG_LEVEL", f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
     instance = _get(env, "INSTANCE") or socket.gethostname()
+    proposal_ttl = _proposal_ttl(env, max_age)
     return Settings(
         redis_url=url,
         redis_password=_password(env, url_password),
@@ -456,7 +459,23 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         canary_timeout_sec=_float(env, "CANARY_TIMEOUT_SEC", 2.0, positive=True),
         shutdown_grace_sec=_float(env, "SHUTDOWN_GRACE_SEC", 5.0, positive=True),
         redis_timeout_sec=_float(env, "REDIS_TIMEOUT_SEC", 5.0, positive=True),
+        proposal_ttl_sec=proposal_ttl,
     )
+
+
+def _proposal_ttl(env: Mapping[str, str], heartbeat: float) -> float:
+    """PROPOSAL_TTL_SEC: default 3 x the heartbeat; 0 = no TTL; else longer than the
+    heartbeat, which refreshes it (a shorter one would expire live proposals)."""
+    ttl = _float(env, "PROPOSAL_TTL_SEC", 3 * heartbeat, non_negative=True)
+    if 0 < ttl <= heartbeat:
+        raise ConfigError(
+            "PROPOSAL_TTL_SEC",
+            f"must be 0 (no TTL) or longer than MAX_PUBLISH_AGE_SEC {heartbeat:g} (the "
+            f"heartbeat refreshes it), got {ttl:g}",
+        )
+    if ttl > 10 * 365 * 86400:
+        raise ConfigError("PROPOSAL_TTL_SEC", f"must be at most 10 years, got {ttl:g}")
+    return ttl
 
 
 def load_env_file(path: str) -> dict[str, str]:
@@ -513,4 +532,5 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_clock_skew_sec=settings.max_clock_skew_sec,
         synthetic_positions=settings.position_source == "synthetic",
         symbols=settings.symbols,
+        proposal_ttl_sec=settings.proposal_ttl_sec,
     )

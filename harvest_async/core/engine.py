@@ -53,6 +53,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_clock_skew_sec: float = 5.0
     synthetic_positions: bool = False
     symbols: tuple[str, ...] | None = None  # None: every symbol that shows up
+    proposal_ttl_sec: float = 0.0  # PROPOSAL_TTL_SEC: each proposal's valid_until; 0: none
 
 
 @dataclass(slots=True, eq=False)
@@ -262,6 +263,7 @@ class Engine:
             seq=seq,
             trigger=trigger,
             theta_id=self.theta_id,
+            ttl=cfg.proposal_ttl_sec,
         )
         # until confirmed, re-check at the heartbeat (or staleness) like any published symbol
         self._schedule(symbol, state, self._sooner(state, ready, now + cfg.gate.heartbeat_sec))

@@ -56,11 +56,16 @@ def proposal_fields(
     seq: int,
     trigger: str,
     theta_id: str,
+    ttl: float = 0.0,
 ) -> Hash:
-    """The proposal hash (docs/outputs.md): original names and formats plus ours."""
+    """The proposal hash (docs/outputs.md): original names and formats plus ours.
+
+    `ttl` (PROPOSAL_TTL_SEC) makes `valid_until` = `ts_epoch` + ttl (empty when 0): the
+    moment the hash expires unless a publish refreshes it (INTERFACE §2.5)."""
     k = decision.k_components
     pos = ready.position
     mkt = ready.market
+    at = round(now, 6)
     return {
         "harvest_action": decision.harvest_action,
         "new_sl_proposed": repr(decision.new_sl_proposed),
@@ -87,7 +92,7 @@ def proposal_fields(
         "position_unrealized_pnl": repr(pos.unrealized_pnl),
         "symbol": symbol,
         "plan_id": plan_id,
-        "ts_epoch": repr(round(now, 6)),
+        "ts_epoch": repr(at),
         "trigger": trigger,
         "seq": str(seq),
         "position_source": ready.position_source,
@@ -96,6 +101,7 @@ def proposal_fields(
         "position_snapshot_age_sec": _opt(ready.position_snapshot_age_sec, 3),
         "theta_id": theta_id,
         "schema_version": SCHEMA_VERSION,
+        "valid_until": repr(round(at + ttl, 6)) if ttl > 0 else "",
     }
 
 
@@ -106,7 +112,7 @@ PROPOSAL_FIELDS: tuple[str, ...] = (
     "position_age_sec", "position_current_price", "position_entry_price",
     "position_unrealized_pnl", "symbol", "plan_id", "ts_epoch", "trigger", "seq",
     "position_source", "risk_source", "marketstate_age_sec", "position_snapshot_age_sec",
-    "theta_id", "schema_version",
+    "theta_id", "schema_version", "valid_until",
 )  # fmt: skip
 
 

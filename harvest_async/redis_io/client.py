@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
@@ -15,8 +15,17 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 
 from harvest_async.config import Settings
 from harvest_async.core.keys import glob_escape
-from harvest_async.errors import AuthenticationFailed, PermissionDenied, RedisUnavailable
-from harvest_async.redis_io.server_version import probe_server
+from harvest_async.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    PermissionDenied,
+    RedisReplyError,
+    RedisUnavailable,
+)
+from harvest_async.redis_io.server_version import judge, parse_info
+from harvest_async.redis_io.wire import Endpoint, Wire, command, endpoint_from_url
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "REDIS_ERRORS",
@@ -27,6 +36,7 @@ __all__ = [
     "client_for",
     "denied_command",
     "describe_url",
+    "endpoint_for",
     "hgetall_many",
     "is_auth_error",
     "is_permission_error",
@@ -202,6 +212,14 @@ async def scan_symbols(client: aioredis.Redis, prefix: str, limit: int | None = 
     return found
 
 
+def endpoint_for(settings: Settings) -> Endpoint:
+    """Where the wire connects: REDIS_URL with the password from REDIS_PASSWORD_FILE."""
+    try:
+        return endpoint_from_url(settings.redis_url, settings.redis_password)
+    except ValueError as exc:
+        raise ConfigError("REDIS_URL", str(exc)) from None
+
+
 def describe_url(url: str) -> str:
     """The URL without credentials, for logs."""
     if "@" in url and "://" in url:
@@ -214,19 +232,26 @@ async def check_redis(settings: Settings) -> None:
     """Fail fast with one clear line when Redis is unreachable or refuses us (exit 3), or
     is older than the oldest supported server (exit 2).
 
-    Over RESP2, as the service's own connections: the legacy AUTH refuses a password the
-    server does not have, where RESP3's HELLO would accept it."""
-    client = client_for(
-        settings.redis_url, settings.redis_password, name="harvest-async-check", protocol=2
-    )
+    PING then INFO on a connection of the wire's (RESP2 AUTH, as the service's own
+    connections: it refuses a password the server does not have, where RESP3's HELLO
+    would accept it): credentials refused are told apart by the reply's error code
+    (WRONGPASS, NOAUTH), an ACL refusal (NOPERM) is PermissionDenied.
+    """
     where = describe_url(settings.redis_url)
+    wire = Wire(endpoint_for(settings), name="harvest-async-check")
     try:
-        await probe_server(client, where)
-    except REDIS_OR_REPLY_ERRORS as exc:
-        error = redis_error(f"connecting to Redis at {where}", exc)
-        if type(error) is RedisUnavailable:  # neither credentials nor ACL: not reachable
-            error = RedisUnavailable(f"cannot reach Redis at {where}: {type(exc).__name__}: {exc}")
-        raise error from exc
+        reply, info = await wire.roundtrip(command("PING") + command("INFO", "server"), 2)
+    except PermissionDenied:
+        raise
+    except AuthenticationFailed as exc:
+        raise redis_error(f"connecting to Redis at {where}", exc) from exc
+    except RedisUnavailable as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
     finally:
-        with anyio.CancelScope(shield=True):
-            await client.aclose()
+        wire.close()
+    if isinstance(reply, RedisReplyError):
+        raise refused(f"connecting to Redis at {where} (PING)", reply)
+    if isinstance(info, RedisReplyError):  # INFO denied by the ACL: run on trust
+        log.debug("cannot read the server's version at %s (%s); not checked", where, info)
+    else:
+        judge(parse_info(str(info)), where)

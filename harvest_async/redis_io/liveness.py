@@ -1,17 +1,71 @@
-"""Reading the publishers' liveness keys (`{liveness_prefix}{instance}`, written by
-`publisher.LivenessWriter`): who is publishing, and when it last said so."""
+"""The publishers' liveness keys (`{liveness_prefix}{instance}`): the service writes its
+own (`LivenessWriter`); `read_publishers` tells who is publishing, and when it last said so.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 from collections.abc import Iterable
 
 import msgspec
 import redis.asyncio as aioredis
 
+from harvest_async import __version__
 from harvest_async.core.keys import Keys
-from harvest_async.redis_io.client import redis_errors, scan_symbols
+from harvest_async.core.timefmt import iso_utc
+from harvest_async.errors import PermissionDenied
+from harvest_async.redis_io.client import (
+    REDIS_OR_REPLY_ERRORS,
+    redis_errors,
+    refused,
+    scan_symbols,
+)
 
-__all__ = ["Publisher", "read_publishers"]
+__all__ = ["LivenessWriter", "Publisher", "read_publishers"]
+
+log = logging.getLogger(__name__)
+
+
+class LivenessWriter:
+    """`{liveness_prefix}{instance}`: who is publishing, refreshed while healthy (a hash
+    and its TTL in one MULTI/EXEC, so the key never lives without its TTL)."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, instance: str, ttl: float) -> None:
+        self.client = client
+        self.key = keys.liveness(instance)
+        self.instance = instance
+        self.ttl = ttl
+        self.started_at: float | None = None
+
+    async def beat(self, now: float, symbols: int) -> None:
+        if self.started_at is None:
+            self.started_at = now
+        fields = {
+            "instance": self.instance,
+            "version": __version__,
+            "pid": str(os.getpid()),
+            "host": socket.gethostname(),
+            "started_at": iso_utc(self.started_at),
+            "last_beat_epoch": repr(round(now, 3)),
+            "symbols": str(symbols),
+        }
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(self.key, mapping=fields)  # type: ignore[arg-type]
+                pipe.pexpire(self.key, int(self.ttl * 1000))
+                await pipe.execute()
+        except REDIS_OR_REPLY_ERRORS as exc:
+            if "exec without multi" in str(exc).lower():  # how redis-py tells MULTI refused
+                raise PermissionDenied("command multi while liveness write", str(exc)) from exc
+            raise refused("liveness write", exc) from exc
+
+    async def clear(self) -> None:
+        try:
+            await self.client.delete(self.key)
+        except REDIS_OR_REPLY_ERRORS as exc:
+            log.debug("liveness clear failed: %s", exc)
 
 
 class Publisher(msgspec.Struct, frozen=True):

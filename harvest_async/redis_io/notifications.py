@@ -33,12 +33,15 @@ from harvest_async.redis_io.client import (
     is_permission_error,
     refused,
 )
+from harvest_async.redis_io.wire import Subscriber, endpoint_from_url
 
-__all__ = ["KeyspaceSource", "notify_flags_cover", "read_notify_flags"]
+__all__ = ["NOTIFY_CONNECTION", "KeyspaceSource", "notify_flags_cover", "read_notify_flags"]
 
 log = logging.getLogger(__name__)
 
 STREAM_BLOCK_MS = 5000
+# CLIENT SETNAME of the subscription's connection (CLIENT LIST shows it)
+NOTIFY_CONNECTION = "harvest-async-notify"
 
 
 def notify_flags_cover(flags: str) -> tuple[bool, list[str]]:
@@ -88,6 +91,7 @@ class KeyspaceSource:
         self._subscribed = False  # the current session got as far as subscribing
         self._flags_readable = True  # False: CONFIG GET denied, only the canary can tell
         self._denials = DenialLog(log)
+        self._endpoint = endpoint_from_url(url, password)
 
     # -- canary --------------------------------------------------------------------------
     def expect_canary(self) -> None:
@@ -150,29 +154,21 @@ class KeyspaceSource:
     async def _session(self, task_status: TaskStatus[None] | None) -> None:
         """One subscription: check the flags, PSUBSCRIBE, report the gap, consume.
 
-        The subscriber is a bare connection speaking RESP2, read straight from the
-        parser: redis-py's PubSub costs ~25 µs per message, a third of the whole service
-        at 10k events/s. It never reconnects by itself: a lost connection ends the
-        session, and the next one is a new subscription and therefore a Gap.
+        The subscriber is a wire connection of its own (`wire.Subscriber`), messages read
+        in batches straight from hiredis: redis-py's PubSub costs ~25 µs per message, a
+        third of the whole service at 10k events/s. It never reconnects by itself: a lost
+        connection ends the session, and the next one is a new subscription and
+        therefore a Gap.
         """
-        client = client_for(self.url, self.password, name="harvest-async-notify")
-        conn: Any = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        conn.protocol = 2  # notifications as plain arrays, not RESP3 push frames
-        conn.socket_timeout = None  # a blocking read: waits until a notification comes
+        flags = await self._notify_flags()
+        patterns = [*self.keys.keyspace_patterns(), glob_escape(self._liveness_channel)]
         try:
-            try:
-                flags = await read_notify_flags(client)
-                patterns = [*self.keys.keyspace_patterns(), glob_escape(self._liveness_channel)]
-                await conn.connect()
-                await conn.send_command("PSUBSCRIBE", *patterns)
-                for _ in patterns:
-                    await conn.read_response()  # the confirmations
-            except REDIS_OR_REPLY_ERRORS as exc:
-                if is_permission_error(str(exc)):  # PSUBSCRIBE, a channel, CLIENT SETNAME
-                    raise refused("subscribing to keyspace notifications", exc) from exc
-                raise RedisUnavailable(
-                    f"subscribing at {describe_url(self.url)}: {type(exc).__name__}: {exc}"
-                ) from exc
+            subscriber = await Subscriber.open(self._endpoint, patterns, name=NOTIFY_CONNECTION)
+        except PermissionDenied:  # PSUBSCRIBE, a channel, CLIENT SETNAME: named
+            raise
+        except RedisUnavailable as exc:
+            raise RedisUnavailable(f"subscribing: {exc}") from exc
+        try:
             self._denials.allowed()
             self._apply_flags(flags)
             self.subscriptions += 1
@@ -181,11 +177,22 @@ class KeyspaceSource:
                 task_status.started()
             else:
                 self._emit(Gap("resubscribed"))
-            await self._consume(conn)
+            await self._consume(subscriber)
+        finally:
+            subscriber.close()
+
+    async def _notify_flags(self) -> str | None:
+        client = client_for(self.url, self.password, name="harvest-async-notify-check")
+        try:
+            return await read_notify_flags(client)
+        except REDIS_OR_REPLY_ERRORS as exc:
+            if is_permission_error(str(exc)):  # CLIENT SETNAME refused
+                raise refused("subscribing to keyspace notifications", exc) from exc
+            raise RedisUnavailable(
+                f"subscribing at {describe_url(self.url)}: {type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             with anyio.CancelScope(shield=True):
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await conn.disconnect()
                 with contextlib.suppress(*REDIS_ERRORS):
                     await client.aclose()
 
@@ -213,28 +220,25 @@ class KeyspaceSource:
                 )
             self._set_mode("notify", f"notify-keyspace-events={flags!r}")
 
-    async def _consume(self, conn: Any) -> None:
+    async def _consume(self, subscriber: Subscriber) -> None:
         base = len(self.keys.keyspace_channel_prefix())
         classify = self.keys.classify
         emit = self._emit
         liveness = self._liveness_channel
-        read = conn.read_response
-        while True:
-            try:
-                # blocks in the socket read (no timeout); never a spinning poll
-                msg = await read()
-            except REDIS_ERRORS as exc:
-                raise RedisUnavailable(f"notification read: {exc}") from exc
-            # ["pmessage", pattern, channel, event]; confirmations and pongs are skipped
-            if msg[0] != "pmessage":
-                continue
-            channel: str = msg[2]
-            if channel == liveness:
-                self._canary_seen()
-                continue
-            found = classify(channel[base:])
-            if found is not None:
-                emit(Changed(found[1], found[0]))
+        # waits in the event loop until messages arrive (never a spinning poll); raises
+        # RedisUnavailable once the connection is lost and every message before is read
+        async for batch in subscriber:
+            for msg in batch:
+                # ["pmessage", pattern, channel, event]; anything else is skipped
+                if msg[0] != "pmessage":
+                    continue
+                channel: str = msg[2]
+                if channel == liveness:
+                    self._canary_seen()
+                    continue
+                found = classify(channel[base:])
+                if found is not None:
+                    emit(Changed(found[1], found[0]))
 
     # -- background duties ---------------------------------------------------------------
     async def _watch(self) -> None:

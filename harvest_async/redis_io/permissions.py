@@ -10,8 +10,13 @@ user should not have), so it works the same on Redis 6.2, 7.x and Valkey:
 * writes are only queued: MULTI is sent alone (when it is refused nothing follows), then
   each write the service makes, then a command with a wrong number of arguments, so that
   EXEC aborts the transaction. Redis checks the ACL when it queues a command, so each
-  queued reply says whether that write is permitted, and nothing is ever executed;
+  queued reply says whether that write is permitted, and nothing is ever executed. The
+  proposal write script's commands (XADD, DEL, HSET, PEXPIRE) are queued one by one, as
+  Redis checks each of them inside the script too, and then the EVALSHA of the script on
+  the real keys (the ACL checks a script's declared keys when it is called);
 * channel patterns are subscribed to one at a time, on a connection closed afterwards.
+
+Every probe runs on a wire connection (`wire.Wire`, RESP2), one command per round trip.
 
 A permission lost while running (the ACL changed under us) is noticed where it is
 refused: the affected work waits and is retried, logged once.
@@ -20,23 +25,22 @@ refused: the affected work waits and is retried, logged once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import Any, Literal
-
-import anyio
-from redis.exceptions import ResponseError
+from collections.abc import AsyncIterator, Sequence
+from typing import Literal
 
 from harvest_async.config import Settings
 from harvest_async.core.keys import INPUT_KINDS, glob_escape
-from harvest_async.errors import PermissionDenied
+from harvest_async.errors import (
+    AuthenticationFailed,
+    PermissionDenied,
+    RedisReplyError,
+    RedisUnavailable,
+)
 from harvest_async.redis_io.client import (
-    REDIS_ERRORS,
-    client_for,
     denied_command,
     describe_url,
+    endpoint_for,
     is_permission_error,
-    redis_error,
-    redis_errors,
 )
 from harvest_async.redis_io.inputs_io import (
     READ_COMMANDS,
@@ -46,6 +50,8 @@ from harvest_async.redis_io.inputs_io import (
     Mode,
     unknown_command,
 )
+from harvest_async.redis_io.sink import WRITE_SHA
+from harvest_async.redis_io.wire import Endpoint, Reply, Wire, command
 
 __all__ = ["PROBE_SYMBOL", "Role", "verify_permissions"]
 
@@ -59,26 +65,21 @@ async def verify_permissions(
     settings: Settings, role: Role, *, instance: str | None = None
 ) -> None:
     """Raise PermissionDenied naming the first thing `role` needs and may not do."""
-    client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-check")
-    probe = _Probe(client, describe_url(settings.redis_url))
-    try:
-        async with probe.connected(protocol=None):
-            await _reads(probe, settings, "all" if role == "record" else "used", role)
-            if role == "record":
-                await _transaction(probe, [])  # the recorder reads in MULTI/EXEC
-            else:
-                await _transaction(probe, _writes(settings, role == "run", instance))
-        if role != "once":
-            recorder = role == "record"
-            name = instance or (f"{settings.instance}-recorder" if recorder else settings.instance)
-            keys = settings.keys
-            patterns = [*keys.keyspace_patterns(), glob_escape(keys.liveness_channel(name))]
-            async with probe.connected(protocol=2):
-                await _channels(probe, patterns)
-            await _input_streams(probe, settings.input_streams)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await client.aclose()
+    probe = _Probe(endpoint_for(settings), describe_url(settings.redis_url))
+    async with probe.connected():
+        await _reads(probe, settings, "all" if role == "record" else "used", role)
+        if role == "record":
+            await _transaction(probe, [])  # the recorder reads in MULTI/EXEC
+        else:
+            await _transaction(probe, _writes(settings, role == "run", instance))
+    if role != "once":
+        recorder = role == "record"
+        name = instance or (f"{settings.instance}-recorder" if recorder else settings.instance)
+        keys = settings.keys
+        patterns = [*keys.keyspace_patterns(), glob_escape(keys.liveness_channel(name))]
+        async with probe.connected():
+            await _channels(probe, patterns)
+        await _input_streams(probe, settings.input_streams)
 
 
 # -- steps ---------------------------------------------------------------------------------
@@ -121,8 +122,12 @@ def _writes(
         (on_proposals, ["DEL", proposal]),
         (on_proposals, ["HSET", proposal, "probe", "1"]),
     ]
+    if settings.proposal_ttl_sec > 0:
+        out.append((on_proposals, ["PEXPIRE", proposal, "1000"]))
+    script_keys = [proposal]
     if settings.enable_stream:
         stream = keys.stream
+        script_keys.append(stream)
         out.append(
             (
                 f"write access to the stream {stream}",
@@ -132,8 +137,14 @@ def _writes(
         out.append(
             (f"read access to the stream {stream}", ["XREVRANGE", stream, "+", "-", "COUNT", "1"])
         )
-    else:
-        out.append((f"read access to keys {keys.harvest_prefix}*", ["HGET", proposal, "seq"]))
+    # the uncertain-write check reads the hash's seq
+    out.append((f"read access to keys {keys.harvest_prefix}*", ["HGET", proposal, "seq"]))
+    out.append(
+        (
+            f"the proposal write script on {' and '.join(script_keys)}",
+            ["EVALSHA", WRITE_SHA, str(len(script_keys)), *script_keys],
+        )
+    )
     if liveness:
         key = keys.liveness(instance or settings.instance)
         on_liveness = f"write access to the liveness key {key}"
@@ -147,11 +158,10 @@ async def _transaction(probe: _Probe, queued: Sequence[tuple[str, list[str]]]) -
     """MULTI alone, then each command queued (the ACL is checked when queueing), then a
     command that cannot be queued, so EXEC discards everything: nothing runs."""
     await probe.check("MULTI", "MULTI")
-    for what, command in queued:
-        await probe.check(what, *command)
+    for what, args in queued:
+        await probe.check(what, *args)
     if queued:
-        with contextlib.suppress(ResponseError):  # the wrong number of arguments
-            await probe.ask("HSET")
+        await probe.ask("HSET")  # the wrong number of arguments: EXEC aborts
     await probe.check("EXEC", "EXEC")
 
 
@@ -165,7 +175,7 @@ async def _channels(probe: _Probe, patterns: Sequence[str]) -> None:
 async def _input_streams(probe: _Probe, streams: Sequence[str]) -> None:
     if not streams:
         return
-    async with probe.connected(protocol=None):
+    async with probe.connected():
         for stream in streams:
             what = f"read access to the input stream {stream}"
             await probe.check(what, "XREVRANGE", stream, "+", "-", "COUNT", "1")
@@ -176,48 +186,44 @@ async def _input_streams(probe: _Probe, streams: Sequence[str]) -> None:
 
 
 class _Probe:
-    """One bare connection at a time; every reply checked for an ACL refusal."""
+    """One wire connection at a time; every reply checked for an ACL refusal."""
 
-    def __init__(self, client: Any, where: str) -> None:
-        self.client = client
+    def __init__(self, endpoint: Endpoint, where: str) -> None:
+        self.endpoint = endpoint
         self.where = where
-        self.conn: Any = None
+        self.wire: Wire | None = None
 
     @contextlib.asynccontextmanager
-    async def connected(self, *, protocol: int | None) -> Any:
-        conn = self.client.connection_pool.make_connection()
-        if protocol is not None:
-            conn.protocol = protocol  # subscription confirmations as plain arrays
-        self.conn = conn
+    async def connected(self) -> AsyncIterator[_Probe]:
+        """A new connection (its handshake's CLIENT SETNAME is the first check)."""
+        self.wire = Wire(self.endpoint, name="harvest-async-check")
         try:
-            try:
-                await conn.connect()  # CLIENT SETNAME: refused by an ACL without it
-            except REDIS_ERRORS as exc:
-                self.refused("CLIENT SETNAME", exc)
-                raise redis_error(f"connecting to Redis at {self.where}", exc) from exc
             yield self
         finally:
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await conn.disconnect()
+            self.wire.close()
+            self.wire = None
 
-    async def ask(self, *args: str) -> Any:
-        async with redis_errors(f"checking permissions at {self.where}", replies=False):
-            await self.conn.send_command(*args)
-            return await self.conn.read_response()
+    async def ask(self, *args: str) -> Reply:
+        assert self.wire is not None, "ask() outside connected()"
+        try:
+            (reply,) = await self.wire.roundtrip(command(*args), 1)
+        except (PermissionDenied, AuthenticationFailed):
+            raise
+        except RedisUnavailable as exc:
+            raise RedisUnavailable(f"checking permissions at {self.where}: {exc}") from exc
+        return reply
 
-    async def check(self, what: str, *args: str) -> Any:
+    async def check(self, what: str, *args: str) -> Reply:
         """Send one command; raise PermissionDenied if the ACL refuses it. Other
         refusals (OOM while queueing, ...) are not this check's business."""
-        try:
-            return await self.ask(*args)
-        except ResponseError as exc:
-            self.refused(what, exc)
-            return exc
+        reply = await self.ask(*args)
+        if isinstance(reply, RedisReplyError):
+            self.refused(what, reply)
+        return reply
 
     def refused(self, what: str, exc: BaseException) -> None:
         text = str(exc)
         if not is_permission_error(text):
             return
-        command = denied_command(text)
-        raise PermissionDenied(f"command {command}" if command else what, text) from exc
+        command_name = denied_command(text)
+        raise PermissionDenied(f"command {command_name}" if command_name else what, text) from exc

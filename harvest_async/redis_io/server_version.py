@@ -27,6 +27,8 @@ __all__ = [
     "SUPPORTED",
     "ServerVersion",
     "Support",
+    "judge",
+    "parse_info",
     "predates_hello",
     "probe_server",
     "support",
@@ -110,6 +112,12 @@ async def probe_server(client: aioredis.Redis, where: str) -> ServerVersion | No
     except ResponseError as exc:  # INFO denied by an ACL
         log.debug("cannot read the server's version at %s (%s); not checked", where, exc)
         return None
+    return judge(info, where)
+
+
+def judge(info: Mapping[str, Any], where: str) -> ServerVersion:
+    """The server that INFO describes, once it is known to be supported: UnsupportedServer
+    (exit 2) below the minimum, one WARNING for a version not tested."""
     server = ServerVersion.from_info(info)
     verdict, why = support(server)
     if verdict == "unsupported":
@@ -119,3 +127,13 @@ async def probe_server(client: aioredis.Redis, where: str) -> ServerVersion | No
     else:
         log.info("server: %s at %s", server, where)
     return server
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """INFO's reply text ("key:value" lines, "# Section" headers) as a mapping."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and ":" in line:
+            key, value = line.split(":", 1)
+            out[key] = value.strip()
+    return out

@@ -9,8 +9,9 @@ What callers can rely on:
 
 * A round trip's replies are its own: a failure, timeout or cancellation mid-way closes
   the connection for good, and the next round trip opens a new one (lazily).
-* A failure says whether the request was sent: `RedisUnavailable` (and its subclass
-  `AuthenticationFailed`) before anything was sent, so retrying is safe; `WriteUncertain`
+* A failure says whether the request was sent: `RedisUnavailable` (and its subclasses
+  `AuthenticationFailed`, `PermissionDenied`) before anything was sent, so retrying is
+  safe; `WriteUncertain`
   once it was (connection lost before all replies were read: it may or may not have run);
   `ReplyTimeout`, a `WriteUncertain`, when no reply came within the deadline (the server
   may still run it later).
@@ -28,6 +29,7 @@ import hiredis
 
 from harvest_async.errors import (
     AuthenticationFailed,
+    PermissionDenied,
     RedisReplyError,
     RedisUnavailable,
     ReplyTimeout,
@@ -189,14 +191,18 @@ async def _exchange(conn: _Resp, payload: bytes, count: int) -> list[Reply]:
     raise WriteUncertain(f"connection lost before the replies: {conn.failure}")
 
 
-async def _connect(endpoint: Endpoint, name: str, subscribe: tuple[str, ...] = ()) -> _Resp:
+async def _connect(
+    endpoint: Endpoint, name: str, subscribe: tuple[str, ...] = (), *, limit: float | None = None
+) -> _Resp:
     """A connected, authenticated connection (and subscribed, if patterns are given);
-    the whole of it within the endpoint's connect timeout."""
+    the whole of it within the endpoint's connect timeout, or `limit` if shorter."""
+    if limit is None or limit > endpoint.connect_timeout:
+        limit = endpoint.connect_timeout
     loop = asyncio.get_running_loop()
     conn = _Resp()
     where = endpoint.describe()
     try:
-        async with asyncio.timeout(endpoint.connect_timeout):
+        async with asyncio.timeout(limit):
             if endpoint.path is not None:
                 await loop.create_unix_connection(lambda: conn, endpoint.path)
             else:
@@ -208,12 +214,12 @@ async def _connect(endpoint: Endpoint, name: str, subscribe: tuple[str, ...] = (
                 await _subscribe(conn, subscribe)
     except BaseException as exc:
         conn.fail(exc)
+        if isinstance(exc, PermissionDenied):  # names what the ACL refused: enough
+            raise
         if isinstance(exc, RedisUnavailable):
             raise type(exc)(f"{where}: {exc}") from exc
         if isinstance(exc, TimeoutError):
-            raise RedisUnavailable(
-                f"{where}: no connection within {endpoint.connect_timeout:g} s"
-            ) from exc
+            raise RedisUnavailable(f"{where}: no connection within {limit:g} s") from exc
         if isinstance(exc, OSError):  # refused, no such socket, TLS handshake, ...
             raise RedisUnavailable(f"{where}: {type(exc).__name__}: {exc}") from exc
         raise
@@ -236,9 +242,12 @@ async def _handshake(conn: _Resp, endpoint: Endpoint, name: str) -> None:
     for (step, _), reply in zip(steps, replies, strict=True):
         if not isinstance(reply, RedisReplyError):
             continue
-        # any refusal of AUTH is about the credentials; NOAUTH: a password is required
+        # any refusal of AUTH is about the credentials (WRONGPASS, or ERR when the server
+        # has no password); NOAUTH: a password is required
         if step == "AUTH" or reply.code == "NOAUTH":
             raise AuthenticationFailed(f"Redis refused the credentials ({step}): {reply}")
+        if reply.code == "NOPERM":  # the ACL user may not name its connection, ...
+            raise PermissionDenied(f"command {step.lower().replace(' ', '|')}", str(reply))
         raise RedisUnavailable(f"Redis refused {step} ({reply.code}): {reply}") from reply
 
 
@@ -250,9 +259,12 @@ async def _subscribe(conn: _Resp, patterns: tuple[str, ...]) -> None:
         confirmations = await _exchange(conn, payload, len(patterns))
     except WriteUncertain as exc:
         raise RedisUnavailable(f"subscribing: {exc}") from exc
-    for reply in confirmations:
-        if isinstance(reply, RedisReplyError):  # e.g. NOPERM: the ACL denies the channels
-            raise RedisUnavailable(f"Redis refused PSUBSCRIBE ({reply.code}): {reply}") from reply
+    for pattern, reply in zip(patterns, confirmations, strict=True):
+        if not isinstance(reply, RedisReplyError):
+            continue
+        if reply.code == "NOPERM":  # the ACL denies the command or the channels
+            raise PermissionDenied(f"PSUBSCRIBE {pattern}", str(reply))
+        raise RedisUnavailable(f"Redis refused PSUBSCRIBE ({reply.code}): {reply}") from reply
 
 
 class Wire:
@@ -292,7 +304,8 @@ class Wire:
             conn = self._conn
             if conn is None or conn.failure is not None:
                 self._conn = None  # a connection the server closed while we were idle
-                conn = self._conn = await _connect(self.endpoint, self.name)
+                # a frozen server is noticed within the round trip's deadline here too
+                conn = self._conn = await _connect(self.endpoint, self.name, limit=self.timeout)
             # the deadline aborts the connection, so the wait ends at once; cheaper than
             # a cancel scope or asyncio.timeout per round trip
             conn.arm(self.timeout)

@@ -25,11 +25,14 @@ from harvest_async.redis_io.client import (
     check_redis,
     client_for,
     describe_url,
+    endpoint_for,
 )
 from harvest_async.redis_io.inputs_io import InputLimits
+from harvest_async.redis_io.liveness import LivenessWriter
 from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.redis_io.permissions import verify_permissions
-from harvest_async.redis_io.publisher import LivenessWriter, RedisInputReader, RedisSink
+from harvest_async.redis_io.reader import RedisInputReader
+from harvest_async.redis_io.sink import RedisSink
 from harvest_async.service.fanout import fan_out
 from harvest_async.service.metrics_server import start_for as start_metrics
 from harvest_async.service.publish_log import PublishLog
@@ -64,20 +67,28 @@ async def serve(
     if settings.metrics_port is not None and not once:
         observer, hooks, stop_metrics = start_metrics(settings, observer, hooks)
     timeout = settings.redis_timeout_sec
+    # the cold paths (discovery, proposals read back, liveness) on redis-py; the hot paths
+    # (input reads, proposal writes, notifications) on connections of their own (wire)
     client = client_for(
         settings.redis_url, settings.redis_password, retries=0, socket_timeout=timeout
     )
+    endpoint = endpoint_for(settings)
     engine = build_engine(settings, observer)
+    reader = RedisInputReader(
+        client, settings.keys, endpoint, timeout=timeout, limits=InputLimits.of(settings)
+    )
+    sink = RedisSink(
+        endpoint,
+        settings.keys,
+        enable_stream=settings.enable_stream,
+        stream_maxlen=settings.stream_maxlen,
+        proposal_ttl=settings.proposal_ttl_sec,
+        timeout=timeout,
+    )
     runner = Runner(
         engine,
-        RedisInputReader(client, settings.keys, timeout=timeout, limits=InputLimits.of(settings)),
-        RedisSink(
-            client,
-            settings.keys,
-            enable_stream=settings.enable_stream,
-            stream_maxlen=settings.stream_maxlen,
-            timeout=timeout,
-        ),
+        reader,
+        sink,
         clock,
         symbols=settings.symbols,
         reconcile_every=settings.max_publish_age_sec,
@@ -145,6 +156,8 @@ async def serve(
                     ).clear()
                     cleared = True
             await client.aclose()
+        reader.close()
+        sink.close()
         notifier.close()
         if stop_metrics is not None:
             stop_metrics()

@@ -18,11 +18,11 @@ class Notifier:
         env = os.environ if environ is None else environ
         address = env.get("NOTIFY_SOCKET")
         self._address: str | None = None
-        self._sock: socket.socket | None = None
+        self._socket: socket.socket | None = None
         if address:
             # "@name" is an abstract socket in the Linux namespace
             self._address = "\0" + address[1:] if address.startswith("@") else address
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         usec = env.get("WATCHDOG_USEC")
         pid = env.get("WATCHDOG_PID")
         self.watchdog_sec: float | None = None
@@ -34,13 +34,13 @@ class Notifier:
 
     @property
     def enabled(self) -> bool:
-        return self._sock is not None
+        return self._socket is not None
 
     def send(self, *lines: str) -> None:
-        if self._sock is None or self._address is None:
+        if self._socket is None or self._address is None:
             return
         try:
-            self._sock.sendto("\n".join(lines).encode(), self._address)
+            self._socket.sendto("\n".join(lines).encode(), self._address)
         except OSError as exc:
             log.debug("sd_notify failed: %s", exc)
 
@@ -57,6 +57,6 @@ class Notifier:
         self.send("STOPPING=1", "STATUS=stopping")
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None

@@ -23,9 +23,8 @@ import pytest
 from harvest_async.config import engine_config, settings_from_env
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.gate import GateConfig
-from harvest_async.core.input_hashes import SymbolInputs
+from harvest_async.core.input_hashes import SymbolInputs, trim
 from harvest_async.core.ports import Output
-from harvest_async.redis_io.publisher import trim
 from harvest_async.replay.compare import compare
 from harvest_async.replay.format import (
     FORMAT,

@@ -23,7 +23,8 @@ from harvest_async.core.input_hashes import OVERSIZED, NoAdvice
 from harvest_async.core.inputs import parse_position
 from harvest_async.redis_io.client import client_for
 from harvest_async.redis_io.inputs_io import InputLimits, read_hashes
-from harvest_async.redis_io.publisher import RedisInputReader
+from harvest_async.redis_io.reader import RedisInputReader
+from harvest_async.redis_io.wire import endpoint_from_url
 from harvest_async.replay.recorder import Recorder
 from harvest_async.service.runner import Runner
 from harvest_async.tools.doctor import run_doctor
@@ -141,7 +142,7 @@ async def test_the_read_script_tells_absent_empty_oversized_and_wrong_type_apart
             await admin.hset(KEYS.position("LONGV"), mapping={**pos, "side": "L" * 101})
             await admin.hset(KEYS.position("UNREAD"), mapping={**pos, "notes": "x" * 500})
             await admin.set(KEYS.position("STRING"), "not a hash")
-            reader = RedisInputReader(client, KEYS, limits=limits)
+            reader = RedisInputReader(client, KEYS, endpoint_from_url(redis_url), limits=limits)
             names = ["ABSENT", "EMPTY", "WIDE", "LONGV", "UNREAD", "STRING"]
             got = {i.symbol: i.position for i in await reader.fetch(names)}
             assert got["ABSENT"] is None
@@ -169,6 +170,7 @@ async def test_the_read_script_tells_absent_empty_oversized_and_wrong_type_apart
             await admin.script_flush()
             unread = [("position", KEYS.position("UNREAD"))]
             assert await read_hashes(admin, unread, limits, "all") == [pos]
+            reader.close()
     finally:
         await client.aclose()
 

@@ -19,13 +19,12 @@ import pytest
 import redis
 
 from harvest_async import __version__
-from harvest_async.core.input_hashes import NoAdvice, SymbolInputs
+from harvest_async.core.input_hashes import NoAdvice, SymbolInputs, trim
 from harvest_async.core.inputs import evaluate
 from harvest_async.core.kernel import KernelInputError, compute
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
 from harvest_async.core.proposal import theta_id_for
-from harvest_async.redis_io.publisher import trim
 from harvest_async.tools.embedded_server import EmbeddedRedis
 
 KEYS = Keys()

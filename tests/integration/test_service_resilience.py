@@ -24,11 +24,10 @@ import redis
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from harvest_async.config import Settings, settings_from_env
 from harvest_async.core.engine import Engine, EngineConfig
-from harvest_async.core.input_hashes import NoAdvice, Ready, SymbolInputs
+from harvest_async.core.input_hashes import NoAdvice, Ready, SymbolInputs, trim
 from harvest_async.core.inputs import evaluate
 from harvest_async.core.kernel import KernelInputError, compute
 from harvest_async.core.keys import Keys
@@ -36,7 +35,9 @@ from harvest_async.core.models import Theta
 from harvest_async.core.ports import Output
 from harvest_async.errors import RedisUnavailable, WriteUncertain
 from harvest_async.redis_io.client import client_for
-from harvest_async.redis_io.publisher import RedisSink, trim
+from harvest_async.redis_io.reader import RedisInputReader
+from harvest_async.redis_io.sink import WRITE_SHA, RedisSink
+from harvest_async.redis_io.wire import Reply, Wire, endpoint_from_url
 from harvest_async.service.app import serve
 from harvest_async.service.runner import Runner
 from harvest_async.tools.embedded_server import EmbeddedRedis
@@ -344,8 +345,11 @@ SERVICE_COMMANDS = (
     "exec",
     "del",
     "hset",
+    "hget",
     "xadd",
     "pexpire",
+    # the proposal write script (its commands above are checked inside it too)
+    "evalsha",
     "psubscribe",
     # the input read script (docs/operations.md: the ACL the service needs)
     "script|load",
@@ -454,8 +458,9 @@ async def test_an_audit_stream_of_another_type_is_an_outage_not_a_crash(
             async def audited() -> list[dict[str, str]]:
                 return [f for _id, f in await client.xrange(KEYS.stream)]
 
-            # MULTI/EXEC does not roll back: the hash may already show the proposal, but
-            # the service keeps retrying until its audit entry is written too
+            # the write script appends the audit entry first: the hash is not written
+            # without it, and the service keeps retrying until both are written
+            assert not await client.exists(KEYS.proposal(SYM))
             entries = await wait_for(audited, "the audit entry after the fix")
             await wait_action(client, "PARTIAL_25")
     assert entries and entries[-1]["event"] == "publish"
@@ -484,33 +489,45 @@ def _outputs(symbol: str = SYM, pnl: float = 5.0) -> list[Output]:
     return [out]
 
 
-def _break_exec(sink: RedisSink, *, after: bool) -> list[int]:
-    """Make the sink's transactions fail with a lost connection, after the whole
-    MULTI/EXEC ran (`after=True`: the outcome is unknown to the caller) or before any of
-    it was sent."""
-    wire = sink._wire
-    real = wire.roundtrip
-    calls: list[int] = []
+class LosingWire(Wire):
+    """A wire whose next proposal write loses its connection: after the server ran it
+    (`after=True`: its outcome is unknown to the sink) or before anything was sent.
+    While `down` (from then on, with `then_down`), every round trip fails as if Redis
+    were unreachable."""
 
-    async def broken(payload: bytes, replies: int) -> list[Any]:
-        calls.append(1)
-        if after:
-            await real(payload, replies)
-        raise RedisConnectionError("connection lost while reading EXEC's reply")
+    def __init__(self, url: str, *, after: bool, then_down: bool = False) -> None:
+        super().__init__(endpoint_from_url(url), name="test-writes", timeout=2.0)
+        self.after = after
+        self.then_down = then_down
+        self.armed = True
+        self.down = False
+        self.writes = 0
 
-    wire.roundtrip = broken  # type: ignore[method-assign]
-    return calls
+    async def roundtrip(self, payload: bytes, replies: int) -> list[Reply]:
+        if self.down:
+            raise RedisUnavailable("Redis is unreachable")
+        if WRITE_SHA.encode() not in payload:
+            return await super().roundtrip(payload, replies)
+        self.writes += 1
+        if not self.armed:
+            return await super().roundtrip(payload, replies)
+        self.armed = False
+        if not self.after:
+            raise RedisUnavailable("connection lost before the write was sent")
+        await super().roundtrip(payload, replies)
+        self.close()
+        self.down = self.then_down
+        raise WriteUncertain("connection lost while reading EXEC's reply")
 
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_sink_write_whose_exec_landed_is_not_repeated(redis_url: str, stream: bool) -> None:
-    client = client_for(redis_url, retries=0)
-    try:
-        sink = RedisSink(client, KEYS, enable_stream=stream)
+    wire = LosingWire(redis_url, after=True)
+    sink = RedisSink(wire.endpoint, KEYS, enable_stream=stream, wire=wire)
+    async with connected(redis_url) as client:
         outputs = _outputs()
-        calls = _break_exec(sink, after=True)
         await sink.write(outputs)  # returns normally: it landed
-        assert calls == [1]
+        assert wire.writes == 1
         fields = await client.hgetall(KEYS.proposal(SYM))  # type: ignore[misc]
         assert fields == outputs[0].fields  # type: ignore[union-attr]
         if stream:
@@ -519,70 +536,35 @@ async def test_sink_write_whose_exec_landed_is_not_repeated(redis_url: str, stre
             assert entries[0][1] == outputs[0].audit_fields()
         else:
             assert not await client.exists(KEYS.stream)
-    finally:
-        await client.aclose()
+    sink.close()
 
 
 async def test_sink_write_that_failed_before_exec_raises_and_wrote_nothing(
     redis_url: str,
 ) -> None:
-    client = client_for(redis_url, retries=0)
-    try:
-        sink = RedisSink(client, KEYS)
-        _break_exec(sink, after=False)
+    wire = LosingWire(redis_url, after=False)
+    sink = RedisSink(wire.endpoint, KEYS, wire=wire)
+    async with connected(redis_url) as client:
         with pytest.raises(RedisUnavailable) as info:
             await sink.write(_outputs())
         assert not isinstance(info.value, WriteUncertain)
         assert not await client.exists(KEYS.proposal(SYM), KEYS.stream)
-    finally:
-        await client.aclose()
+    sink.close()
 
 
 async def test_sink_write_whose_outcome_cannot_be_checked_is_uncertain(redis_url: str) -> None:
-    client = client_for(redis_url, retries=0)
-    try:
-        sink = RedisSink(client, KEYS)
-        _break_exec(sink, after=True)
-
-        async def down(*_args: Any, **_kwargs: Any) -> Any:
-            raise RedisConnectionError("still down")
-
-        client.xrevrange = down  # type: ignore[method-assign]
-        with pytest.raises(WriteUncertain):
-            await sink.write(_outputs())
-    finally:
-        await client.aclose()
-
-
-@pytest.mark.parametrize("after", [True, False])
-async def test_service_never_duplicates_an_audit_entry_on_a_failed_write(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch, after: bool
-) -> None:
-    """One transaction of the running service fails (after or before EXEC); the change
-    ends up published exactly once."""
-    real = RedisSink._transaction
-    failures: list[int] = []
-    armed = False
-
-    async def flaky(self: RedisSink, outputs: Any) -> None:
-        if armed and not failures:
-            failures.append(1)
-            if after:
-                await real(self, outputs)
-            raise RedisConnectionError("connection lost during EXEC")
-        await real(self, outputs)
-
-    monkeypatch.setattr(RedisSink, "_transaction", flaky)
-    async with connected(redis_url) as client, running(make_settings(redis_url)):
-        await put_inputs(client, pnl=0.0)
-        await wait_action(client, "NONE")
-        armed = True
-        await put(client, KEYS.position(SYM), position(9.0))
-        await wait_action(client, "PARTIAL_50", limit=3.0)
-        await anyio.sleep(0.7)  # past the retry delay: nothing else is written
-        entries = [f for _id, f in await client.xrange(KEYS.stream)]
-    assert failures == [1]
-    assert [e["harvest_action"] for e in entries] == ["NONE", "PARTIAL_50"]
+    """The connection is lost after the write ran, and Redis cannot be asked whether it
+    did: the outcome is unknown (WriteUncertain). Once Redis answers, `landed` tells."""
+    wire = LosingWire(redis_url, after=True, then_down=True)
+    sink = RedisSink(wire.endpoint, KEYS, wire=wire)
+    outputs = _outputs()
+    with pytest.raises(WriteUncertain):
+        await sink.write(outputs)
+    with pytest.raises(RedisUnavailable):
+        await sink.landed(outputs)
+    wire.down = False
+    assert await sink.landed(outputs)
+    sink.close()
 
 
 # -- hostile input -------------------------------------------------------------------------
@@ -835,12 +817,10 @@ def test_fuzzed_input_hashes_never_crash_it_nor_get_published(redis_url: str) ->
 async def test_a_read_that_gets_no_reply_times_out(redis_url: str) -> None:
     """The hot path's deadline: a paused server makes a fetch fail after the timeout
     (and the next one works on a new connection)."""
-    from harvest_async.redis_io.publisher import RedisInputReader
-
     client = client_for(redis_url)
     admin = aioredis.Redis.from_url(redis_url)
+    reader = RedisInputReader(client, KEYS, endpoint_from_url(redis_url), timeout=0.3)
     try:
-        reader = RedisInputReader(client, KEYS, timeout=0.3)
         assert (await reader.fetch([SYM]))[0].position is None
         await admin.execute_command("CLIENT", "PAUSE", "1000", "ALL")
         started = time.perf_counter()
@@ -850,5 +830,6 @@ async def test_a_read_that_gets_no_reply_times_out(redis_url: str) -> None:
         await admin.execute_command("CLIENT", "UNPAUSE")
         assert (await reader.fetch([SYM]))[0].position is None
     finally:
+        reader.close()
         await admin.aclose()
         await client.aclose()

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
 from harvest_async.config import settings_from_env
+from harvest_async.redis_io.sink import WRITE_SHA
 from harvest_async.service.app import serve
 from harvest_async.service.runner import Runner
 from harvest_async.tools.embedded_server import EmbeddedRedis
@@ -176,7 +177,7 @@ async def test_a_write_in_flight_at_shutdown_is_finished_then_the_key_deleted(
     redis_server: EmbeddedRedis, client: aioredis.Redis, tmp_path: Path
 ) -> None:
     await put_inputs(client, pnl=0.0)
-    write = resp("DEL", KEYS.proposal(SYM))  # a proposal transaction replaces the hash
+    write = WRITE_SHA.encode()  # a proposal write calls the write script
     async with service_via_relay(
         redis_server, tmp_path, marker=write, PUBLISH_INTERVAL_SEC="0"
     ) as service:

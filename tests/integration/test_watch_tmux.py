@@ -54,6 +54,7 @@ def proposal(
         marketstate_age_sec="",
         position_snapshot_age_sec="",
         schema_version=SCHEMA_VERSION,
+        valid_until="",  # no expiry unless a test says so
     )
     fields.update(extra)
     return fields

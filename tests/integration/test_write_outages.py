@@ -21,8 +21,8 @@ from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.input_hashes import SymbolInputs
 from harvest_async.core.ports import Output
 from harvest_async.errors import WriteRefused
-from harvest_async.redis_io.client import client_for
-from harvest_async.redis_io.publisher import RedisSink
+from harvest_async.redis_io.sink import RedisSink
+from harvest_async.redis_io.wire import endpoint_from_url
 from harvest_async.tools.embedded_server import EmbeddedRedis
 from tests.support.live import (
     KEYS,
@@ -189,11 +189,13 @@ def outputs_for(*symbols: str, pnl: float = 5.0) -> list[Output]:
 
 @asynccontextmanager
 async def sink_for(url: str) -> AsyncIterator[tuple[RedisSink, aioredis.Redis]]:
-    client = client_for(url, retries=0)
+    """A sink writing to `url`, and a redis-py client to look at what it did."""
+    sink = RedisSink(endpoint_from_url(url), KEYS)
     try:
-        yield RedisSink(client, KEYS), client
+        async with connected(url) as client:
+            yield sink, client
     finally:
-        await client.aclose()
+        sink.close()
 
 
 async def test_sink_out_of_memory_refuses_all_and_applies_nothing(
@@ -235,13 +237,18 @@ async def test_sink_one_refused_key_leaves_the_others_as_collateral(redis_url: s
             await admin.execute_command("ACL", "DELUSER", "w")
 
 
-async def test_sink_a_failure_inside_exec_reports_what_it_changed(redis_url: str) -> None:
-    """XADD fails inside EXEC (the stream key holds a string): the hash was replaced all
-    the same, so the output is `touched` (its proposal must be written again)."""
+async def test_sink_a_refused_audit_entry_changes_nothing(redis_url: str) -> None:
+    """XADD refused (the stream key holds a string): the write script appends the audit
+    entry first, so the hash is not touched; the output is refused, nothing more.
+    (With MULTI/EXEC the hash was replaced all the same: Redis does not roll back.)"""
     async with sink_for(redis_url) as (sink, client):
+        (before,) = outputs_for("AUSDT", pnl=0.0)
+        await sink.write([before])
+        await client.delete(KEYS.stream)
         await client.set(KEYS.stream, "not a stream")
         (out,) = outputs_for("AUSDT")
         with pytest.raises(WriteRefused, match="WRONGTYPE") as info:
             await sink.write([out])
-        assert info.value.touched == (out,)
-        assert await client.hget(KEYS.proposal("AUSDT"), "seq") == str(out.seq)
+        refused = info.value
+        assert (refused.landed, refused.touched, refused.collateral) == ((), (), ())
+        assert await client.hgetall(KEYS.proposal("AUSDT")) == before.fields  # type: ignore[union-attr,misc]

@@ -95,3 +95,26 @@ def test_unknown_theta_name_in_a_file_lists_the_valid_names(tmp_path: Path) -> N
         settings_from_env({"THETA_FILE": str(theta)})
     text = str(raised.value)
     assert "T4_R" in text and "known: " in text and "kill_threshold" in text
+
+
+# -- PROPOSAL_TTL_SEC (INTERFACE §2.5) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "ttl"),
+    [
+        ({}, 180.0),  # 3 x the default heartbeat
+        ({"MAX_PUBLISH_AGE_SEC": "20"}, 60.0),  # 3 x the heartbeat in force
+        ({"PROPOSAL_TTL_SEC": "0"}, 0.0),  # no TTL
+        ({"PROPOSAL_TTL_SEC": "61.5"}, 61.5),
+    ],
+)
+def test_proposal_ttl(env: dict[str, str], ttl: float) -> None:
+    assert settings_from_env(env).proposal_ttl_sec == ttl
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "nan", "30", "60"])
+def test_a_proposal_ttl_not_above_the_heartbeat_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        settings_from_env({"PROPOSAL_TTL_SEC": value, "MAX_PUBLISH_AGE_SEC": "60"})
+    assert raised.value.variable == "PROPOSAL_TTL_SEC"

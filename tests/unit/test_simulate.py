@@ -9,11 +9,10 @@ from collections import Counter
 import msgspec
 import pytest
 
-from harvest_async.core.input_hashes import NoAdvice, SymbolInputs
+from harvest_async.core.input_hashes import NoAdvice, SymbolInputs, trim
 from harvest_async.core.inputs import evaluate
 from harvest_async.core.kernel import compute
 from harvest_async.core.models import ACTIONS, Theta
-from harvest_async.redis_io.publisher import trim
 from harvest_async.tools.simulate import KINDS, TTL_SEC, InputWrite, Simulator, symbols_for
 
 START = 1_700_000_000.0

@@ -9,9 +9,9 @@ import msgspec
 
 from harvest_async.config import Settings
 from harvest_async.core.input_hashes import SymbolInputs
-from harvest_async.redis_io.client import Client, redis_errors
+from harvest_async.redis_io.client import Client, endpoint_for, redis_errors
 from harvest_async.redis_io.liveness import Publisher, read_publishers
-from harvest_async.redis_io.publisher import RedisInputReader
+from harvest_async.redis_io.reader import RedisInputReader
 
 __all__ = ["STREAM_LOOKBACK", "Snapshot", "finite", "read_snapshot"]
 
@@ -30,9 +30,13 @@ class Snapshot(msgspec.Struct, frozen=True):
 
 async def read_snapshot(client: Client, settings: Settings, symbol: str) -> Snapshot:
     keys = settings.keys
-    (inputs,) = await RedisInputReader(client, keys, timeout=settings.redis_timeout_sec).fetch(
-        [symbol]
+    reader = RedisInputReader(
+        client, keys, endpoint_for(settings), timeout=settings.redis_timeout_sec
     )
+    try:
+        (inputs,) = await reader.fetch([symbol])
+    finally:
+        reader.close()
     context = f"explain: reading the proposal of {symbol}"
     async with redis_errors(context), client.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.proposal(symbol))
