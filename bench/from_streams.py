@@ -31,7 +31,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from harvest_async.config import settings_from_env
-from harvest_async.replay.from_streams import parse_stream_specs, record_from_streams
+from harvest_async.replay.from_streams import parse_stream_specs
+from harvest_async.replay.from_streams_record import record_from_streams
 from harvest_async.replay.replayer import engine_config_for, replay
 from harvest_async.replay.stream_window import StreamBound
 from harvest_async.tools.embedded_server import EmbeddedRedis, find_redis_servers

@@ -98,7 +98,8 @@ _HISTORY_ONLY = ("since", "until", "snapshot_from", "warmup")
 def _from_streams(args: argparse.Namespace, settings: Any) -> int:
     import sys
 
-    from harvest_async.replay.from_streams import parse_stream_specs, record_from_streams
+    from harvest_async.replay.from_streams import parse_stream_specs
+    from harvest_async.replay.from_streams_record import record_from_streams
     from harvest_async.replay.stream_window import parse_bound
 
     if args.duration is not None:

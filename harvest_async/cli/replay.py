@@ -248,12 +248,8 @@ def _against_audit(args: argparse.Namespace, settings: Any) -> int:
 
     from harvest_async.config import engine_config
     from harvest_async.redis_io.client import describe_url
-    from harvest_async.replay.audit_diff import (
-        against_audit,
-        format_jsonl,
-        format_text,
-        is_redis_url,
-    )
+    from harvest_async.replay.against_audit import against_audit, is_redis_url
+    from harvest_async.replay.audit_report import format_jsonl, format_text
     from harvest_async.replay.timeline import atomic_output
 
     fmt = args.format or "text"

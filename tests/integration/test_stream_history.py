@@ -38,11 +38,8 @@ from harvest_async.core.keys import Keys
 from harvest_async.redis_io.input_writer import InputWriter
 from harvest_async.redis_io.streams import history_client
 from harvest_async.replay.format import Header
-from harvest_async.replay.from_streams import (
-    merged_entries,
-    parse_stream_specs,
-    record_from_streams,
-)
+from harvest_async.replay.from_streams import parse_stream_specs
+from harvest_async.replay.from_streams_record import merged_entries, record_from_streams
 from harvest_async.replay.recorder import Recorder, record
 from harvest_async.replay.recording_reader import read_all
 from harvest_async.replay.replayer import replay

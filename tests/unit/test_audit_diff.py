@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from harvest_async.replay.audit_diff import (
-    AuditCollector,
-    Decision,
-    decision_of,
-    diff,
-    format_jsonl,
-    format_text,
-)
+from harvest_async.replay.audit_decisions import AuditCollector, Decision, decision_of
+from harvest_async.replay.audit_diff import diff
+from harvest_async.replay.audit_report import format_jsonl, format_text
 
 START, END, TOL = 1000.0, 2000.0, 10.0
 
