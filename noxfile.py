@@ -103,9 +103,10 @@ def lint(session: nox.Session) -> None:
     [nox.param(p, id=p, tags=[] if p == OLDEST else ["matrix"]) for p in PYTHONS],
 )
 def tests(session: nox.Session) -> None:
-    """The unit and component tiers (no server needed)."""
+    """The unit and component tiers (no server needed). The container tiers (tests/deploy)
+    build images with a Python of their own: `make test` runs them once, not per Python."""
     session.install("-e", EXTRAS)
-    _pytest(session, "-m", "not integration")
+    _pytest(session, "-m", "not integration", "--ignore=tests/deploy")
 
 
 @nox.session(python=OLDEST)
@@ -144,6 +145,6 @@ def minimum(session: nox.Session) -> None:
     """The lowest allowed version of every direct dependency (pyproject.toml's bounds)."""
     session.install("--resolution", "lowest-direct", "-e", EXTRAS)
     session.run("python", "-c", _SHOW_VERSIONS, silent=False)
-    _pytest(session, "-m", "not integration")
+    _pytest(session, "-m", "not integration", "--ignore=tests/deploy")
     oldest = str(session.run("python", "-c", _OLDEST_SERVER, silent=True)).strip()
     _pytest(session, *MINIMUM_INTEGRATION, env={"REDIS_SERVER": oldest} if oldest else None)
