@@ -430,8 +430,11 @@ async def test_a_key_of_another_type_is_bad_input_not_a_crash(redis_url: str) ->
     async with connected(redis_url) as client, running(make_settings(redis_url)):
         await put_inputs(client, pnl=5.0)
         await wait_action(client, "PARTIAL_25")
-        await client.delete(KEYS.marketstate(SYM))
-        await client.set(KEYS.marketstate(SYM), "not a hash")
+        # in one transaction: the service must not see the key absent in between
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.delete(KEYS.marketstate(SYM))
+            pipe.set(KEYS.marketstate(SYM), "not a hash")
+            await pipe.execute()
         await wait_for(lambda: _absent(client), "the retraction")
         await client.delete(KEYS.marketstate(SYM))
         await put(client, KEYS.marketstate(SYM), market())
