@@ -135,8 +135,8 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _random_symbols(args: argparse.Namespace) -> list[str]:
-    """The simulator's symbols; they must not collide with the scripted ones (the two
-    writers would fight over the same keys)."""
+    """The simulator's symbols: not `*` (SYMBOLS' "every symbol") and none of the scripted
+    ones (the two writers would fight over the same keys)."""
     from harvest_async.tools.scripted import SCRIPTED
     from harvest_async.tools.simulate import symbols_for
 
