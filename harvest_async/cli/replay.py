@@ -27,6 +27,21 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("recording", metavar="FILE", help="a recording (.jsonl, or .jsonl.gz)")
+    # the help lists the flags in the order added: output, modes, running, configuration
+    _add_output_args(p)
+    p.add_argument(
+        "--compare",
+        metavar="THETA_FILE",
+        help="replay twice, current tunables vs this file's, and summarise the differences",
+    )
+    _add_into_args(p)
+    _add_running_args(p)
+    add_config_args(p, theta=True, decisions=True)
+    _add_against_audit_args(p)
+    p.set_defaults(handler=handle)
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         "-o",
@@ -38,11 +53,9 @@ def register(subparsers: Any) -> None:
         choices=("jsonl", "csv", "text"),
         help="output format: jsonl (default) or csv; with --compare: text (default) or jsonl",
     )
-    p.add_argument(
-        "--compare",
-        metavar="THETA_FILE",
-        help="replay twice, current tunables vs this file's, and summarise the differences",
-    )
+
+
+def _add_into_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--into",
         metavar="REDIS_URL",
@@ -61,6 +74,10 @@ def register(subparsers: Any) -> None:
         help="with --into: write timestamps as recorded (default: shift them to now, so a "
         "live service does not find the inputs stale)",
     )
+
+
+def _add_running_args(p: argparse.ArgumentParser) -> None:
+    """How the replay runs (progress bar, processes); none of it changes the output."""
     progress = p.add_mutually_exclusive_group()
     progress.add_argument(
         "--progress", dest="progress", action="store_true", default=None, help="force the bar"
@@ -76,9 +93,6 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="split the symbols over N processes (the same output, byte for byte; default 1)",
     )
-    add_config_args(p, theta=True, decisions=True)
-    _add_against_audit_args(p)
-    p.set_defaults(handler=handle)
 
 
 def _add_against_audit_args(p: argparse.ArgumentParser) -> None:

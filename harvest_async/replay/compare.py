@@ -78,6 +78,61 @@ def _describe_decision(d: Decided | None) -> str:
     return f"{d.action}{sl} R={d.R_net:.3f} K={d.kill_score:.4f}"
 
 
+def _timeline(
+    path: str | os.PathLike[str], config: EngineConfig, reconcile_every: float | None
+) -> tuple[dict[str, list[Decided]], ReplayStats]:
+    """One replay's decisions per symbol, in order."""
+    per_symbol: dict[str, list[Decided]] = {}
+
+    def collect(outputs: list[Output]) -> None:
+        for out in outputs:
+            d = _decided(out)
+            if d is not None:
+                per_symbol.setdefault(out.symbol, []).append(d)
+
+    stats = replay(path, config, collect, reconcile_every=reconcile_every)
+    return per_symbol, stats
+
+
+def _first_divergence(a: list[Decided], b: list[Decided], start: float) -> dict[str, Any] | None:
+    """The first position where the two decision sequences differ (one ending early
+    counts), or None when they agree throughout."""
+    for i in range(max(len(a), len(b))):
+        da = a[i] if i < len(a) else None
+        db = b[i] if i < len(b) else None
+        if da is None or db is None or not _same(da, db):
+            at = min(x.at for x in (da, db) if x is not None)
+            return {
+                "index": i,
+                "at": at,
+                "offset_sec": at - start,
+                "a": _describe_decision(da),
+                "b": _describe_decision(db),
+            }
+    return None
+
+
+def _compare_symbol(
+    symbol: str, a: list[Decided], b: list[Decided], start: float
+) -> SymbolComparison:
+    names = sorted({d.action for d in a} | {d.action for d in b}, key=_action_order)
+    actions = {
+        name: (
+            sum(1 for d in a if d.action == name),
+            sum(1 for d in b if d.action == name),
+        )
+        for name in names
+    }
+    return SymbolComparison(
+        symbol=symbol,
+        decisions=(len(a), len(b)),
+        actions=actions,
+        only_a=[n for n, (ca, cb) in actions.items() if ca and not cb],
+        only_b=[n for n, (ca, cb) in actions.items() if cb and not ca],
+        first_divergence=_first_divergence(a, b, start),
+    )
+
+
 def compare(
     path: str | os.PathLike[str],
     config_a: EngineConfig,
@@ -86,58 +141,13 @@ def compare(
     reconcile_every: float | None = None,
 ) -> tuple[list[SymbolComparison], ReplayStats]:
     """Replay twice (A: current tunables, B: the other file's) and compare per symbol."""
-    timelines: list[dict[str, list[Decided]]] = []
-    stats = ReplayStats()
-    for config in (config_a, config_b):
-        per_symbol: dict[str, list[Decided]] = {}
-
-        def collect(
-            outputs: list[Output], per_symbol: dict[str, list[Decided]] = per_symbol
-        ) -> None:
-            for out in outputs:
-                d = _decided(out)
-                if d is not None:
-                    per_symbol.setdefault(out.symbol, []).append(d)
-
-        stats = replay(path, config, collect, reconcile_every=reconcile_every)
-        timelines.append(per_symbol)
-    a_all, b_all = timelines
-    result: list[SymbolComparison] = []
-    for symbol in sorted(set(a_all) | set(b_all)):
-        a = a_all.get(symbol, [])
-        b = b_all.get(symbol, [])
-        names = sorted({d.action for d in a} | {d.action for d in b}, key=_action_order)
-        actions = {
-            name: (
-                sum(1 for d in a if d.action == name),
-                sum(1 for d in b if d.action == name),
-            )
-            for name in names
-        }
-        divergence: dict[str, Any] | None = None
-        for i in range(max(len(a), len(b))):
-            da = a[i] if i < len(a) else None
-            db = b[i] if i < len(b) else None
-            if da is None or db is None or not _same(da, db):
-                at = min(x.at for x in (da, db) if x is not None)
-                divergence = {
-                    "index": i,
-                    "at": at,
-                    "offset_sec": at - stats.start,
-                    "a": _describe_decision(da),
-                    "b": _describe_decision(db),
-                }
-                break
-        result.append(
-            SymbolComparison(
-                symbol=symbol,
-                decisions=(len(a), len(b)),
-                actions=actions,
-                only_a=[n for n, (ca, cb) in actions.items() if ca and not cb],
-                only_b=[n for n, (ca, cb) in actions.items() if cb and not ca],
-                first_divergence=divergence,
-            )
-        )
+    a_all, _ = _timeline(path, config_a, reconcile_every)
+    # B's stats are returned; callers use the recording's span, the same in both
+    b_all, stats = _timeline(path, config_b, reconcile_every)
+    result = [
+        _compare_symbol(symbol, a_all.get(symbol, []), b_all.get(symbol, []), stats.start)
+        for symbol in sorted(set(a_all) | set(b_all))
+    ]
     return result, stats
 
 

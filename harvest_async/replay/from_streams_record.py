@@ -136,6 +136,51 @@ def _ends(infos: Sequence[StreamInfo], until: StreamBound | None) -> list[str | 
     return ends
 
 
+def _check_window(
+    since: StreamBound | None, until: StreamBound | None, snapshot_from: str | None
+) -> None:
+    """Refuse arguments that cannot describe a window, before anything is read."""
+    if since is not None and until is not None and until.end_key() < since.start_key():
+        raise ConfigError("--until", f"{until.text!r} is before --since {since.text!r}")
+    if snapshot_from is not None and until is not None:
+        raise ConfigError(
+            "--snapshot-from",
+            "reads the hashes as they are now, so the window must end now: leave out --until",
+        )
+
+
+def _read_from(since: StreamBound | None, warmup: float | None) -> str:
+    """Where reading starts: the warm-up before --since (when given) builds the state the
+    window opens with; else each stream's beginning."""
+    if since is not None and warmup is not None:
+        return StreamBound.at_time(max(0.0, since.time - warmup)).xrange_start()
+    return "-"
+
+
+async def _convert(
+    client: Client,
+    converter: StreamConverter,
+    specs: Sequence[StreamSpec],
+    *,
+    read_from: str,
+    infos: Sequence[StreamInfo],
+    until: StreamBound | None,
+    end_at: float,
+) -> FromStreamsStats:
+    """Feed the merged entries to the converter; on any failure (cancellation too) the
+    partial output is removed rather than left looking like a recording."""
+    try:
+        names = [spec.name for spec in specs]
+        async for chunk in merged_entries(client, names, read_from, _ends(infos, until)):
+            feed = converter.feed
+            for ms, seq, index, entry_id, fields in chunk:
+                feed(ms, seq, index, entry_id, fields)
+        return converter.finish(end_at)
+    except BaseException:
+        converter.abort()
+        raise
+
+
 async def record_from_streams(
     settings: Settings,
     out: str,
@@ -155,13 +200,7 @@ async def record_from_streams(
     before --since, --snapshot-from with --until) and RedisUnavailable when Redis fails.
     """
     clock = clock or SystemClock()
-    if since is not None and until is not None and until.end_key() < since.start_key():
-        raise ConfigError("--until", f"{until.text!r} is before --since {since.text!r}")
-    if snapshot_from is not None and until is not None:
-        raise ConfigError(
-            "--snapshot-from",
-            "reads the hashes as they are now, so the window must end now: leave out --until",
-        )
+    _check_window(since, until, snapshot_from)
     began = monotonic()
     end_at = until.time if until is not None else clock.now()  # without --until: now
     client = history_client(
@@ -171,9 +210,7 @@ async def record_from_streams(
         infos = await _infos(client, specs)
         if not any(info.exists for info in infos):
             raise ConfigError(OPTION, "none of the streams exists")
-        read_from = "-"
-        if since is not None and warmup is not None:
-            read_from = StreamBound.at_time(max(0.0, since.time - warmup)).xrange_start()
+        read_from = _read_from(since, warmup)
         snapshot: TakenSnapshot | None = None
         if snapshot_from is not None:
             snapshot, infos = await _snapshot_and_last_entries(
@@ -195,16 +232,9 @@ async def record_from_streams(
             snapshot=snapshot,
             history_complete=all(_history_complete(info, read_from) for info in infos),
         )
-        try:
-            names = [spec.name for spec in specs]
-            async for chunk in merged_entries(client, names, read_from, _ends(infos, until)):
-                feed = converter.feed
-                for ms, seq, index, entry_id, fields in chunk:
-                    feed(ms, seq, index, entry_id, fields)
-            stats = converter.finish(end_at)
-        except BaseException:
-            converter.abort()
-            raise
+        stats = await _convert(
+            client, converter, specs, read_from=read_from, infos=infos, until=until, end_at=end_at
+        )
     finally:
         await client.aclose()
     _add_notes(stats, infos, specs, since, snapshot is not None)

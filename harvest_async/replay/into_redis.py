@@ -88,6 +88,95 @@ class IntoStats:
     keys: set[str] = field(default_factory=set)
 
 
+class _Into:
+    """The replay's state between lines: the changes waiting for one transaction, the
+    hashes this replay has written (a later snapshot deletes those it no longer lists),
+    and the recorded-to-wall clock mapping used for pacing and retiming."""
+
+    def __init__(
+        self,
+        client: Client,
+        keys: Keys,
+        clock: Clock,
+        stats: IntoStats,
+        *,
+        speed: float,
+        retime: bool,
+        start: float,
+    ) -> None:
+        self.clock = clock
+        self.stats = stats
+        self.key_for = keys.input_key
+        self.existing: set[tuple[str, str]] = set()
+        self.writer = InputWriter(client, keys, ttl={})  # recorded TTLs are not kept (README)
+        self.ops: list[tuple[str, str, Hash | None, float]] = []  # (kind, symbol, fields, at)
+        self.speed = speed
+        self.retime = retime
+        self.start = start
+        self.wall0 = clock.now()
+
+    def offset_for(self, at: float) -> float:
+        if not self.retime:
+            return 0.0
+        return self.clock.now() - at
+
+    async def flush(self, at: float) -> None:
+        """The waiting changes as one MULTI/EXEC, their times moved to now."""
+        if not self.ops:
+            return
+        offset = self.offset_for(at)
+        self.stats.offset = offset
+        await self.writer.write(
+            [
+                _Change(kind, symbol, fields and shift_times(fields, offset))
+                for kind, symbol, fields, _at in self.ops
+            ]
+        )
+        self.stats.transactions += 1
+        self.ops.clear()
+
+    def snapshot(self, state: dict[str, SymbolState], at: float) -> None:
+        # the listed symbols become exactly as recorded (absent hashes deleted); keys
+        # this replay wrote for symbols no longer listed are deleted
+        wanted: set[tuple[str, str]] = set()
+        for symbol in sorted(state):
+            for kind in ("marketstate", "risk", "position"):
+                fields = state[symbol].get(kind)
+                self.ops.append((kind, symbol, fields or None, at))
+                if fields:
+                    wanted.add((kind, symbol))
+        for kind, symbol in sorted(self.existing - wanted):
+            if symbol not in state:
+                self.ops.append((kind, symbol, None, at))
+        self.existing.clear()
+        self.existing.update(wanted)
+        self.stats.keys.update(self.key_for(k, s) for k, s in wanted)
+
+    def add(self, line: Set | Delete | Snapshot | End, at: float) -> None:
+        """Queue one recorded line's changes."""
+        if isinstance(line, Set):
+            self.ops.append((line.kind, line.symbol, line.fields, at))
+            self.existing.add((line.kind, line.symbol))
+            self.stats.keys.add(self.key_for(line.kind, line.symbol))
+            self.stats.changes += 1
+        elif isinstance(line, Delete):
+            self.ops.append((line.kind, line.symbol, None, at))
+            self.existing.discard((line.kind, line.symbol))
+            self.stats.changes += 1
+        elif isinstance(line, Snapshot):
+            self.snapshot(line.state, at)
+            self.stats.snapshots += 1
+        else:
+            assert isinstance(line, End)
+
+    async def pace(self, at: float) -> None:
+        """Wait until the recorded time `at` is due on the wall clock (never with speed 0)."""
+        if self.speed > 0:
+            target = self.wall0 + (at - self.start) / self.speed
+            await self.clock.sleep_until(target)
+            self.stats.lag_max = max(self.stats.lag_max, self.clock.now() - target)
+
+
 async def replay_into(
     path: str | os.PathLike[str],
     client: Client,
@@ -104,85 +193,25 @@ async def replay_into(
     fields are moved to the time of writing, so a live service does not see them stale."""
     clock = clock or SystemClock()
     stats = IntoStats()
-    key_for = keys.input_key
-    existing: set[tuple[str, str]] = set()
-    writer = InputWriter(client, keys, ttl={})  # recorded TTLs are not kept (README)
-    ops: list[tuple[str, str, Hash | None, float]] = []  # (kind, symbol, fields, at)
-
     with RecordingReader(path) as reader:
         header: Header = reader.header
-        wall0 = clock.now()
-
-        def offset_for(at: float) -> float:
-            if not retime:
-                return 0.0
-            return clock.now() - at
-
-        async def flush(at: float) -> None:
-            if not ops:
-                return
-            offset = offset_for(at)
-            stats.offset = offset
-            await writer.write(
-                [
-                    _Change(kind, symbol, fields and shift_times(fields, offset))
-                    for kind, symbol, fields, _at in ops
-                ]
-            )
-            stats.transactions += 1
-            ops.clear()
-
-        def snapshot_ops(state: dict[str, SymbolState], at: float) -> None:
-            # the listed symbols become exactly as recorded (absent hashes deleted); keys
-            # this replay wrote for symbols no longer listed are deleted
-            wanted: set[tuple[str, str]] = set()
-            for symbol in sorted(state):
-                for kind in ("marketstate", "risk", "position"):
-                    fields = state[symbol].get(kind)
-                    ops.append((kind, symbol, fields or None, at))
-                    if fields:
-                        wanted.add((kind, symbol))
-            for kind, symbol in sorted(existing - wanted):
-                if symbol not in state:
-                    ops.append((kind, symbol, None, at))
-            existing.clear()
-            existing.update(wanted)
-            stats.keys.update(key_for(k, s) for k, s in wanted)
-
-        async def pace(at: float) -> None:
-            if speed > 0:
-                target = wall0 + (at - header.start) / speed
-                await clock.sleep_until(target)
-                stats.lag_max = max(stats.lag_max, clock.now() - target)
-
-        snapshot_ops(header.snapshot, header.start)
-        await flush(header.start)
+        into = _Into(client, keys, clock, stats, speed=speed, retime=retime, start=header.start)
+        into.snapshot(header.snapshot, header.start)
+        await into.flush(header.start)
         group_at = header.start
         for batch in reader.batches():
             for line in batch:
                 at = line.at
                 if at != group_at:
-                    if ops and (speed > 0 or len(ops) >= 500):
-                        await flush(group_at)
-                    await pace(at)
+                    # paced: a transaction per timestamp; speed 0: timestamps batched, 500+ changes
+                    if into.ops and (speed > 0 or len(into.ops) >= 500):
+                        await into.flush(group_at)
+                    await into.pace(at)
                     group_at = at
-                if isinstance(line, Set):
-                    ops.append((line.kind, line.symbol, line.fields, at))
-                    existing.add((line.kind, line.symbol))
-                    stats.keys.add(key_for(line.kind, line.symbol))
-                    stats.changes += 1
-                elif isinstance(line, Delete):
-                    ops.append((line.kind, line.symbol, None, at))
-                    existing.discard((line.kind, line.symbol))
-                    stats.changes += 1
-                elif isinstance(line, Snapshot):
-                    snapshot_ops(line.state, at)
-                    stats.snapshots += 1
-                else:
-                    assert isinstance(line, End)
+                into.add(line, at)
             if on_progress is not None:
                 on_progress(reader.progress(), stats)
-        await flush(group_at)
+        await into.flush(group_at)
         stats.recorded_seconds = reader.last_at - header.start
-    stats.seconds = clock.now() - wall0
+    stats.seconds = clock.now() - into.wall0
     return stats

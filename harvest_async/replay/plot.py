@@ -153,6 +153,220 @@ def _dates(values: Sequence[float]) -> list[datetime]:
     return [datetime.fromtimestamp(v, UTC) for v in values]
 
 
+@dataclass(frozen=True, slots=True)
+class _Mpl:
+    """The matplotlib modules a drawing needs, imported together when drawing starts."""
+
+    plt: Any
+    mdates: Any
+    ticker: Any
+    line2d: Any
+    patch: Any
+
+    @classmethod
+    def load(cls) -> _Mpl:
+        return cls(
+            plt=_matplotlib("matplotlib.pyplot"),
+            mdates=_matplotlib("matplotlib.dates"),
+            ticker=_matplotlib("matplotlib.ticker"),
+            line2d=_matplotlib("matplotlib.lines").Line2D,
+            patch=_matplotlib("matplotlib.patches").Patch,
+        )
+
+
+def _choose(series: dict[str, SymbolSeries], symbols: Sequence[str] | None) -> list[str]:
+    """The symbols to draw, in the caller's order; refused before matplotlib is imported so
+    that a bad selection is reported even without the extra installed."""
+    chosen = sorted(series) if symbols is None else [s for s in symbols if s in series]
+    missing = [] if symbols is None else [s for s in symbols if s not in series]
+    if missing:
+        raise ValueError(f"not in the timeline: {', '.join(missing)}")
+    if not chosen:
+        raise ValueError("the timeline has no publish/retract entries to plot")
+    return chosen
+
+
+def _figure(mpl: _Mpl, n: int, title: str | None) -> tuple[Any, Any, int, float]:
+    """The figure and its grid of symbol cells: (figure, grid, columns, height in inches)."""
+    cols = 1 if n <= 6 else 2
+    rows = math.ceil(n / cols)
+    width = 12.0 if cols == 1 else 18.0
+    # a fixed layout (inches): constrained layout costs seconds with 40 axes
+    panel, gap, top_in, bottom_in = 2.55, 0.8, 0.55 if title else 0.25, 0.75
+    height = top_in + bottom_in + rows * panel + (rows - 1) * gap
+    fig = mpl.plt.figure(figsize=(width, height))
+    outer = fig.add_gridspec(
+        rows,
+        cols,
+        left=0.7 / width,
+        right=1 - 0.85 / width,
+        top=1 - top_in / height,
+        bottom=bottom_in / height,
+        hspace=gap / panel,
+        wspace=1.45 / ((width - 1.55 - 1.45 * (cols - 1)) / cols),
+    )
+    return fig, outer, cols, height
+
+
+def _draw_bands(mpl: _Mpl, axes: Sequence[Any], s: SymbolSeries, end: float) -> None:
+    """The action colour bands behind both panels, so a decision reads at a glance."""
+    for action, spans in _bands(s.times, s.actions, end).items():
+        colour = ACTION_COLOURS.get(action, "#ffffff")
+        for ax in axes:
+            ax.broken_barh(
+                [(mpl.mdates.date2num(_dates([a])[0]), w / 86400.0) for a, w in spans],
+                (0, 1),
+                transform=ax.get_xaxis_transform(),
+                facecolors=colour,
+                alpha=0.45,
+                linewidth=0,
+                zorder=0,
+            )
+
+
+def _draw_r_panel(ax_r: Any, s: SymbolSeries, xs: list[datetime], theta: Theta) -> None:
+    """R_net with the ladder triggers; the y range is clipped so that one outlier does not
+    flatten the triggers into a line."""
+    r_vals = [*s.r_net, s.r_net[-1]]
+    ax_r.step(xs, r_vals, where="post", color="#1d4ed8", linewidth=1.4, zorder=3)
+    finite = [v for v in s.r_net if math.isfinite(v)]
+    top = max([theta.T3_R * 1.15, *finite]) if finite else theta.T3_R * 1.15
+    bottom = min([-1.0, *finite]) if finite else -1.0
+    top = min(top, theta.T3_R * 4)
+    bottom = max(bottom, -theta.T3_R * 3)
+    ax_r.set_ylim(bottom - 0.3, top + 0.3)
+    for level, name in ((theta.T1_R, "T1"), (theta.T2_R, "T2"), (theta.T3_R, "T3")):
+        ax_r.axhline(level, color="#6b7280", linestyle="--", linewidth=0.8, zorder=2)
+        ax_r.text(
+            0.004,
+            level,
+            f" {name} ",
+            transform=ax_r.get_yaxis_transform(),
+            fontsize=6.5,
+            color="#374151",
+            va="center",
+            ha="left",
+            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.7, "lw": 0},
+            zorder=5,
+        )
+    ax_r.axhline(0.0, color="#9ca3af", linewidth=0.6, zorder=2)
+    ax_r.set_ylabel("R_net", fontsize=8)
+
+
+def _draw_sl_overlay(ax_r: Any, s: SymbolSeries, xs: list[datetime]) -> None:
+    """The proposed stop-loss on its own (price) axis, a marker at each move; skipped when
+    no stop move was ever proposed, so as not to draw an empty price axis."""
+    if not any(math.isfinite(v) for v in s.new_sl):
+        return
+    ax_sl = ax_r.twinx()
+    ax_sl.step(
+        xs,
+        [*s.new_sl, s.new_sl[-1]],
+        where="post",
+        color="#7c3aed",
+        linewidth=1.1,
+        zorder=4,
+    )
+    moves = [
+        (t, v)
+        for i, (t, v) in enumerate(zip(s.times, s.new_sl, strict=True))
+        if math.isfinite(v) and (i == 0 or v != s.new_sl[i - 1])
+    ]
+    ax_sl.plot(
+        _dates([t for t, _ in moves]),
+        [v for _, v in moves],
+        linestyle="none",
+        marker="v",
+        markersize=4,
+        color="#7c3aed",
+    )
+    ax_sl.tick_params(axis="y", labelsize=7, colors="#7c3aed")
+    ax_sl.set_ylabel("proposed SL", fontsize=7, color="#7c3aed")
+
+
+def _draw_kill_panel(
+    mpl: _Mpl, ax_k: Any, s: SymbolSeries, xs: list[datetime], theta: Theta
+) -> None:
+    """The kill score against its threshold; the axis tops out at 1 (the score's range)."""
+    k_vals = [*s.kill, s.kill[-1]]
+    ax_k.step(xs, k_vals, where="post", color="#111827", linewidth=1.2, zorder=3)
+    ax_k.axhline(theta.kill_threshold, color="#dc2626", linestyle="--", linewidth=0.9, zorder=2)
+    finite_k = [v for v in s.kill if math.isfinite(v)]
+    k_low = min([0.45, *finite_k]) if finite_k else 0.45
+    ax_k.set_ylim(k_low - 0.02, 1.0)
+    ax_k.set_ylabel("kill", fontsize=8)
+    ax_k.yaxis.set_major_locator(mpl.ticker.MaxNLocator(nbins=4, prune="upper"))
+
+
+def _draw_symbol(
+    mpl: _Mpl,
+    fig: Any,
+    cell: Any,
+    symbol: str,
+    s: SymbolSeries,
+    *,
+    span: tuple[float, float],
+    theta: Theta,
+    x_axis: tuple[Any, Any],
+) -> None:
+    """One symbol's cell: the R panel above the kill panel, sharing the time axis."""
+    start, end = span
+    ax_r = fig.add_subplot(cell[0])
+    ax_k = fig.add_subplot(cell[1], sharex=ax_r)
+    xs = _dates([*s.times, end])  # the last value is held to the end of the plot
+    _draw_bands(mpl, (ax_r, ax_k), s, end)
+    _draw_r_panel(ax_r, s, xs, theta)
+    _draw_sl_overlay(ax_r, s, xs)
+    _draw_kill_panel(mpl, ax_k, s, xs, theta)
+    ax_r.yaxis.set_major_locator(mpl.ticker.MaxNLocator(nbins=6, prune="lower"))
+    publishes = sum(1 for a in s.actions if a != "RETRACTED")
+    ax_r.set_title(
+        f"{symbol}  ({publishes} publishes, {len(s.actions) - publishes} retractions)",
+        fontsize=9,
+        loc="left",
+    )
+    for ax in (ax_r, ax_k):
+        ax.tick_params(axis="both", labelsize=7)
+        ax.grid(axis="x", color="#e5e7eb", linewidth=0.5)
+        ax.set_xlim(_dates([start])[0], _dates([end])[0])
+    # time labels only under the kill panel: the two panels read as one
+    ax_r.tick_params(axis="x", labelbottom=False)
+    locator, formatter = x_axis
+    ax_k.xaxis.set_major_locator(locator)
+    ax_k.xaxis.set_major_formatter(formatter)
+
+
+def _legend(mpl: _Mpl, fig: Any, cols: int) -> None:
+    """One legend for the whole figure (every cell uses the same styles)."""
+    handles = [
+        mpl.line2d([], [], color="#1d4ed8", label="R_net"),
+        mpl.line2d([], [], color="#6b7280", linestyle="--", label="T1/T2/T3"),
+        mpl.line2d([], [], color="#7c3aed", marker="v", label="proposed SL"),
+        mpl.line2d([], [], color="#111827", label="kill score"),
+        mpl.line2d([], [], color="#dc2626", linestyle="--", label="kill threshold"),
+        *(mpl.patch(facecolor=c, alpha=0.6, label=_LABELS[a]) for a, c in ACTION_COLOURS.items()),
+    ]
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncols=11 if cols > 1 else 6,
+        fontsize=8,
+        frameon=False,
+    )
+
+
+def _save(mpl: _Mpl, fig: Any, out: str, suffix: str) -> None:
+    """Write the file without dates, versions or random ids, so that the same timeline
+    gives the same bytes."""
+    metadata: dict[str, Any] = {"Software": None} if suffix == ".png" else {}
+    if suffix == ".svg":
+        metadata = {"Date": None}
+        mpl.plt.rcParams["svg.hashsalt"] = "harvest-async"
+    fig.savefig(out, dpi=110, metadata=metadata)
+    mpl.plt.close(fig)
+
+
 def plot_timeline(
     series: dict[str, SymbolSeries],
     out: str,
@@ -166,156 +380,24 @@ def plot_timeline(
     suffix = Path(out).suffix.lower()
     if suffix not in FORMATS:
         raise ValueError(f"output must end in {', '.join(FORMATS)}, got {out!r}")
-    chosen = sorted(series) if symbols is None else [s for s in symbols if s in series]
-    missing = [] if symbols is None else [s for s in symbols if s not in series]
-    if missing:
-        raise ValueError(f"not in the timeline: {', '.join(missing)}")
-    if not chosen:
-        raise ValueError("the timeline has no publish/retract entries to plot")
+    chosen = _choose(series, symbols)
     theta = theta or Theta()
-    plt = _matplotlib("matplotlib.pyplot")
-    mdates = _matplotlib("matplotlib.dates")
-    ticker = _matplotlib("matplotlib.ticker")
-    line2d = _matplotlib("matplotlib.lines").Line2D
-    patch = _matplotlib("matplotlib.patches").Patch
-
+    mpl = _Mpl.load()
     start = min(series[s].times[0] for s in chosen)
     end = max(series[s].times[-1] for s in chosen)
-    end = end + max(1.0, (end - start) * 0.02)
-    n = len(chosen)
-    cols = 1 if n <= 6 else 2
-    rows = math.ceil(n / cols)
-    width = 12.0 if cols == 1 else 18.0
-    # a fixed layout (inches): constrained layout costs seconds with 40 axes
-    panel, gap, top_in, bottom_in = 2.55, 0.8, 0.55 if title else 0.25, 0.75
-    height = top_in + bottom_in + rows * panel + (rows - 1) * gap
-    fig = plt.figure(figsize=(width, height))
-    outer = fig.add_gridspec(
-        rows,
-        cols,
-        left=0.7 / width,
-        right=1 - 0.85 / width,
-        top=1 - top_in / height,
-        bottom=bottom_in / height,
-        hspace=gap / panel,
-        wspace=1.45 / ((width - 1.55 - 1.45 * (cols - 1)) / cols),
-    )
-    locator = mdates.AutoDateLocator(minticks=4, maxticks=9, tz=UTC)
-    formatter = mdates.ConciseDateFormatter(locator, tz=UTC)
-    triggers = ((theta.T1_R, "T1"), (theta.T2_R, "T2"), (theta.T3_R, "T3"))
+    end = end + max(1.0, (end - start) * 0.02)  # room after the last entry
+    fig, outer, cols, height = _figure(mpl, len(chosen), title)
+    locator = mpl.mdates.AutoDateLocator(minticks=4, maxticks=9, tz=UTC)
+    x_axis = (locator, mpl.mdates.ConciseDateFormatter(locator, tz=UTC))
     for index, symbol in enumerate(chosen):
-        s = series[symbol]
         cell = outer[index // cols, index % cols].subgridspec(
             2, 1, height_ratios=(2.2, 1), hspace=0
         )
-        ax_r = fig.add_subplot(cell[0])
-        ax_k = fig.add_subplot(cell[1], sharex=ax_r)
-        xs = _dates([*s.times, end])
-        for action, spans in _bands(s.times, s.actions, end).items():
-            colour = ACTION_COLOURS.get(action, "#ffffff")
-            for ax in (ax_r, ax_k):
-                ax.broken_barh(
-                    [(mdates.date2num(_dates([a])[0]), w / 86400.0) for a, w in spans],
-                    (0, 1),
-                    transform=ax.get_xaxis_transform(),
-                    facecolors=colour,
-                    alpha=0.45,
-                    linewidth=0,
-                    zorder=0,
-                )
-        r_vals = [*s.r_net, s.r_net[-1]]
-        ax_r.step(xs, r_vals, where="post", color="#1d4ed8", linewidth=1.4, zorder=3)
-        finite = [v for v in s.r_net if math.isfinite(v)]
-        top = max([theta.T3_R * 1.15, *finite]) if finite else theta.T3_R * 1.15
-        bottom = min([-1.0, *finite]) if finite else -1.0
-        top = min(top, theta.T3_R * 4)
-        bottom = max(bottom, -theta.T3_R * 3)
-        ax_r.set_ylim(bottom - 0.3, top + 0.3)
-        for level, name in triggers:
-            ax_r.axhline(level, color="#6b7280", linestyle="--", linewidth=0.8, zorder=2)
-            ax_r.text(
-                0.004,
-                level,
-                f" {name} ",
-                transform=ax_r.get_yaxis_transform(),
-                fontsize=6.5,
-                color="#374151",
-                va="center",
-                ha="left",
-                bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.7, "lw": 0},
-                zorder=5,
-            )
-        ax_r.axhline(0.0, color="#9ca3af", linewidth=0.6, zorder=2)
-        ax_r.set_ylabel("R_net", fontsize=8)
-        if any(math.isfinite(v) for v in s.new_sl):
-            ax_sl = ax_r.twinx()
-            ax_sl.step(
-                xs,
-                [*s.new_sl, s.new_sl[-1]],
-                where="post",
-                color="#7c3aed",
-                linewidth=1.1,
-                zorder=4,
-            )
-            moves = [
-                (t, v)
-                for i, (t, v) in enumerate(zip(s.times, s.new_sl, strict=True))
-                if math.isfinite(v) and (i == 0 or v != s.new_sl[i - 1])
-            ]
-            ax_sl.plot(
-                _dates([t for t, _ in moves]),
-                [v for _, v in moves],
-                linestyle="none",
-                marker="v",
-                markersize=4,
-                color="#7c3aed",
-            )
-            ax_sl.tick_params(axis="y", labelsize=7, colors="#7c3aed")
-            ax_sl.set_ylabel("proposed SL", fontsize=7, color="#7c3aed")
-        k_vals = [*s.kill, s.kill[-1]]
-        ax_k.step(xs, k_vals, where="post", color="#111827", linewidth=1.2, zorder=3)
-        ax_k.axhline(theta.kill_threshold, color="#dc2626", linestyle="--", linewidth=0.9, zorder=2)
-        finite_k = [v for v in s.kill if math.isfinite(v)]
-        k_low = min([0.45, *finite_k]) if finite_k else 0.45
-        ax_k.set_ylim(k_low - 0.02, 1.0)
-        ax_k.set_ylabel("kill", fontsize=8)
-        ax_k.yaxis.set_major_locator(ticker.MaxNLocator(nbins=4, prune="upper"))
-        ax_r.yaxis.set_major_locator(ticker.MaxNLocator(nbins=6, prune="lower"))
-        publishes = sum(1 for a in s.actions if a != "RETRACTED")
-        ax_r.set_title(
-            f"{symbol}  ({publishes} publishes, {len(s.actions) - publishes} retractions)",
-            fontsize=9,
-            loc="left",
+        _draw_symbol(
+            mpl, fig, cell, symbol, series[symbol], span=(start, end), theta=theta, x_axis=x_axis
         )
-        for ax in (ax_r, ax_k):
-            ax.tick_params(axis="both", labelsize=7)
-            ax.grid(axis="x", color="#e5e7eb", linewidth=0.5)
-            ax.set_xlim(_dates([start])[0], _dates([end])[0])
-        ax_r.tick_params(axis="x", labelbottom=False)
-        ax_k.xaxis.set_major_locator(locator)
-        ax_k.xaxis.set_major_formatter(formatter)
-    handles = [
-        line2d([], [], color="#1d4ed8", label="R_net"),
-        line2d([], [], color="#6b7280", linestyle="--", label="T1/T2/T3"),
-        line2d([], [], color="#7c3aed", marker="v", label="proposed SL"),
-        line2d([], [], color="#111827", label="kill score"),
-        line2d([], [], color="#dc2626", linestyle="--", label="kill threshold"),
-        *(patch(facecolor=c, alpha=0.6, label=_LABELS[a]) for a, c in ACTION_COLOURS.items()),
-    ]
-    fig.legend(
-        handles=handles,
-        loc="lower center",
-        bbox_to_anchor=(0.5, 0.0),
-        ncols=11 if cols > 1 else 6,
-        fontsize=8,
-        frameon=False,
-    )
+    _legend(mpl, fig, cols)
     if title:
         fig.suptitle(title, fontsize=11, y=1 - 0.12 / height)
-    metadata: dict[str, Any] = {"Software": None} if suffix == ".png" else {}
-    if suffix == ".svg":
-        metadata = {"Date": None}
-        plt.rcParams["svg.hashsalt"] = "harvest-async"
-    fig.savefig(out, dpi=110, metadata=metadata)
-    plt.close(fig)
+    _save(mpl, fig, out, suffix)
     return chosen

@@ -116,6 +116,157 @@ class DemoResult:
     events: list[str]
 
 
+@dataclass
+class _Demo:
+    """What the demo's concurrent tasks share: the one client, the counts behind the
+    progress lines and the summary, and the two gates that hold the service back until
+    every symbol has a full set of inputs (else it would start by retracting them)."""
+
+    settings: Settings
+    clock: Clock
+    scripted: list[str]
+    random_symbols: list[str]
+    progress: Callable[[str], None] | None
+    recorder: DemoTally
+    started: float
+    client: Client
+    watcher: Watcher
+    snapshot_written: anyio.Event = field(default_factory=anyio.Event)
+    script_written: anyio.Event = field(default_factory=anyio.Event)
+    written: int = 0
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        symbols: list[str],
+        clock: Clock,
+        progress: Callable[[str], None] | None,
+    ) -> _Demo:
+        recorder = DemoTally()
+        started = monotonic()
+        client = client_for(settings.redis_url, settings.redis_password, name="harvest-demo")
+        watcher = Watcher(
+            client,
+            settings.keys,
+            symbols=symbols,
+            clock=clock,
+            kill_threshold=settings.theta.kill_threshold,
+            url=settings.redis_url,
+            password=settings.redis_password,
+        )
+        demo = cls(
+            settings=settings,
+            clock=clock,
+            scripted=[s for s in symbols if s in SCRIPTED],
+            random_symbols=[s for s in symbols if s not in SCRIPTED],
+            progress=progress,
+            recorder=recorder,
+            started=started,
+            client=client,
+            watcher=watcher,
+        )
+        # a writer that will not run must not hold the service back
+        if not demo.random_symbols:
+            demo.snapshot_written.set()
+        if not demo.scripted:
+            demo.script_written.set()
+        return demo
+
+    def count(self, n: int) -> None:
+        self.written += n
+        self.snapshot_written.set()
+
+    def stepped(self, _step: int) -> None:
+        self.written += 3 * len(self.scripted)  # market, risk, position per symbol
+        self.script_written.set()
+
+    async def script(self, step_sec: float) -> None:
+        await run_script(
+            self.client,
+            self.settings.keys,
+            ScriptedSymbols(start=self.clock.now(), symbols=self.scripted),
+            clock=self.clock,
+            step_sec=step_sec,
+            on_step=self.stepped,
+        )
+
+    async def simulator(self, seed: int, rate: float) -> None:
+        sim = Simulator(self.random_symbols, seed=seed, start=self.clock.now())
+        await run_simulator(
+            self.client,
+            self.settings.keys,
+            sim,
+            rate=rate,
+            duration=None,
+            clock=self.clock,
+            on_write=self.count,
+        )
+
+    async def service(self) -> None:
+        await self.snapshot_written.wait()  # start on a full set of inputs
+        await self.script_written.wait()
+
+        async def ready(_runner: Runner) -> None:
+            if self.progress is not None:
+                self.progress("service ready")
+
+        await serve(self.settings, observer=self.recorder, handle_signals=False, on_ready=ready)
+
+    async def view(self, scope: anyio.CancelScope, out: TextIO, color: bool, title: str) -> None:
+        footer = "q or Ctrl-C stops the demo and removes what it created"
+        with Terminal(out) as terminal:
+            await live(
+                self.watcher,
+                terminal,
+                color=color,
+                title=title,
+                handle_signals=False,
+                footer=footer,
+            )
+        scope.cancel()  # `q` ends the live view: end the demo too
+
+    async def ticker(self) -> None:
+        """Progress lines for a demo without a live view and without an end."""
+        while True:
+            await anyio.sleep(5.0)
+            if self.progress is not None:
+                self.progress(
+                    f"{monotonic() - self.started:.0f} s: {self.written} input writes, "
+                    f"{self.recorder.total_publishes} publishes, "
+                    f"{sum(self.recorder.retractions.values())} retractions"
+                )
+
+    async def final_view(self, *, color: bool, title: str) -> tuple[list[str], list[str]]:
+        """The proposals table and the change log for the summary: the last load is shielded
+        (an outer cancellation must not lose the summary) and bounded (a lost server must
+        not hang the exit)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await self.watcher.load()
+        table = render(
+            self.watcher.model,
+            self.clock.now(),
+            width=160,
+            color=color,
+            title=title,
+            live=False,
+        )
+        events = [f"{clock_utc(at)}  {text}" for at, _kind, text in list(self.watcher.model.events)]
+        return table, events
+
+
+async def _cancel_after(scope: anyio.CancelScope, seconds: float) -> None:
+    await anyio.sleep(seconds)
+    scope.cancel()
+
+
+async def _close_quietly(client: Client) -> None:
+    """Close even while cancelled, and never let a lost server mask the real outcome."""
+    with anyio.CancelScope(shield=True):
+        with contextlib.suppress(*REDIS_ERRORS):
+            await client.aclose()
+
+
 async def run_demo(
     settings: Settings,
     *,
@@ -135,131 +286,28 @@ async def run_demo(
     settings' SYMBOLS are the scripted ones followed by the random ones."""
     clock = clock or SystemClock()
     symbols = list(settings.symbols or [*SCRIPTED, *symbols_for(6)])
-    scripted = [s for s in symbols if s in SCRIPTED]
-    random_symbols = [s for s in symbols if s not in SCRIPTED]
-    recorder = DemoTally()
-    written = 0
-    started = monotonic()
-    client = client_for(settings.redis_url, settings.redis_password, name="harvest-demo")
-    watcher = Watcher(
-        client,
-        settings.keys,
-        symbols=symbols,
-        clock=clock,
-        kill_threshold=settings.theta.kill_threshold,
-        url=settings.redis_url,
-        password=settings.redis_password,
-    )
-    snapshot_written = anyio.Event()
-    script_written = anyio.Event()
-    if not random_symbols:
-        snapshot_written.set()
-    if not scripted:
-        script_written.set()
-
-    def count(n: int) -> None:
-        nonlocal written
-        written += n
-        snapshot_written.set()
-
-    def stepped(_step: int) -> None:
-        nonlocal written
-        written += 3 * len(scripted)
-        script_written.set()
-
+    demo = _Demo.open(settings, symbols, clock, progress)
     try:
         async with anyio.create_task_group() as tg:
-
-            async def script() -> None:
-                await run_script(
-                    client,
-                    settings.keys,
-                    ScriptedSymbols(start=clock.now(), symbols=scripted),
-                    clock=clock,
-                    step_sec=step_sec,
-                    on_step=stepped,
-                )
-
-            async def simulator() -> None:
-                sim = Simulator(random_symbols, seed=seed, start=clock.now())
-                await run_simulator(
-                    client,
-                    settings.keys,
-                    sim,
-                    rate=rate,
-                    duration=None,
-                    clock=clock,
-                    on_write=count,
-                )
-
-            async def service() -> None:
-                await snapshot_written.wait()  # start on a full set of inputs
-                await script_written.wait()
-
-                async def ready(_runner: Runner) -> None:
-                    if progress is not None:
-                        progress("service ready")
-
-                await serve(settings, observer=recorder, handle_signals=False, on_ready=ready)
-
-            async def view() -> None:
-                footer = "q or Ctrl-C stops the demo and removes what it created"
-                with Terminal(out) as terminal:
-                    await live(
-                        watcher,
-                        terminal,
-                        color=color,
-                        title=title,
-                        handle_signals=False,
-                        footer=footer,
-                    )
-                tg.cancel_scope.cancel()  # `q` ends the live view: end the demo too
-
-            async def timer(seconds: float) -> None:
-                await anyio.sleep(seconds)
-                tg.cancel_scope.cancel()
-
-            async def ticker() -> None:
-                while True:
-                    await anyio.sleep(5.0)
-                    if progress is not None:
-                        progress(
-                            f"{monotonic() - started:.0f} s: {written} input writes, "
-                            f"{recorder.total_publishes} publishes, "
-                            f"{sum(recorder.retractions.values())} retractions"
-                        )
-
             tg.start_soon(cancel_on_signal, tg.cancel_scope)
-            if scripted:
-                tg.start_soon(script)
-            if random_symbols:
-                tg.start_soon(simulator)
-            tg.start_soon(service)
+            if demo.scripted:
+                tg.start_soon(demo.script, step_sec)
+            if demo.random_symbols:
+                tg.start_soon(demo.simulator, seed, rate)
+            tg.start_soon(demo.service)
             if interactive:
-                tg.start_soon(view)
+                tg.start_soon(demo.view, tg.cancel_scope, out, color, title)
             else:
-                tg.start_soon(watcher.run)  # collects the change log for the summary
+                tg.start_soon(demo.watcher.run)  # collects the change log for the summary
                 if duration is None:
-                    tg.start_soon(ticker)
+                    tg.start_soon(demo.ticker)
             if duration is not None:
-                tg.start_soon(timer, duration)
-        seconds = monotonic() - started
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await watcher.load()
-        table = render(
-            watcher.model,
-            clock.now(),
-            width=160,
-            color=color,
-            title=title,
-            live=False,
-        )
-        events = [f"{clock_utc(at)}  {text}" for at, _kind, text in list(watcher.model.events)]
-        return DemoResult(recorder, written, seconds, table, events)
+                tg.start_soon(_cancel_after, tg.cancel_scope, duration)
+        seconds = monotonic() - demo.started
+        table, events = await demo.final_view(color=color, title=title)
+        return DemoResult(demo.recorder, demo.written, seconds, table, events)
     finally:
-        with anyio.CancelScope(shield=True):
-            with contextlib.suppress(*REDIS_ERRORS):
-                await client.aclose()
+        await _close_quietly(demo.client)
 
 
 async def delete_namespace(url: str, password: str | None, prefix: str = DEMO_PREFIX) -> int:
@@ -277,9 +325,7 @@ async def delete_namespace(url: str, password: str | None, prefix: str = DEMO_PR
         if batch:
             deleted += int(await client.delete(*batch))
     finally:
-        with anyio.CancelScope(shield=True):
-            with contextlib.suppress(*REDIS_ERRORS):
-                await client.aclose()
+        await _close_quietly(client)
     return deleted
 
 
