@@ -94,6 +94,7 @@ class Rounds:
         self.chunk = chunk
         self._dirty: dict[str, float] = {}  # symbol -> when first seen dirty (monotonic)
         self._resync_reason: str | None = None
+        self._resync_retry = False  # the pending resync failed once: retried, not counted
         self.next_reconcile: float | None = None  # set by the first full pass
         self.passes = 0  # completed full passes (startup, resyncs, reconciles)
 
@@ -133,7 +134,12 @@ class Rounds:
         )
         for symbol, fields in published.items():
             self.engine.note_existing(symbol, fields)
-        yield from self._resync("startup")
+        try:
+            yield from self._resync("startup")
+        except BaseException:
+            self._resync_retry = True
+            raise
+        self._resync_retry = False
         self.engine.starting = False
 
     def round(self) -> Step:
@@ -149,7 +155,9 @@ class Rounds:
                 yield from self._resync(reason)
             except BaseException:
                 self._resync_reason = self._resync_reason or reason
+                self._resync_retry = True
                 raise
+            self._resync_retry = False
             return
         batch = self._dirty
         if batch:
@@ -166,9 +174,12 @@ class Rounds:
             yield from self._evaluate(due, {})
 
     def _resync(self, reason: str) -> Step:
-        self.hooks.on_resync(reason)
-        if reason not in _QUIET:
-            log.info("resync (%s)", reason)
+        if self._resync_retry:  # the same resync again, after a failure: counted once
+            log.debug("resync (%s) retried", reason)
+        else:
+            self.hooks.on_resync(reason)
+            if reason not in _QUIET:
+                log.info("resync (%s)", reason)
         if self.symbols is not None:
             symbols = list(self.symbols)
         else:

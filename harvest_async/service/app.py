@@ -15,8 +15,8 @@ import anyio
 from anyio.abc import TaskStatus
 
 from harvest_async import __version__
-from harvest_async.backoff import DenialLog
-from harvest_async.clock import Clock, SystemClock
+from harvest_async.backoff import Backoff, DenialLog, RedisOutage
+from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.config import Settings, engine_config
 from harvest_async.core.engine import Engine
 from harvest_async.core.ports import Observer, RunnerHooks
@@ -74,6 +74,10 @@ async def serve(
     )
     endpoint = endpoint_for(settings)
     engine = build_engine(settings, observer)
+    # one outage for every reconnect loop: a WARNING when it starts, reminders, one INFO
+    outage = RedisOutage(
+        describe_url(settings.redis_url), log, remind_every=settings.outage_reminder_sec
+    )
     reader = RedisInputReader(
         client, settings.keys, endpoint, timeout=timeout, limits=InputLimits.of(settings)
     )
@@ -94,6 +98,7 @@ async def serve(
         reconcile_every=settings.max_publish_age_sec,
         shutdown_grace=settings.shutdown_grace_sec,
         hooks=hooks,
+        outage=outage,
     )
     notifier = Notifier()
     try:
@@ -114,6 +119,7 @@ async def serve(
             input_streams=settings.input_streams,
             poll_interval=settings.poll_interval_sec,
             canary_timeout=settings.canary_timeout_sec,
+            outage=outage,
         )
         liveness = LivenessWriter(
             client, settings.keys, settings.instance, settings.liveness_ttl_sec
@@ -134,6 +140,7 @@ async def serve(
                     clock=clock,
                     settings=settings,
                     notifier=notifier,
+                    outage=outage,
                 )
             )
             notifier.ready(f"publishing {len(engine)} symbols")
@@ -212,34 +219,47 @@ async def _liveness_loop(
     clock: Clock,
     settings: Settings,
     notifier: Notifier,
+    outage: RedisOutage,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     interval = min(settings.liveness_ttl_sec / 3, 5.0)
     if notifier.watchdog_sec is not None:
         interval = min(interval, notifier.watchdog_sec / 3)
     denials = DenialLog(log)
+    # while Redis is down the beats back off (the watchdog pings keep their pace)
+    backoff = Backoff(first=interval, cap=max(interval, 10.0))
+    next_beat = 0.0
     while True:
         # the watchdog ping comes from this loop: a stuck event loop stops it
         notifier.watchdog()
-        try:
-            # arm the canary before writing: the notification can be consumed before
-            # beat() returns, and arming afterwards would then wait for one never coming
-            source.expect_canary()
-            await _beat(liveness, runner, clock, settings.shutdown_grace_sec)
-            notifier.status(
-                f"{len(runner.engine)} symbols, {runner.writes} writes, mode={source.mode}"
-            )
-            denials.allowed()
-        except PermissionDenied as exc:
-            source.cancel_canary()  # nothing was written, so nothing will be notified
-            denials.denied(exc)
-            notifier.status(str(exc))
-        except RedisUnavailable as exc:
-            log.warning("liveness write failed: %s", exc)
-            notifier.status(f"redis unavailable: {exc}")
+        if monotonic() >= next_beat:
+            try:
+                # arm the canary before writing: the notification can be consumed before
+                # beat() returns, and arming afterwards would then wait for one never coming
+                source.expect_canary()
+                await _beat(liveness, runner, clock, settings.shutdown_grace_sec)
+                notifier.status(
+                    f"{len(runner.engine)} symbols, {runner.writes} writes, mode={source.mode}"
+                )
+                denials.allowed()
+                if backoff.attempts:
+                    backoff.reset()
+                    outage.recovered("liveness")
+            except PermissionDenied as exc:
+                source.cancel_canary()  # nothing was written, so nothing will be notified
+                denials.denied(exc)
+                notifier.status(str(exc))
+            except RedisUnavailable as exc:
+                source.cancel_canary()  # the write failed: its notification is not missing
+                outage.failed("liveness", str(exc))
+                notifier.status(f"Redis unavailable at {outage.where}; retrying")
+                next_beat = monotonic() + backoff.next_delay()
         task_status.started()
         task_status = anyio.TASK_STATUS_IGNORED
-        await anyio.sleep(interval)
+        if not backoff.attempts:
+            await anyio.sleep(interval)
+        elif await outage.pause(interval):
+            next_beat = 0.0  # another loop found Redis back: announce ourselves at once
 
 
 async def _beat(liveness: LivenessWriter, runner: Runner, clock: Clock, grace: float) -> None:
