@@ -88,6 +88,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_sec: float = 5.0
     # one round trip to Redis (a read, a transaction) taking longer is given up as lost
     redis_timeout_sec: float = 5.0
+    redis_startup_timeout_sec: float = 0.0  # `run` waits that long for Redis; 0: forever
     # the proposal hash's TTL and `valid_until` (§2.5); 0: no TTL
     proposal_ttl_sec: float = 180.0
 
@@ -163,6 +164,9 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         outage_reminder_sec=env_float(env, "OUTAGE_REMINDER_SEC", 60.0, positive=True),
         shutdown_grace_sec=env_float(env, "SHUTDOWN_GRACE_SEC", 5.0, positive=True),
         redis_timeout_sec=env_float(env, "REDIS_TIMEOUT_SEC", 5.0, positive=True),
+        redis_startup_timeout_sec=env_float(
+            env, "REDIS_STARTUP_TIMEOUT_SEC", 0.0, non_negative=True
+        ),
         proposal_ttl_sec=proposal_ttl,
     )
 

@@ -38,6 +38,7 @@ from harvest_async.service.metrics_server import start_for as start_metrics
 from harvest_async.service.publish_log import PublishLog
 from harvest_async.service.runner import Runner
 from harvest_async.service.sdnotify import Notifier
+from harvest_async.service.startup import wait_for_redis
 
 __all__ = ["build_engine", "serve"]
 
@@ -59,8 +60,16 @@ async def serve(
     handle_signals: bool = True,
 ) -> int:
     clock = clock or SystemClock()
-    await check_redis(settings)
-    await verify_permissions(settings, "once" if once else "run")
+    notifier = Notifier()
+    try:
+        if once:
+            await check_redis(settings)  # one pass: Redis now or exit 3
+        else:
+            await wait_for_redis(settings, notifier)  # REDIS_STARTUP_TIMEOUT_SEC
+        await verify_permissions(settings, "once" if once else "run")
+    except BaseException:
+        notifier.close()
+        raise
     publish_log = PublishLog(settings.log_publish_detail_max_per_sec)
     observer = fan_out(publish_log, observer)
     stop_metrics: Callable[[], None] | None = None
@@ -100,7 +109,6 @@ async def serve(
         hooks=hooks,
         outage=outage,
     )
-    notifier = Notifier()
     try:
         if once:
             await runner.startup()
