@@ -19,7 +19,7 @@ from harvest_async.backoff import Backoff, DenialLog, RedisOutage
 from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.config import Settings, engine_config
 from harvest_async.core.engine import Engine
-from harvest_async.core.ports import Observer, RunnerHooks
+from harvest_async.core.ports import Gap, Observer, RunnerHooks
 from harvest_async.errors import PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import (
     check_redis,
@@ -245,7 +245,10 @@ async def _liveness_loop(
                 # arm the canary before writing: the notification can be consumed before
                 # beat() returns, and arming afterwards would then wait for one never coming
                 source.expect_canary()
-                await _beat(liveness, runner, clock, settings.shutdown_grace_sec)
+                if await _beat(liveness, runner, clock, settings.shutdown_grace_sec):
+                    # our own key vanished: so may have the proposals, with no notification
+                    # or reconnect to say so (FLUSHALL): check them all
+                    runner.emit(Gap("liveness key lost"))
                 notifier.status(
                     f"{len(runner.engine)} symbols, {runner.writes} writes, mode={source.mode}"
                 )
@@ -270,11 +273,14 @@ async def _liveness_loop(
             next_beat = 0.0  # another loop found Redis back: announce ourselves at once
 
 
-async def _beat(liveness: LivenessWriter, runner: Runner, clock: Clock, grace: float) -> None:
+async def _beat(liveness: LivenessWriter, runner: Runner, clock: Clock, grace: float) -> bool:
     """One refresh, finished (within `grace`) even when the service is stopping: cut off
-    on the wire, it could reach Redis after the shutdown's DEL and revive the key."""
+    on the wire, it could reach Redis after the shutdown's DEL and revive the key. True:
+    the key was gone (see `LivenessWriter.beat`)."""
+    gone = False
     with anyio.CancelScope(shield=True):
         with anyio.move_on_after(grace) as limit:
-            await liveness.beat(clock.now(), len(runner.engine))
+            gone = await liveness.beat(clock.now(), len(runner.engine))
     if limit.cancelled_caught:
         raise RedisUnavailable(f"liveness write did not finish within {grace:g} s")
+    return gone
