@@ -39,6 +39,7 @@ from harvest_async.service.publish_log import PublishLog
 from harvest_async.service.runner import Runner
 from harvest_async.service.sdnotify import Notifier
 from harvest_async.service.startup import wait_for_redis
+from harvest_async.signals import cancel_on_signal
 
 __all__ = ["build_engine", "serve"]
 
@@ -135,7 +136,7 @@ async def serve(
         _log_startup(settings, engine.theta_id)
         async with anyio.create_task_group() as tg:
             if handle_signals:
-                tg.start_soon(_stop_on_signal, tg.cancel_scope, notifier)
+                tg.start_soon(cancel_on_signal, tg.cancel_scope, partial(_on_signal, notifier))
             tg.start_soon(publish_log.run, clock)
             await tg.start(runner.run, source)
             # started after its first refresh: ready means announced
@@ -210,13 +211,9 @@ def _log_startup(settings: Settings, theta_id: str) -> None:
     )
 
 
-async def _stop_on_signal(scope: anyio.CancelScope, notifier: Notifier) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("%s received: finishing the in-flight write and stopping", signum.name)
-            notifier.stopping()
-            scope.cancel()
-            return
+def _on_signal(notifier: Notifier, signum: signal.Signals) -> None:
+    log.info("%s received: finishing the in-flight write and stopping", signum.name)
+    notifier.stopping()
 
 
 async def _liveness_loop(
