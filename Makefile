@@ -1,6 +1,7 @@
 # harvest-async developer tasks. `make help` lists them.
 PYTHON ?= python3
 VENV   ?= .venv
+DEMO_VENV ?= .venv-demo
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp
 PIP    := $(BIN)/python -m pip --disable-pip-version-check --quiet
@@ -55,12 +56,21 @@ else
 	done
 endif
 
-demo: venv ## run the demo against a private server (DURATION=seconds to stop early)
-	$(BIN)/harvest-async demo $(if $(DURATION),--duration $(DURATION))
+# the demo has a venv of its own with only what it needs (runtime, plot, a server binary):
+# no test tooling to download and install before the first run
+demo: $(DEMO_VENV)/.stamp ## run the demo against a private server (DURATION=seconds to stop early)
+	$(DEMO_VENV)/bin/harvest-async demo $(if $(DURATION),--duration $(DURATION))
+
+$(DEMO_VENV)/bin/python:
+	$(PYTHON) -m venv $(DEMO_VENV)
+
+$(DEMO_VENV)/.stamp: pyproject.toml | $(DEMO_VENV)/bin/python
+	$(DEMO_VENV)/bin/python -m pip --disable-pip-version-check --quiet install -e '.[demo]'
+	@touch $@
 
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
-	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+	find . \( -path ./$(VENV) -o -path ./$(DEMO_VENV) \) -prune -o -type d -name __pycache__ -exec rm -rf {} +
 
 # -- deployment: lock, wheelhouse, local images, the container tiers ---------------------------
 # The lock pins the runtime dependencies to the versions this venv tests with, with every
@@ -81,5 +91,5 @@ images: ## local base/Redis/Prometheus images from Debian's archive (no registry
 deploy-test: venv ## only the container tiers: compose stack + the unit under a real systemd
 	$(BIN)/python -m pytest -v -p no:cacheprovider tests/deploy
 
-distclean: clean ## clean, and remove .venv and .nox too
-	rm -rf $(VENV) .nox
+distclean: clean ## clean, and remove .venv, .venv-demo and .nox too
+	rm -rf $(VENV) $(DEMO_VENV) .nox

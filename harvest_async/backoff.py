@@ -1,5 +1,6 @@
 """Retrying something that fails for a while: exponential backoff with jitter, and an
 outage that is logged once when it starts and once when it clears (not per attempt).
+`RedisOutage` is the one outage that every reconnect loop of the service reports to.
 
 Pure bookkeeping: the caller decides how to wait (a timer on its injected clock, or
 `Outage.pause`), so the same helper serves an event loop and a plain retry loop.
@@ -11,10 +12,12 @@ import logging
 import random
 from collections.abc import Callable
 
-from harvest_async.clock import Clock
+import anyio
+
+from harvest_async.clock import Clock, monotonic
 from harvest_async.errors import PermissionDenied
 
-__all__ = ["Backoff", "DenialLog", "Outage"]
+__all__ = ["Backoff", "DenialLog", "Outage", "RedisOutage"]
 
 
 class Backoff:
@@ -112,3 +115,84 @@ class DenialLog:
         if self._active:
             self._log.info("permission granted again: %s", ", ".join(sorted(self._active)))
             self._active.clear()
+
+
+class RedisOutage:
+    """Redis unreachable, as seen by several loops at once (processing, notifications,
+    liveness, input streams): one WARNING when the first loop fails, a reminder at most
+    every `remind_every` seconds, and one INFO with the duration when the first loop
+    succeeds again. Each loop backs off on a `Backoff` of its own, names itself as
+    `member`, and waits with `pause`: the first success wakes the others, so that they do
+    not sit out the rest of a 10 s delay once Redis answers."""
+
+    def __init__(
+        self,
+        where: str,
+        logger: logging.Logger,
+        *,
+        remind_every: float = 60.0,
+        now: Callable[[], float] = monotonic,
+    ) -> None:
+        self.where = where  # the URL without credentials
+        self.log = logger
+        self.remind_every = remind_every
+        self._now = now
+        self.since: float | None = None
+        self._reminded = 0.0
+        self.outages = 0  # outages so far (tests, the benchmark)
+        self._back: anyio.Event | None = None  # set when it ends (made in the event loop)
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    def failed(self, member: str, detail: str) -> None:
+        """`member`'s attempt failed with `detail` (it waits `pause(its delay)` next)."""
+        now = self._now()
+        if self.since is None:
+            self.since = self._reminded = now
+            self.outages += 1
+            self.log.warning(
+                "Redis at %s unavailable (%s: %s); retrying with backoff, reminders every %g s",
+                self.where,
+                member,
+                detail,
+                self.remind_every,
+                extra={"event": "outage_start"},
+            )
+        elif now - self._reminded >= self.remind_every:
+            self._reminded = now
+            self.log.warning(
+                "Redis at %s still unavailable after %.0f s (%s: %s)",
+                self.where,
+                now - self.since,
+                member,
+                detail,
+            )
+        else:
+            self.log.debug("Redis still unavailable (%s: %s)", member, detail)
+
+    def recovered(self, member: str) -> None:
+        """`member` got an answer: the outage (if any) is over."""
+        if self.since is None:
+            return
+        self.log.info(
+            "Redis at %s available again after %.1f s of outage",
+            self.where,
+            self._now() - self.since,
+            extra={"event": "outage_end", "duration_sec": round(self._now() - self.since, 3)},
+        )
+        self.since = None
+        if self._back is not None:
+            self._back.set()  # the others retry at once, and report again if they fail
+            self._back = None
+
+    async def pause(self, delay: float) -> bool:
+        """Wait `delay` seconds, or less if another loop finds Redis back meanwhile
+        (then True)."""
+        if self._back is None:
+            self._back = anyio.Event()
+        back = self._back
+        with anyio.move_on_after(delay):
+            await back.wait()
+        return back.is_set()

@@ -84,9 +84,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # how often to reconcile every symbol when keyspace notifications are unavailable
     poll_interval_sec: float = 2.0
     canary_timeout_sec: float = 2.0
+    outage_reminder_sec: float = 60.0
     shutdown_grace_sec: float = 5.0
     # one round trip to Redis (a read, a transaction) taking longer is given up as lost
     redis_timeout_sec: float = 5.0
+    redis_startup_timeout_sec: float = 0.0  # `run` waits that long for Redis; 0: forever
     # the proposal hash's TTL and `valid_until` (§2.5); 0: no TTL
     proposal_ttl_sec: float = 180.0
 
@@ -159,8 +161,12 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         liveness_ttl_sec=env_float(env, "LIVENESS_TTL_SEC", 30.0, positive=True),
         poll_interval_sec=env_float(env, "POLL_INTERVAL_SEC", 2.0, positive=True),
         canary_timeout_sec=env_float(env, "CANARY_TIMEOUT_SEC", 2.0, positive=True),
+        outage_reminder_sec=env_float(env, "OUTAGE_REMINDER_SEC", 60.0, positive=True),
         shutdown_grace_sec=env_float(env, "SHUTDOWN_GRACE_SEC", 5.0, positive=True),
         redis_timeout_sec=env_float(env, "REDIS_TIMEOUT_SEC", 5.0, positive=True),
+        redis_startup_timeout_sec=env_float(
+            env, "REDIS_STARTUP_TIMEOUT_SEC", 0.0, non_negative=True
+        ),
         proposal_ttl_sec=proposal_ttl,
     )
 

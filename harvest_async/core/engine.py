@@ -128,26 +128,35 @@ class Engine:
         with contextlib.suppress(ValueError):
             state.seq = max(state.seq, int(fields.get("seq", "0")))
 
-    def check_published(self, symbol: str, fields: Hash | None) -> None:
+    def check_published(self, symbol: str, fields: Hash | None) -> bool:
         """The proposal hash as read at a resync after a gap (None: no hash).
 
         If it is not what this engine last wrote (the server restarted and lost it, or
         someone deleted or replaced it), forget the published decision, so that the next
-        evaluation writes it again instead of finding nothing material to publish.
+        evaluation writes it again instead of finding nothing material to publish; then
+        True (the rounds report how many came back).
         """
         if not self.wants(symbol):
-            return
+            return False
         state = self._states.get(symbol)
         if state is None:
             if fields:
                 self._state(symbol).hash_may_exist = True  # not ours: retract or replace
-            return
-        if state.published is not None and (fields is None or fields.get("seq") != str(state.seq)):
-            why = "the proposal in Redis is not the last one written; rewriting"
-            log.info("%s: %s", symbol, why, extra={"symbol": symbol, "seq": state.seq})
+            return False
+        lost = state.published is not None and (
+            fields is None or fields.get("seq") != str(state.seq)
+        )
+        if lost:
+            log.debug(
+                "%s: the proposal in Redis is not the last one written (seq %d)",
+                symbol,
+                state.seq,
+                extra={"symbol": symbol, "seq": state.seq},
+            )
             state.published = None
         if state.published is None:
             state.hash_may_exist = bool(fields)
+        return lost
 
     def unsure(self, symbols: Iterable[str]) -> None:
         """A refused write was applied in part (its hash changed, its audit entry did not

@@ -94,6 +94,7 @@ class Rounds:
         self.chunk = chunk
         self._dirty: dict[str, float] = {}  # symbol -> when first seen dirty (monotonic)
         self._resync_reason: str | None = None
+        self._resync_retry = False  # the pending resync failed once: retried, not counted
         self.next_reconcile: float | None = None  # set by the first full pass
         self.passes = 0  # completed full passes (startup, resyncs, reconciles)
 
@@ -133,7 +134,12 @@ class Rounds:
         )
         for symbol, fields in published.items():
             self.engine.note_existing(symbol, fields)
-        yield from self._resync("startup")
+        try:
+            yield from self._resync("startup")
+        except BaseException:
+            self._resync_retry = True
+            raise
+        self._resync_retry = False
         self.engine.starting = False
 
     def round(self) -> Step:
@@ -149,7 +155,9 @@ class Rounds:
                 yield from self._resync(reason)
             except BaseException:
                 self._resync_reason = self._resync_reason or reason
+                self._resync_retry = True
                 raise
+            self._resync_retry = False
             return
         batch = self._dirty
         if batch:
@@ -166,9 +174,12 @@ class Rounds:
             yield from self._evaluate(due, {})
 
     def _resync(self, reason: str) -> Step:
-        self.hooks.on_resync(reason)
-        if reason not in _QUIET:
-            log.info("resync (%s)", reason)
+        if self._resync_retry:  # the same resync again, after a failure: counted once
+            log.debug("resync (%s) retried", reason)
+        else:
+            self.hooks.on_resync(reason)
+            if reason not in _QUIET:
+                log.info("resync (%s)", reason)
         if self.symbols is not None:
             symbols = list(self.symbols)
         else:
@@ -176,19 +187,41 @@ class Rounds:
             # symbols notified while discovery ran (created after the scan passed their
             # slot) are in _dirty: include them, or they would wait for the next reconcile
             symbols = sorted(set(found) | set(self.engine.symbols()) | self._dirty.keys())
+        lost: list[str] = []
         if reason not in _NO_VERIFY:
             # after a gap the proposals may be gone too (a server restart loses them while
             # the inputs come back unchanged): check them, or nothing would be republished
             published: dict[str, Hash] = yield ReadPublished(symbols)
-            for symbol in symbols:
-                self.engine.check_published(symbol, published.get(symbol))
+            check = self.engine.check_published
+            lost = [symbol for symbol in symbols if check(symbol, published.get(symbol))]
         seen, self._dirty = self._dirty, {}
         mark = self.mark()
         for symbol in symbols:
             seen.setdefault(symbol, mark)
         yield from self.recompute(symbols, seen, force=True)
+        if lost:
+            self._report_lost(reason, lost)
         self.passes += 1
         self.next_reconcile = self.now() + self.reconcile_every
+
+    def _report_lost(self, reason: str, lost: list[str]) -> None:
+        """One line for the proposals a resync found gone or replaced: how many it wrote
+        again, and why the others were not (their inputs are gone too, e.g. a server
+        that restarted empty: they come back when the producers write the inputs)."""
+        rewritten = sum(1 for symbol in lost if self.engine.published(symbol) is not None)
+        waiting = len(lost) - rewritten
+        log.info(
+            "resync (%s): %d proposals in Redis were not the last ones written (lost with "
+            "the server's data, deleted or replaced): %d written again%s",
+            reason,
+            len(lost),
+            rewritten,
+            f"; {waiting} not: their inputs are absent or invalid now, they are written "
+            "again when their inputs are"
+            if waiting
+            else "",
+            extra={"event": "proposals_lost", "lost": len(lost), "rewritten": rewritten},
+        )
 
     def recompute(self, symbols: list[str], seen: dict[str, float], *, force: bool) -> Step:
         """Read `symbols` chunk by chunk; evaluate those whose inputs changed (all of them

@@ -38,8 +38,12 @@ class LivenessWriter:
         self.instance = instance
         self.ttl = ttl
         self.started_at: float | None = None
+        self._written = False  # a beat has succeeded
 
-    async def beat(self, now: float, symbols: int) -> None:
+    async def beat(self, now: float, symbols: int) -> bool:
+        """Write the key; True if it was gone although an earlier beat had written it:
+        Redis lost its data (FLUSHALL, a failover to an empty replica) or the key expired
+        while we could not refresh it, and the proposals may be gone with it."""
         if self.started_at is None:
             self.started_at = now
         fields = {
@@ -55,11 +59,14 @@ class LivenessWriter:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(self.key, mapping=fields)  # type: ignore[arg-type]
                 pipe.pexpire(self.key, int(self.ttl * 1000))
-                await pipe.execute()
+                added, _ = await pipe.execute()
         except REDIS_OR_REPLY_ERRORS as exc:
             if "exec without multi" in str(exc).lower():  # how redis-py tells MULTI refused
                 raise PermissionDenied("command multi while liveness write", str(exc)) from exc
             raise refused("liveness write", exc) from exc
+        gone = self._written and int(added) > 0  # HSET added fields: the key was new
+        self._written = True
+        return gone
 
     async def clear(self) -> None:
         try:

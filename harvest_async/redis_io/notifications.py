@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 from redis.exceptions import ResponseError
 
-from harvest_async.backoff import DenialLog
+from harvest_async.backoff import Backoff, DenialLog, RedisOutage
 from harvest_async.clock import monotonic
 from harvest_async.core.keys import Keys, glob_escape
 from harvest_async.core.ports import Changed, Event, Gap
@@ -74,6 +74,7 @@ class KeyspaceSource:
         input_streams: Sequence[str] = (),
         poll_interval: float = 2.0,
         canary_timeout: float = 2.0,
+        outage: RedisOutage | None = None,
     ) -> None:
         self.url = url
         self.password = password
@@ -92,11 +93,15 @@ class KeyspaceSource:
         self._flags_readable = True  # False: CONFIG GET denied, only the canary can tell
         self._denials = DenialLog(log)
         self._endpoint = endpoint_from_url(url, password)
+        # reconnects back off (with jitter) and report to the service's one Redis outage
+        self.outage = outage or RedisOutage(describe_url(url), log)
+        self._backoff = Backoff(first=0.2, cap=10.0)
 
     # -- canary --------------------------------------------------------------------------
     def expect_canary(self) -> None:
-        """The liveness key was just written: its notification must arrive soon."""
-        if self._canary_due is None:
+        """The liveness key is being written: its notification must arrive soon (if we are
+        subscribed: a write made while resubscribing is not delivered to us)."""
+        if self._canary_due is None and self._subscribed:
             self._canary_due = monotonic() + self.canary_timeout
 
     def cancel_canary(self) -> None:
@@ -118,7 +123,6 @@ class KeyspaceSource:
     async def run(self, emit: Callable[[Event], None], *, task_status: TaskStatus[None]) -> None:
         self._emit = emit
         started = False
-        delay = 0.2
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch)
             if self.input_streams:
@@ -130,7 +134,6 @@ class KeyspaceSource:
                         self._session_scope = scope
                         await self._session(None if started else task_status)
                     started = True
-                    delay = 0.2
                 except RedisUnavailable as exc:
                     # only the very first subscription is fatal (the caller reports it);
                     # `started` is set when a session *ends*, so a first session that
@@ -138,18 +141,21 @@ class KeyspaceSource:
                     if self.subscriptions == 0:
                         raise
                     started = True
-                    if self._subscribed:
-                        delay = 0.0  # a working subscription dropped: reconnect at once
+                    self._canary_due = None  # no notification reaches a lost subscription
                     if isinstance(exc, PermissionDenied):
                         # the ACL no longer lets us subscribe: keep serving by polling
                         self._denials.denied(exc)
                         self._set_mode("poll", "subscribing is not permitted")
+                        delay = self._backoff.next_delay()
+                    elif self._subscribed:
+                        # a working subscription dropped (CLIENT KILL, a restart): resubscribe
+                        # at once; if Redis is gone, that attempt starts the outage
+                        log.debug("notification connection lost (%s); resubscribing", exc)
+                        delay = 0.0
                     else:
-                        log.warning(
-                            "notification connection lost: %s; retrying in %.1f s", exc, delay
-                        )
-                    await anyio.sleep(delay)
-                    delay = min(max(delay * 2, 0.2), 5.0)
+                        self.outage.failed("notifications", str(exc))
+                        delay = self._backoff.next_delay()
+                    await self.outage.pause(delay)
 
     async def _session(self, task_status: TaskStatus[None] | None) -> None:
         """One subscription: check the flags, PSUBSCRIBE, report the gap, consume.
@@ -170,6 +176,8 @@ class KeyspaceSource:
             raise RedisUnavailable(f"subscribing: {exc}") from exc
         try:
             self._denials.allowed()
+            self._backoff.reset()
+            self.outage.recovered("notifications")
             self._apply_flags(flags)
             self.subscriptions += 1
             self._subscribed = True
@@ -251,7 +259,7 @@ class KeyspaceSource:
             due = self._canary_due
             if due is not None and monotonic() > due:
                 self._canary_due = None
-                if self.mode == "notify":
+                if self.mode == "notify" and self._subscribed:
                     self._canary_missed()
 
     def _canary_missed(self) -> None:
@@ -276,7 +284,7 @@ class KeyspaceSource:
 
     async def _streams(self) -> None:
         """XREAD BLOCK on a client of its own (socket timeout > block time)."""
-        delay = 0.2
+        backoff = Backoff(first=0.2, cap=10.0)
         last: dict[str, str] = {}
         while True:
             client = client_for(
@@ -290,6 +298,10 @@ class KeyspaceSource:
                     if stream not in last:
                         newest: Any = await client.xrevrange(stream, count=1)
                         last[stream] = newest[0][0] if newest else "0-0"
+                await client.ping()  # reachable again: no need to wait for an entry to say so
+                if backoff.attempts:
+                    backoff.reset()
+                    self.outage.recovered("input streams")
                 while True:
                     reply: Any = await client.xread(last, block=STREAM_BLOCK_MS, count=1000)  # type: ignore[arg-type]
                     for stream, entries in reply or []:
@@ -298,16 +310,14 @@ class KeyspaceSource:
                             symbol = fields.get("symbol")
                             if symbol:
                                 self._emit(Changed(symbol, "stream"))
-                    delay = 0.2
             except REDIS_OR_REPLY_ERRORS as exc:
                 error = refused("reading input streams", exc)
                 if isinstance(error, PermissionDenied):
                     self._denials.denied(error)
                 else:
-                    log.warning("input stream read failed: %s; retrying in %.1f s", exc, delay)
+                    self.outage.failed("input streams", str(exc))
                 self._emit(Gap("stream reconnect"))
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await self.outage.pause(backoff.next_delay())
             finally:
                 with anyio.CancelScope(shield=True):
                     with contextlib.suppress(*REDIS_ERRORS):

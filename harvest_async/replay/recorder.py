@@ -20,6 +20,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 
@@ -48,6 +49,7 @@ from harvest_async.replay.format import (
     SymbolState,
 )
 from harvest_async.replay.recording_writer import RecordingWriter
+from harvest_async.signals import cancel_on_signal
 
 __all__ = ["RecordStats", "Recorder", "record"]
 
@@ -248,7 +250,7 @@ async def record(
     try:
         async with anyio.create_task_group() as tg:
             if handle_signals:
-                tg.start_soon(_stop_on_signal, tg.cancel_scope, stats)
+                tg.start_soon(cancel_on_signal, tg.cancel_scope, partial(_on_signal, stats))
             await tg.start(source.run, recorder.emit)
             recorder.forget_gap()  # the snapshot below covers anything seen while subscribing
             at, state = await recorder.snapshot()
@@ -297,10 +299,6 @@ async def record(
     return stats
 
 
-async def _stop_on_signal(scope: anyio.CancelScope, stats: RecordStats) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("%s received: writing the end marker and stopping", signum.name)
-            stats.reason = "interrupted"
-            scope.cancel()
-            return
+def _on_signal(stats: RecordStats, signum: signal.Signals) -> None:
+    log.info("%s received: writing the end marker and stopping", signum.name)
+    stats.reason = "interrupted"

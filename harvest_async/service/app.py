@@ -15,11 +15,11 @@ import anyio
 from anyio.abc import TaskStatus
 
 from harvest_async import __version__
-from harvest_async.backoff import DenialLog
-from harvest_async.clock import Clock, SystemClock
+from harvest_async.backoff import Backoff, DenialLog, RedisOutage
+from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.config import Settings, engine_config
 from harvest_async.core.engine import Engine
-from harvest_async.core.ports import Observer, RunnerHooks
+from harvest_async.core.ports import Gap, Observer, RunnerHooks
 from harvest_async.errors import PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import (
     check_redis,
@@ -38,6 +38,8 @@ from harvest_async.service.metrics_server import start_for as start_metrics
 from harvest_async.service.publish_log import PublishLog
 from harvest_async.service.runner import Runner
 from harvest_async.service.sdnotify import Notifier
+from harvest_async.service.startup import wait_for_redis
+from harvest_async.signals import cancel_on_signal
 
 __all__ = ["build_engine", "serve"]
 
@@ -59,8 +61,16 @@ async def serve(
     handle_signals: bool = True,
 ) -> int:
     clock = clock or SystemClock()
-    await check_redis(settings)
-    await verify_permissions(settings, "once" if once else "run")
+    notifier = Notifier()
+    try:
+        if once:
+            await check_redis(settings)  # one pass: Redis now or exit 3
+        else:
+            await wait_for_redis(settings, notifier)  # REDIS_STARTUP_TIMEOUT_SEC
+        await verify_permissions(settings, "once" if once else "run")
+    except BaseException:
+        notifier.close()
+        raise
     publish_log = PublishLog(settings.log_publish_detail_max_per_sec)
     observer = fan_out(publish_log, observer)
     stop_metrics: Callable[[], None] | None = None
@@ -74,6 +84,10 @@ async def serve(
     )
     endpoint = endpoint_for(settings)
     engine = build_engine(settings, observer)
+    # one outage for every reconnect loop: a WARNING when it starts, reminders, one INFO
+    outage = RedisOutage(
+        describe_url(settings.redis_url), log, remind_every=settings.outage_reminder_sec
+    )
     reader = RedisInputReader(
         client, settings.keys, endpoint, timeout=timeout, limits=InputLimits.of(settings)
     )
@@ -94,8 +108,8 @@ async def serve(
         reconcile_every=settings.max_publish_age_sec,
         shutdown_grace=settings.shutdown_grace_sec,
         hooks=hooks,
+        outage=outage,
     )
-    notifier = Notifier()
     try:
         if once:
             await runner.startup()
@@ -114,6 +128,7 @@ async def serve(
             input_streams=settings.input_streams,
             poll_interval=settings.poll_interval_sec,
             canary_timeout=settings.canary_timeout_sec,
+            outage=outage,
         )
         liveness = LivenessWriter(
             client, settings.keys, settings.instance, settings.liveness_ttl_sec
@@ -121,7 +136,7 @@ async def serve(
         _log_startup(settings, engine.theta_id)
         async with anyio.create_task_group() as tg:
             if handle_signals:
-                tg.start_soon(_stop_on_signal, tg.cancel_scope, notifier)
+                tg.start_soon(cancel_on_signal, tg.cancel_scope, partial(_on_signal, notifier))
             tg.start_soon(publish_log.run, clock)
             await tg.start(runner.run, source)
             # started after its first refresh: ready means announced
@@ -134,6 +149,7 @@ async def serve(
                     clock=clock,
                     settings=settings,
                     notifier=notifier,
+                    outage=outage,
                 )
             )
             notifier.ready(f"publishing {len(engine)} symbols")
@@ -195,13 +211,9 @@ def _log_startup(settings: Settings, theta_id: str) -> None:
     )
 
 
-async def _stop_on_signal(scope: anyio.CancelScope, notifier: Notifier) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("%s received: finishing the in-flight write and stopping", signum.name)
-            notifier.stopping()
-            scope.cancel()
-            return
+def _on_signal(notifier: Notifier, signum: signal.Signals) -> None:
+    log.info("%s received: finishing the in-flight write and stopping", signum.name)
+    notifier.stopping()
 
 
 async def _liveness_loop(
@@ -212,41 +224,60 @@ async def _liveness_loop(
     clock: Clock,
     settings: Settings,
     notifier: Notifier,
+    outage: RedisOutage,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     interval = min(settings.liveness_ttl_sec / 3, 5.0)
     if notifier.watchdog_sec is not None:
         interval = min(interval, notifier.watchdog_sec / 3)
     denials = DenialLog(log)
+    # while Redis is down the beats back off (the watchdog pings keep their pace)
+    backoff = Backoff(first=interval, cap=max(interval, 10.0))
+    next_beat = 0.0
     while True:
         # the watchdog ping comes from this loop: a stuck event loop stops it
         notifier.watchdog()
-        try:
-            # arm the canary before writing: the notification can be consumed before
-            # beat() returns, and arming afterwards would then wait for one never coming
-            source.expect_canary()
-            await _beat(liveness, runner, clock, settings.shutdown_grace_sec)
-            notifier.status(
-                f"{len(runner.engine)} symbols, {runner.writes} writes, mode={source.mode}"
-            )
-            denials.allowed()
-        except PermissionDenied as exc:
-            source.cancel_canary()  # nothing was written, so nothing will be notified
-            denials.denied(exc)
-            notifier.status(str(exc))
-        except RedisUnavailable as exc:
-            log.warning("liveness write failed: %s", exc)
-            notifier.status(f"redis unavailable: {exc}")
+        if monotonic() >= next_beat:
+            try:
+                # arm the canary before writing: the notification can be consumed before
+                # beat() returns, and arming afterwards would then wait for one never coming
+                source.expect_canary()
+                if await _beat(liveness, runner, clock, settings.shutdown_grace_sec):
+                    # our own key vanished: so may have the proposals, with no notification
+                    # or reconnect to say so (FLUSHALL): check them all
+                    runner.emit(Gap("liveness key lost"))
+                notifier.status(
+                    f"{len(runner.engine)} symbols, {runner.writes} writes, mode={source.mode}"
+                )
+                denials.allowed()
+                if backoff.attempts:
+                    backoff.reset()
+                    outage.recovered("liveness")
+            except PermissionDenied as exc:
+                source.cancel_canary()  # nothing was written, so nothing will be notified
+                denials.denied(exc)
+                notifier.status(str(exc))
+            except RedisUnavailable as exc:
+                source.cancel_canary()  # the write failed: its notification is not missing
+                outage.failed("liveness", str(exc))
+                notifier.status(f"Redis unavailable at {outage.where}; retrying")
+                next_beat = monotonic() + backoff.next_delay()
         task_status.started()
         task_status = anyio.TASK_STATUS_IGNORED
-        await anyio.sleep(interval)
+        if not backoff.attempts:
+            await anyio.sleep(interval)
+        elif await outage.pause(interval):
+            next_beat = 0.0  # another loop found Redis back: announce ourselves at once
 
 
-async def _beat(liveness: LivenessWriter, runner: Runner, clock: Clock, grace: float) -> None:
+async def _beat(liveness: LivenessWriter, runner: Runner, clock: Clock, grace: float) -> bool:
     """One refresh, finished (within `grace`) even when the service is stopping: cut off
-    on the wire, it could reach Redis after the shutdown's DEL and revive the key."""
+    on the wire, it could reach Redis after the shutdown's DEL and revive the key. True:
+    the key was gone (see `LivenessWriter.beat`)."""
+    gone = False
     with anyio.CancelScope(shield=True):
         with anyio.move_on_after(grace) as limit:
-            await liveness.beat(clock.now(), len(runner.engine))
+            gone = await liveness.beat(clock.now(), len(runner.engine))
     if limit.cancelled_caught:
         raise RedisUnavailable(f"liveness write did not finish within {grace:g} s")
+    return gone

@@ -16,7 +16,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 
-from harvest_async.backoff import Backoff, DenialLog, Outage
+from harvest_async.backoff import Backoff, DenialLog, Outage, RedisOutage
 from harvest_async.clock import Clock, monotonic
 from harvest_async.core.engine import Engine
 from harvest_async.core.ports import (
@@ -49,6 +49,7 @@ class Runner:
         shutdown_grace: float = 5.0,
         hooks: RunnerHooks | None = None,
         refusal_backoff: Backoff | None = None,
+        outage: RedisOutage | None = None,
     ) -> None:
         self.engine = engine
         self.reader = reader
@@ -76,6 +77,10 @@ class Runner:
         self._refusals = Outage("Redis refuses proposal writes", log, clock, refusal_backoff)
         self._denials = DenialLog(log)
         self._denied_delay = 0.5
+        # Redis unreachable: one outage shared with the other reconnect loops (logged once),
+        # retried with a backoff of our own, cut short when another loop finds Redis back
+        self.outage = outage or RedisOutage("redis", log)
+        self._backoff = Backoff(first=0.2, cap=10.0)
 
     @property
     def passes(self) -> int:
@@ -125,17 +130,27 @@ class Runner:
             await anyio.lowlevel.checkpoint()
 
     async def _with_retry(self, step: Callable[[], Any]) -> None:
-        delay = 0.2
         while True:
             try:
                 await step()
-                return
             except PermissionDenied:
                 raise  # at startup a missing permission is a configuration error (exit 2)
             except RedisUnavailable as exc:
-                log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await self._redis_failed(exc)
+                continue
+            self._redis_ok()
+            return
+
+    async def _redis_failed(self, exc: RedisUnavailable) -> None:
+        """Report to the shared outage and wait for the next attempt: the backoff's delay,
+        or less if another loop (a resubscription, a liveness write) finds Redis back."""
+        self.outage.failed("processing", str(exc))
+        await self.outage.pause(self._backoff.next_delay())
+
+    def _redis_ok(self) -> None:
+        if self._backoff.attempts:
+            self._backoff.reset()
+            self.outage.recovered("processing")
 
     def _wake_at(self) -> float | None:
         wake = self.rounds.wake_at()
@@ -162,10 +177,11 @@ class Runner:
             self._denied_delay = min(self._denied_delay * 2, 5.0)
             return
         except RedisUnavailable as exc:
-            log.warning("redis unavailable during processing (%s); will resync", exc)
+            # what was missed meanwhile is recovered by a resync (retried, counted once)
             self.rounds.gap("redis error")
-            await anyio.sleep(0.5)
+            await self._redis_failed(exc)
             return
+        self._redis_ok()
         self._denials.allowed()
         self._denied_delay = 0.5
 

@@ -8,7 +8,7 @@ import logging
 import anyio
 import pytest
 
-from harvest_async.backoff import Backoff, Outage
+from harvest_async.backoff import Backoff, Outage, RedisOutage
 from harvest_async.clock import FakeClock
 
 
@@ -81,3 +81,35 @@ async def test_pause_waits_on_the_injected_clock() -> None:
         clock.advance(0.5)
         with anyio.fail_after(1):
             await done.wait()
+
+
+async def test_a_redis_outage_is_one_warning_reminders_and_one_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    t = [0.0]
+    outage = RedisOutage(
+        "redis://h:1/0", logging.getLogger("t"), remind_every=60.0, now=lambda: t[0]
+    )
+    outage.recovered("liveness")  # nothing to clear
+    for _ in range(300):  # three loops failing every second for 100 s
+        for member in ("processing", "notifications", "liveness"):
+            outage.failed(member, "connection refused")
+        t[0] += 1.0 / 3
+    woken = []
+
+    async def waiter() -> None:
+        woken.append(await outage.pause(30.0))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.sleep(0.01)
+        outage.recovered("notifications")  # the first success ends it and wakes the others
+    outage.recovered("liveness")
+    assert woken == [True]
+    loud = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert [level for level, _ in loud] == ["WARNING", "WARNING", "INFO"]
+    assert "unavailable (processing: connection refused)" in loud[0][1]
+    assert "still unavailable after 60 s" in loud[1][1]
+    assert loud[2][1] == "Redis at redis://h:1/0 available again after 100.0 s of outage"
+    assert not outage.active and outage.outages == 1

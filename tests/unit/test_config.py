@@ -118,3 +118,25 @@ def test_a_proposal_ttl_not_above_the_heartbeat_is_refused(value: str) -> None:
     with pytest.raises(ConfigError) as raised:
         settings_from_env({"PROPOSAL_TTL_SEC": value, "MAX_PUBLISH_AGE_SEC": "60"})
     assert raised.value.variable == "PROPOSAL_TTL_SEC"
+
+
+def test_outage_settings_defaults() -> None:
+    settings = settings_from_env({})
+    assert settings.redis_startup_timeout_sec == 0.0  # `run` waits for Redis forever
+    assert settings.outage_reminder_sec == 60.0
+    assert settings_from_env({"REDIS_STARTUP_TIMEOUT_SEC": "90"}).redis_startup_timeout_sec == 90
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("REDIS_STARTUP_TIMEOUT_SEC", "-1"),
+        ("REDIS_STARTUP_TIMEOUT_SEC", "soon"),
+        ("OUTAGE_REMINDER_SEC", "0"),
+        ("OUTAGE_REMINDER_SEC", "inf"),
+    ],
+)
+def test_bad_outage_settings_are_named(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        settings_from_env({variable: value})
+    assert raised.value.variable == variable
