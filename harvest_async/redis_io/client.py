@@ -11,9 +11,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from harvest_async.config import Settings
+from harvest_async.config.sentinel_url import is_sentinel_url, mask_url, parse_sentinel_url
 from harvest_async.core.keys import glob_escape
 from harvest_async.errors import (
     AuthenticationFailed,
@@ -93,7 +95,47 @@ def client_for(
         kwargs["password"] = password
     if protocol is not None:
         kwargs["protocol"] = protocol
+    if is_sentinel_url(url):
+        return _primary_client(url, kwargs)
     return aioredis.Redis.from_url(url, **kwargs)
+
+
+class _PrimaryClient(aioredis.Redis):
+    """A client of the primary a Sentinel names (redis-py's Sentinel pool: it asks again
+    at each new connection, and drops a connection that answers READONLY); closing it
+    closes its connections to the sentinels too."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinels is not None:
+                await self.sentinels.aclose()
+
+
+def _primary_client(url: str, kwargs: dict[str, Any]) -> aioredis.Redis:
+    try:
+        parsed = parse_sentinel_url(url)
+    except ValueError as exc:
+        raise ConfigError("REDIS_URL", str(exc)) from None
+    options = parsed.options
+    timeout = float(options.get("socket_connect_timeout", kwargs["socket_connect_timeout"]))
+    kwargs["socket_connect_timeout"] = timeout
+    sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": 5.0}
+    if "sentinel_password" in options:
+        sentinel_kwargs["password"] = options["sentinel_password"]
+        sentinel_kwargs["username"] = options.get("sentinel_username")
+    if parsed.password is not None:
+        kwargs["password"] = parsed.password  # the URL's wins, as with redis://
+    if parsed.username is not None:
+        kwargs["username"] = parsed.username
+    sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(parsed.service, redis_class=_PrimaryClient, db=parsed.db, **kwargs)
+    assert isinstance(client, _PrimaryClient)
+    client.sentinels = sentinel
+    return client
 
 
 # a password given to a server that has none: AUTH fails (Redis 6+, Valkey; Redis 5)
@@ -222,10 +264,7 @@ def endpoint_for(settings: Settings) -> Endpoint:
 
 def describe_url(url: str) -> str:
     """The URL without credentials, for logs."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+    return mask_url(url)
 
 
 async def check_redis(settings: Settings) -> None:
