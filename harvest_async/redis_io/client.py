@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from harvest_async.config import Settings
@@ -26,6 +26,7 @@ from harvest_async.errors import (
 )
 from harvest_async.redis_io.server_version import judge, parse_info
 from harvest_async.redis_io.wire import Endpoint, Wire, command, endpoint_from_url
+from harvest_async.redis_io.wire_url import Sentinels
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,22 @@ def client_for(
     return aioredis.Redis.from_url(url, **kwargs)
 
 
+class _FollowingPool(SentinelConnectionPool):
+    """redis-py's Sentinel pool, dropping its idle connections once a failover has been
+    announced (`Sentinels.switches`, followed by the notification source): until the
+    sentinels demote it the old primary still accepts writes, and they would be lost."""
+
+    deployment: Sentinels | None = None
+    seen = 0
+
+    async def get_connection(self, *args: Any, **options: Any) -> Any:
+        deployment = self.deployment
+        if deployment is not None and deployment.switches != self.seen:
+            self.seen = deployment.switches
+            await self.disconnect(inuse_connections=False)
+        return await super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
+
+
 class _PrimaryClient(aioredis.Redis):
     """A client of the primary a Sentinel names (redis-py's Sentinel pool: it asks again
     at each new connection, and drops a connection that answers READONLY); closing it
@@ -132,8 +149,18 @@ def _primary_client(url: str, kwargs: dict[str, Any]) -> aioredis.Redis:
     if parsed.username is not None:
         kwargs["username"] = parsed.username
     sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client = sentinel.master_for(parsed.service, redis_class=_PrimaryClient, db=parsed.db, **kwargs)
+    client = sentinel.master_for(
+        parsed.service,
+        redis_class=_PrimaryClient,
+        connection_pool_class=_FollowingPool,
+        db=parsed.db,
+        **kwargs,
+    )
     assert isinstance(client, _PrimaryClient)
+    assert isinstance(client.connection_pool, _FollowingPool)
+    deployment = endpoint_from_url(url).sentinel
+    client.connection_pool.deployment = deployment
+    client.connection_pool.seen = deployment.switches if deployment is not None else 0
     client.sentinels = sentinel
     return client
 

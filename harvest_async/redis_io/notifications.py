@@ -33,6 +33,7 @@ from harvest_async.redis_io.client import (
     is_permission_error,
     refused,
 )
+from harvest_async.redis_io.sentinel import watch_switches
 from harvest_async.redis_io.wire import Subscriber, endpoint_from_url
 
 __all__ = ["NOTIFY_CONNECTION", "KeyspaceSource", "notify_flags_cover", "read_notify_flags"]
@@ -92,6 +93,7 @@ class KeyspaceSource:
         self._flags_readable = True  # False: CONFIG GET denied, only the canary can tell
         self._denials = DenialLog(log)
         self._endpoint = endpoint_from_url(url, password)
+        self._moved = anyio.Event()  # via Sentinel: the primary moved since the last attempt
 
     # -- canary --------------------------------------------------------------------------
     def expect_canary(self) -> None:
@@ -123,8 +125,11 @@ class KeyspaceSource:
             tg.start_soon(self._watch)
             if self.input_streams:
                 tg.start_soon(self._streams)
+            if self._endpoint.sentinel is not None:
+                tg.start_soon(watch_switches, self._endpoint.sentinel, self._primary_moved)
             while True:
                 self._subscribed = False
+                self._moved = anyio.Event()
                 try:
                     with anyio.CancelScope() as scope:
                         self._session_scope = scope
@@ -148,8 +153,22 @@ class KeyspaceSource:
                         log.warning(
                             "notification connection lost: %s; retrying in %.1f s", exc, delay
                         )
-                    await anyio.sleep(delay)
+                    with anyio.move_on_after(delay):
+                        await self._moved.wait()  # a new primary: no reason to wait more
                     delay = min(max(delay * 2, 0.2), 5.0)
+
+    def _primary_moved(self, old: str, new: str) -> None:
+        """A sentinel announced a failover: the subscription is on the old primary (the
+        wire's connections are replaced by themselves): subscribe anew, which is a gap."""
+        log.warning(
+            "Sentinel failover: the primary moved from %s to %s; resubscribing and resyncing",
+            old,
+            new,
+            extra={"event": "failover", "old_primary": old, "new_primary": new},
+        )
+        self._moved.set()
+        if self._session_scope is not None and self.subscriptions:  # not before the first
+            self._session_scope.cancel()
 
     async def _session(self, task_status: TaskStatus[None] | None) -> None:
         """One subscription: check the flags, PSUBSCRIBE, report the gap, consume.

@@ -92,6 +92,7 @@ async def ask_primary(
         order.append(skip)
     share = max(budget / len(order), 0.2)
     problems: list[str] = []
+    demoted: tuple[str, int] | None = None
     for index in order:
         host, port = sentinels.addresses[index]
         try:
@@ -109,13 +110,20 @@ async def ask_primary(
             problems.append(f"{host}:{port}: {type(exc).__name__} {exc}".rstrip())
             continue
         if isinstance(reply, list) and len(reply) == 2 and str(reply[1]).isdigit():
+            address = str(reply[0]), int(reply[1])
+            if address == sentinels.demoted:  # not told of the failover yet: the next one
+                demoted = address
+                problems.append(f"{host}:{port} names the demoted primary")
+                continue
             sentinels.first = index
-            return str(reply[0]), int(reply[1])
+            return address
         problems.append(
             f"{host}:{port}: {reply}"
             if isinstance(reply, RedisReplyError)
             else f"{host}:{port} does not know {sentinels.service!r}"
         )
+    if demoted is not None:
+        return demoted  # every one that answered names it: it is the primary again
     raise RedisUnavailable(
         f"no sentinel named the primary of {sentinels.service!r} ({'; '.join(problems)})"
     )
@@ -137,8 +145,11 @@ async def connect_primary(
         switches = sentinels.switches
         host, port = await ask_primary(sentinels, max(deadline - loop.time(), 0.2), skip=stale)
         try:
-            return await attempt(endpoint.at(host, port), deadline - loop.time()), switches
+            conn = await attempt(endpoint.at(host, port), deadline - loop.time())
+            log.debug("primary of %r at %s:%d", sentinels.service, host, port)
+            return conn, switches
         except NotPrimary as exc:
+            log.debug("%s:%d named by a sentinel is not the primary: %s", host, port, exc)
             if loop.time() + 0.05 >= deadline:
                 raise RedisUnavailable(f"{endpoint.describe()}: {exc}") from exc
             stale = sentinels.first
@@ -179,7 +190,8 @@ async def _follow(
             if not (isinstance(message, list) and len(message) == 3 and message[0] == "message"):
                 continue
             words = str(message[2]).split()
-            if len(words) == 5 and words[0] == sentinels.service:
+            if len(words) == 5 and words[0] == sentinels.service and words[2].isdigit():
+                sentinels.demoted = (words[1], int(words[2]))
                 sentinels.switches += 1
                 on_switch(f"{words[1]}:{words[2]}", f"{words[3]}:{words[4]}")
     finally:

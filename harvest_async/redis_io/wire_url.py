@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import ssl
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from harvest_async.config.sentinel_url import is_sentinel_url, parse_sentinel_url
@@ -69,6 +70,9 @@ class Sentinels:
     # opened under an older value talks to the old primary and is replaced
     switches: int = 0
     first: int = 0  # index of the sentinel to ask first
+    # the old primary of the last switch heard: it stays writable until the sentinels
+    # demote it (SENTINEL FAILOVER: up to 10 s), so a sentinel naming it is not believed
+    demoted: tuple[str, int] | None = None
 
     def describe(self) -> str:
         hosts = ",".join(f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in self.addresses)
@@ -145,17 +149,25 @@ def endpoint_from_url(
     )
 
 
+_DEPLOYMENTS: dict[tuple[Any, ...], Sentinels] = {}
+
+
 def _sentinel_endpoint(url: str, password: str | None, connect_timeout: float) -> Endpoint:
     parsed = parse_sentinel_url(url)
     options = parsed.options
     if "socket_connect_timeout" in options:
         connect_timeout = _seconds(options["socket_connect_timeout"])
-    sentinels = Sentinels(
+    # one Sentinels per deployment in the process: every connection to it sees the same
+    # `switches` (a failover announced to one is news to all) and asks the same one first
+    key = (
         parsed.sentinels,
         parsed.service,
         options.get("sentinel_username"),
         options.get("sentinel_password"),
     )
+    sentinels = _DEPLOYMENTS.get(key)
+    if sentinels is None:
+        sentinels = _DEPLOYMENTS[key] = Sentinels(*key)
     host, port = parsed.sentinels[0]  # a placeholder: the primary is asked for at connect
     return Endpoint(
         host=host,
