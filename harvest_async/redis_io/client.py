@@ -24,6 +24,7 @@ from harvest_async.errors import (
     RedisReplyError,
     RedisUnavailable,
 )
+from harvest_async.redis_io.sentinel import ask_primary, ask_replicas
 from harvest_async.redis_io.server_version import judge, parse_info
 from harvest_async.redis_io.wire import Endpoint, Wire, command, endpoint_from_url
 from harvest_async.redis_io.wire_url import Sentinels
@@ -47,6 +48,7 @@ __all__ = [
     "redis_errors",
     "refused",
     "scan_symbols",
+    "sentinel_nodes",
     "unneeded_password",
 ]
 
@@ -292,6 +294,29 @@ def endpoint_for(settings: Settings) -> Endpoint:
 def describe_url(url: str) -> str:
     """The URL without credentials, for logs."""
     return mask_url(url)
+
+
+async def sentinel_nodes(settings: Settings) -> tuple[str, dict[str, str | None]] | None:
+    """Via Sentinel (None for other URLs): ("host:port" of the primary the sentinels name,
+    {"host:port": its notify-keyspace-events (None: not readable)} for each replica they
+    know): a replica promoted without the flags would leave the service polling."""
+    endpoint = endpoint_for(settings)
+    if endpoint.sentinel is None:
+        return None
+    budget = endpoint.connect_timeout
+    host, port = await ask_primary(endpoint.sentinel, budget)
+    flags: dict[str, str | None] = {}
+    for replica_host, replica_port in await ask_replicas(endpoint.sentinel, budget):
+        wire = Wire(endpoint.at(replica_host, replica_port), name="harvest-async-check")
+        try:
+            (reply,) = await wire.roundtrip(command("CONFIG", "GET", "notify-keyspace-events"), 1)
+        except RedisUnavailable:
+            reply = None
+        finally:
+            wire.close()
+        value = reply[1] if isinstance(reply, list) and len(reply) == 2 else None
+        flags[f"{replica_host}:{replica_port}"] = str(value) if value is not None else None
+    return f"{host}:{port}", flags
 
 
 async def check_redis(settings: Settings) -> None:

@@ -23,7 +23,7 @@ import hiredis
 from harvest_async.errors import AuthenticationFailed, RedisReplyError, RedisUnavailable
 from harvest_async.redis_io.wire_url import Endpoint, Sentinels
 
-__all__ = ["NotPrimary", "ask_primary", "connect_primary", "watch_switches"]
+__all__ = ["NotPrimary", "ask_primary", "ask_replicas", "connect_primary", "watch_switches"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,35 @@ async def ask_primary(
     raise RedisUnavailable(
         f"no sentinel named the primary of {sentinels.service!r} ({'; '.join(problems)})"
     )
+
+
+async def ask_replicas(sentinels: Sentinels, budget: float) -> list[tuple[str, int]]:
+    """The replicas the first sentinel that answers knows for the service (SENTINEL
+    REPLICAS), those it does not believe down (for `doctor`)."""
+    problems: list[str] = []
+    for index in _order(sentinels):
+        host, port = sentinels.addresses[index]
+        try:
+            async with asyncio.timeout(max(budget / len(sentinels.addresses), 0.2)):
+                conn = await _Conn.open(sentinels, host, port)
+                try:
+                    reply = await conn.call("SENTINEL", "REPLICAS", sentinels.service)
+                finally:
+                    conn.close()
+        except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+            problems.append(f"{host}:{port}: {type(exc).__name__} {exc}".rstrip())
+            continue
+        if not isinstance(reply, list):
+            problems.append(f"{host}:{port}: {reply}")
+            continue
+        found = []
+        for flat in reply:
+            fields = dict(zip(flat[::2], flat[1::2], strict=False))
+            flags = str(fields.get("flags", "")).split(",")
+            if "s_down" not in flags and "o_down" not in flags and fields.get("port"):
+                found.append((str(fields.get("ip")), int(fields["port"])))
+        return found
+    raise RedisUnavailable(f"no sentinel listed the replicas ({'; '.join(problems)})")
 
 
 async def connect_primary(
