@@ -38,10 +38,10 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 
-from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS, client_for  # noqa: E402
-from harvest_async.service.app import serve  # noqa: E402
-from tests.support.live import connected, make_settings, proposals, put_inputs  # noqa: E402
-from tests.support.sentinel import SentinelTopology, flavours  # noqa: E402
+from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS, client_for
+from harvest_async.service.app import serve
+from tests.support.live import connected, make_settings, proposals, put_inputs
+from tests.support.sentinel import SentinelTopology, flavours
 
 
 async def produce(url: str, symbols: list[str], stop: anyio.Event) -> None:
