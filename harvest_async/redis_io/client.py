@@ -142,7 +142,12 @@ def _primary_client(url: str, kwargs: dict[str, Any]) -> aioredis.Redis:
     options = parsed.options
     timeout = float(options.get("socket_connect_timeout", kwargs["socket_connect_timeout"]))
     kwargs["socket_connect_timeout"] = timeout
-    sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": 5.0}
+    # RESP2 to the sentinels, as the wire's discovery: no HELLO, which older ones lack
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": 5.0,
+        "protocol": 2,
+    }
     if "sentinel_password" in options:
         sentinel_kwargs["password"] = options["sentinel_password"]
         sentinel_kwargs["username"] = options.get("sentinel_username")

@@ -94,6 +94,7 @@ class KeyspaceSource:
         self._denials = DenialLog(log)
         self._endpoint = endpoint_from_url(url, password)
         self._moved = anyio.Event()  # via Sentinel: the primary moved since the last attempt
+        self._switches = 0  # via Sentinel: `Sentinels.switches` when this session began
 
     # -- canary --------------------------------------------------------------------------
     def expect_canary(self) -> None:
@@ -167,7 +168,18 @@ class KeyspaceSource:
             extra={"event": "failover", "old_primary": old, "new_primary": new},
         )
         self._moved.set()
+        if self._endpoint.sentinel is not None:  # the switch is handled here, not in _watch
+            self._switches = self._endpoint.sentinel.switches
         if self._session_scope is not None and self.subscriptions:  # not before the first
+            self._session_scope.cancel()
+
+    def _primary_changed(self) -> None:
+        """A connection to the deployment found the primary gone (READONLY) before any
+        +switch-master was heard: the subscription may be on a replica now."""
+        assert self._endpoint.sentinel is not None
+        self._switches = self._endpoint.sentinel.switches
+        if self._session_scope is not None and self.subscriptions:
+            log.info("the primary changed (a write was refused as READONLY); resubscribing")
             self._session_scope.cancel()
 
     async def _session(self, task_status: TaskStatus[None] | None) -> None:
@@ -179,6 +191,8 @@ class KeyspaceSource:
         connection ends the session, and the next one is a new subscription and
         therefore a Gap.
         """
+        if self._endpoint.sentinel is not None:
+            self._switches = self._endpoint.sentinel.switches
         flags = await self._notify_flags()
         patterns = [*self.keys.keyspace_patterns(), glob_escape(self._liveness_channel)]
         try:
@@ -267,6 +281,9 @@ class KeyspaceSource:
             if self.mode == "poll":
                 self._emit(Gap("poll"))
                 await anyio.sleep(max(0.0, self.poll_interval - 0.25))
+            sentinels = self._endpoint.sentinel
+            if sentinels is not None and sentinels.switches != self._switches:
+                self._primary_changed()
             due = self._canary_due
             if due is not None and monotonic() > due:
                 self._canary_due = None

@@ -254,8 +254,8 @@ class RedisSink:
             if refusal == _NOSCRIPT:
                 raise WriteRefused("NOSCRIPT the write script is not loaded after SCRIPT LOAD")
         if isinstance(refusal, WriteRefused):
-            if self._wire.endpoint.sentinel is not None and "READONLY" in str(refusal):
-                self._wire.close()  # a demoted primary: the next write asks the sentinels
+            if "READONLY" in str(refusal):  # a demoted primary: ask the sentinels again
+                self._wire.primary_lost()
             raise refusal
 
     def _call(self, out: Output) -> bytes:

@@ -364,6 +364,14 @@ class Wire:
             self._conn.fail(ConnectionAbortedError("closed by the client"))
             self._conn = None
 
+    def primary_lost(self) -> None:
+        """The server answered READONLY: no longer the primary. Via Sentinel, that is news
+        for every connection to the deployment (as a +switch-master is); then close."""
+        sentinels, conn = self.endpoint.sentinel, self._conn
+        if sentinels is not None and conn is not None and conn.switches == sentinels.switches:
+            sentinels.switches += 1
+        self.close()
+
 
 class Subscriber:
     """A connection in subscribe mode: PSUBSCRIBE, then messages until it drops.

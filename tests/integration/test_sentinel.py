@@ -10,12 +10,11 @@ a replica) is never used.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -25,16 +24,19 @@ import redis.asyncio as aioredis
 from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS, client_for
 from harvest_async.redis_io.wire import Wire, command, endpoint_from_url
+from harvest_async.tools.embedded_server import EmbeddedRedis
 from tests.support.live import (
     audit,
     connected,
     make_settings,
     messages,
+    passes_above,
     proposals,
     put_inputs,
     running,
+    wait_for,
 )
-from tests.support.sentinel import SERVICE, SentinelTopology, sentinel_topology
+from tests.support.sentinel import SERVICE, FakeSentinel, SentinelTopology, sentinel_topology
 
 __all__ = ["sentinel_topology"]  # the fixture, used by name below
 
@@ -72,19 +74,23 @@ async def write_until_done(client: aioredis.Redis, pnl: dict[str, float], stop: 
     return writes
 
 
-async def all_show(client: aioredis.Redis, pnl: dict[str, float]) -> list[str]:
+async def all_show(
+    client: aioredis.Redis, pnl: dict[str, float], symbols: list[str] = SYMBOLS
+) -> list[str]:
     """The symbols whose proposal does not yet show their latest position."""
-    found = await proposals(client, SYMBOLS)
-    return [s for s in SYMBOLS if found[s].get("position_unrealized_pnl") != repr(pnl[s])]
+    found = await proposals(client, symbols)
+    return [s for s in symbols if found[s].get("position_unrealized_pnl") != repr(pnl[s])]
 
 
-async def converge(client: aioredis.Redis, pnl: dict[str, float], limit: float) -> float:
+async def converge(
+    client: aioredis.Redis, pnl: dict[str, float], limit: float, symbols: list[str] = SYMBOLS
+) -> float:
     """Seconds until every symbol shows its latest inputs; fails after `limit`."""
     started = time.perf_counter()
     lagging: list[str] = []
     while time.perf_counter() - started < limit:
         try:
-            lagging = await all_show(client, pnl)
+            lagging = await all_show(client, pnl, symbols)
         except REDIS_OR_REPLY_ERRORS:
             lagging = ["(primary unreachable)"]
         if not lagging:
@@ -136,44 +142,21 @@ async def test_failover_is_a_gap_every_symbol_converges_once_logged(
     assert len(messages(caplog, "READONLY")) <= 1, messages(caplog, "READONLY")
 
 
-@asynccontextmanager
-async def stale_sentinel(port: int) -> AsyncIterator[tuple[int, list[bytes]]]:
-    """A sentinel that names the server on `port` for every service (a sentinel that has
-    not seen the failover), and closes the connection on anything else; its port and the
-    commands it was sent."""
-    asked: list[bytes] = []
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        data = await reader.read(4096)
-        asked.append(data)
-        if b"GET-MASTER-ADDR-BY-NAME" in data.upper():
-            writer.write(b"*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%d\r\n" % (len(str(port)), port))
-            await writer.drain()
-            await reader.read(4096)
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], asked
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
 async def test_a_stale_sentinel_answer_is_not_used(sentinel_topology: SentinelTopology) -> None:
     topology = sentinel_topology
     replica = topology.replica()
     assert replica.port is not None
-    async with stale_sentinel(replica.port) as (port, asked):
+    async with FakeSentinel(replica.port, masters=False) as stale:
         real = topology.url.split("://", 1)[1]
-        url = f"redis+sentinel://127.0.0.1:{port},{real}"
+        url = f"redis+sentinel://127.0.0.1:{stale.port},{real}"
         wire = Wire(endpoint_from_url(url), name="test-stale")
         try:
             ((role, *_rest),) = await wire.roundtrip(command("ROLE"), 1)
         finally:
             wire.close()
         assert role == "master"
-        assert asked  # the stale one was asked first, its answer refused by ROLE
+        # the stale one was asked first, its answer refused by ROLE
+        assert "SENTINEL GET-MASTER-ADDR-BY-NAME" in stale.asked
         settings = make_settings(url, SYMBOLS="STALEUSDT")
         async with primary_client(topology.url) as producer:
             await put_inputs(producer, "STALEUSDT", pnl=5.0)
@@ -187,3 +170,39 @@ async def test_no_sentinel_knows_the_service(sentinel_topology: SentinelTopology
     wire = Wire(endpoint_from_url(url), name="test-unknown")
     with pytest.raises(RedisUnavailable, match="does not know 'nosuchservice'"):
         await wire.roundtrip(command("PING"), 1)
+
+
+async def test_readonly_without_an_announcement_is_a_gap(
+    redis_server_factory: Callable[..., EmbeddedRedis], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The primary is switched by hand behind a sentinel that announces nothing: the
+    first write refused as READONLY makes every connection ask again, and the
+    subscription is made anew on the new primary (a gap, so a resync)."""
+    caplog.set_level(logging.INFO)
+    first, second = redis_server_factory(port=0), redis_server_factory(port=0)
+    assert first.port is not None and second.port is not None
+    async with FakeSentinel(first.port) as sentinel:
+        url = f"redis+sentinel://127.0.0.1:{sentinel.port}/{SERVICE}/0"
+        async with connected(first.url) as client:
+            await put_inputs(client, "RO", pnl=1.0)
+        async with running(make_settings(url, SYMBOLS="RO")) as runner:
+            # the second becomes the primary, the first its replica; the sentinel says so
+            second.command("REPLICAOF", "127.0.0.1", str(first.port))
+            await wait_for_sync(second)
+            second.command("REPLICAOF", "NO", "ONE")
+            first.command("REPLICAOF", "127.0.0.1", str(second.port))
+            sentinel.target = second.port
+            passes = runner.passes
+            async with connected(second.url) as client:
+                await put_inputs(client, "RO", pnl=5.0)
+                await converge(client, {"RO": 5.0}, 5.0, ["RO"])
+                await wait_for(passes_above(runner, passes), "the resync after the gap")
+    assert messages(caplog, "a write was refused as READONLY")
+    assert len(messages(caplog, "READONLY")) <= 2  # the outage once, the resubscribe once
+
+
+async def wait_for_sync(replica: EmbeddedRedis) -> None:
+    async def synced() -> bool:
+        return "master_link_status:up" in str(replica.command("INFO", "replication"))
+
+    await wait_for(synced, "the replica in sync", limit=10.0)

@@ -10,6 +10,7 @@ new primary accepts writes. Everything is torn down in `stop()` whatever state i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import signal
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Self
 
+import hiredis
 import pytest
 
 from harvest_async.tools.embedded_server import (
@@ -247,6 +249,62 @@ class SentinelTopology:
             if time.perf_counter() > deadline:
                 raise RedisServerError(f"{old} was not demoted within {limit} s")
             time.sleep(0.01)
+
+
+class FakeSentinel:
+    """A sentinel that names `target` (a port on 127.0.0.1) as the primary of every
+    service and never announces a failover: a stale sentinel, or one a test moves by
+    hand. `masters=False`: it closes the connection on SENTINEL MASTERS (redis-py's
+    question), so only the wire's discovery hears it. Run it with `async with`."""
+
+    def __init__(self, target: int, *, masters: bool = True) -> None:
+        self.target = target
+        self.masters = masters
+        self.asked: list[str] = []  # the commands received, upper-cased
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = hiredis.Reader(encoding="utf-8")
+        try:
+            while data := await reader.read(65536):
+                parser.feed(data)
+                while (request := parser.gets()) is not False:
+                    reply = self._answer([str(word) for word in request])
+                    if reply is None:
+                        return
+                    writer.write(reply)
+                    await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    def _answer(self, words: list[str]) -> bytes | None:
+        asked = " ".join(words[:2]).upper()
+        self.asked.append(asked)
+        port = str(self.target)
+        if asked == "SENTINEL GET-MASTER-ADDR-BY-NAME":
+            return hiredis.pack_command(("127.0.0.1", port))  # type: ignore[arg-type]
+        if asked == "SENTINEL MASTERS" and self.masters:
+            fields = ("name", SERVICE, "ip", "127.0.0.1", "port", port, "flags", "master")
+            state = (*fields, "num-other-sentinels", "0", "quorum", "1")
+            return b"*1\r\n" + hiredis.pack_command(state)  # type: ignore[arg-type]
+        if asked.startswith(("CLIENT", "PING")):
+            return b"+OK\r\n" if asked.startswith("CLIENT") else b"+PONG\r\n"
+        if asked.startswith("HELLO"):  # a sentinel of Redis 5 (RESP2 only)
+            return b"-ERR unknown command 'HELLO'\r\n"
+        return None  # anything else (SUBSCRIBE, ...): hang up
 
 
 def _field(flat: list[str], name: str) -> str:
