@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from harvest_async.config.sentinel_url import is_sentinel_url, mask_url, parse_sentinel_url
 from harvest_async.config.values import env_int, env_str
 from harvest_async.errors import ConfigError
 
@@ -121,9 +122,13 @@ def redis_url(env: Mapping[str, str]) -> tuple[str, int, str | None]:
             host = f"[{host}]"  # an IPv6 address
         return f"redis://{host}:{compat.port}/{compat.db}", compat.db, None
     url = raw
+    if is_sentinel_url(url):
+        return _sentinel_target(url, compat, given)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
-            "REDIS_URL", f"must start with redis://, rediss:// or unix://, got {url!r}"
+            "REDIS_URL",
+            "must start with redis://, rediss://, unix:// or redis+sentinel://, "
+            f"got {mask_url(url)!r}",
         )
     db = 0
     if url.startswith("unix://"):
@@ -146,6 +151,31 @@ def redis_url(env: Mapping[str, str]) -> tuple[str, int, str | None]:
                 "REDIS_HOST/REDIS_PORT/REDIS_DB, not both",
             )
     return url, db, password
+
+
+def _sentinel_target(
+    url: str, compat: _RedisTarget, given: dict[str, str]
+) -> tuple[str, int, str | None]:
+    """A redis+sentinel:// URL (INTERFACE §7): the primary's address comes from the
+    sentinels, so REDIS_HOST/REDIS_PORT cannot apply; REDIS_DB must agree."""
+    try:
+        parsed = parse_sentinel_url(url)
+    except ValueError as exc:
+        raise ConfigError("REDIS_URL", f"{exc} (in {mask_url(url)!r})") from None
+    for name in ("REDIS_HOST", "REDIS_PORT"):
+        if name in given:
+            raise ConfigError(
+                "REDIS_URL",
+                f"is a Sentinel URL: the primary's address comes from the sentinels, so "
+                f"{name}={given[name]} cannot apply; unset {name}",
+            )
+    if "REDIS_DB" in given and compat.db != parsed.db:
+        raise ConfigError(
+            "REDIS_URL",
+            f"disagrees with REDIS_DB (the URL selects database {parsed.db}, "
+            f"REDIS_DB={compat.db}); set only one of them",
+        )
+    return url, parsed.db, parsed.password
 
 
 def _parse_db(raw: str) -> int:

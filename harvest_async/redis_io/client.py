@@ -11,9 +11,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from harvest_async.config import Settings
+from harvest_async.config.sentinel_url import is_sentinel_url, mask_url, parse_sentinel_url
 from harvest_async.core.keys import glob_escape
 from harvest_async.errors import (
     AuthenticationFailed,
@@ -22,8 +24,10 @@ from harvest_async.errors import (
     RedisReplyError,
     RedisUnavailable,
 )
+from harvest_async.redis_io.sentinel import ask_primary, ask_replicas
 from harvest_async.redis_io.server_version import judge, parse_info
 from harvest_async.redis_io.wire import Endpoint, Wire, command, endpoint_from_url
+from harvest_async.redis_io.wire_url import Sentinels
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ __all__ = [
     "redis_errors",
     "refused",
     "scan_symbols",
+    "sentinel_nodes",
     "unneeded_password",
 ]
 
@@ -93,7 +98,78 @@ def client_for(
         kwargs["password"] = password
     if protocol is not None:
         kwargs["protocol"] = protocol
+    if is_sentinel_url(url):
+        return _primary_client(url, kwargs)
     return aioredis.Redis.from_url(url, **kwargs)
+
+
+class _FollowingPool(SentinelConnectionPool):
+    """redis-py's Sentinel pool, dropping its idle connections once a failover has been
+    announced (`Sentinels.switches`, followed by the notification source): until the
+    sentinels demote it the old primary still accepts writes, and they would be lost."""
+
+    deployment: Sentinels | None = None
+    seen = 0
+
+    async def get_connection(self, *args: Any, **options: Any) -> Any:
+        deployment = self.deployment
+        if deployment is not None and deployment.switches != self.seen:
+            self.seen = deployment.switches
+            await self.disconnect(inuse_connections=False)
+        return await super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
+
+
+class _PrimaryClient(aioredis.Redis):
+    """A client of the primary a Sentinel names (redis-py's Sentinel pool: it asks again
+    at each new connection, and drops a connection that answers READONLY); closing it
+    closes its connections to the sentinels too."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinels is not None:
+                await self.sentinels.aclose()
+
+
+def _primary_client(url: str, kwargs: dict[str, Any]) -> aioredis.Redis:
+    try:
+        parsed = parse_sentinel_url(url)
+    except ValueError as exc:
+        raise ConfigError("REDIS_URL", str(exc)) from None
+    options = parsed.options
+    timeout = float(options.get("socket_connect_timeout", kwargs["socket_connect_timeout"]))
+    kwargs["socket_connect_timeout"] = timeout
+    # RESP2 to the sentinels, as the wire's discovery: no HELLO, which older ones lack
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": 5.0,
+        "protocol": 2,
+    }
+    if "sentinel_password" in options:
+        sentinel_kwargs["password"] = options["sentinel_password"]
+        sentinel_kwargs["username"] = options.get("sentinel_username")
+    if parsed.password is not None:
+        kwargs["password"] = parsed.password  # the URL's wins, as with redis://
+    if parsed.username is not None:
+        kwargs["username"] = parsed.username
+    sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(
+        parsed.service,
+        redis_class=_PrimaryClient,
+        connection_pool_class=_FollowingPool,
+        db=parsed.db,
+        **kwargs,
+    )
+    assert isinstance(client, _PrimaryClient)
+    assert isinstance(client.connection_pool, _FollowingPool)
+    deployment = endpoint_from_url(url).sentinel
+    client.connection_pool.deployment = deployment
+    client.connection_pool.seen = deployment.switches if deployment is not None else 0
+    client.sentinels = sentinel
+    return client
 
 
 # a password given to a server that has none: AUTH fails (Redis 6+, Valkey; Redis 5)
@@ -222,10 +298,30 @@ def endpoint_for(settings: Settings) -> Endpoint:
 
 def describe_url(url: str) -> str:
     """The URL without credentials, for logs."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+    return mask_url(url)
+
+
+async def sentinel_nodes(settings: Settings) -> tuple[str, dict[str, str | None]] | None:
+    """Via Sentinel (None for other URLs): ("host:port" of the primary the sentinels name,
+    {"host:port": its notify-keyspace-events (None: not readable)} for each replica they
+    know): a replica promoted without the flags would leave the service polling."""
+    endpoint = endpoint_for(settings)
+    if endpoint.sentinel is None:
+        return None
+    budget = endpoint.connect_timeout
+    host, port = await ask_primary(endpoint.sentinel, budget)
+    flags: dict[str, str | None] = {}
+    for replica_host, replica_port in await ask_replicas(endpoint.sentinel, budget):
+        wire = Wire(endpoint.at(replica_host, replica_port), name="harvest-async-check")
+        try:
+            (reply,) = await wire.roundtrip(command("CONFIG", "GET", "notify-keyspace-events"), 1)
+        except RedisUnavailable:
+            reply = None
+        finally:
+            wire.close()
+        value = reply[1] if isinstance(reply, list) and len(reply) == 2 else None
+        flags[f"{replica_host}:{replica_port}"] = str(value) if value is not None else None
+    return f"{host}:{port}", flags
 
 
 async def check_redis(settings: Settings) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -33,6 +33,7 @@ from harvest_async.redis_io.client import (
     is_permission_error,
     refused,
 )
+from harvest_async.redis_io.sentinel import watch_switches
 from harvest_async.redis_io.wire import Subscriber, endpoint_from_url
 
 __all__ = ["NOTIFY_CONNECTION", "KeyspaceSource", "notify_flags_cover", "read_notify_flags"]
@@ -96,6 +97,8 @@ class KeyspaceSource:
         # reconnects back off (with jitter) and report to the service's one Redis outage
         self.outage = outage or RedisOutage(describe_url(url), log)
         self._backoff = Backoff(first=0.2, cap=10.0)
+        self._moved = anyio.Event()  # via Sentinel: the primary moved since the last attempt
+        self._switches = 0  # via Sentinel: `Sentinels.switches` when this session began
 
     # -- canary --------------------------------------------------------------------------
     def expect_canary(self) -> None:
@@ -127,8 +130,11 @@ class KeyspaceSource:
             tg.start_soon(self._watch)
             if self.input_streams:
                 tg.start_soon(self._streams)
+            if self._endpoint.sentinel is not None:
+                tg.start_soon(watch_switches, self._endpoint.sentinel, self._primary_moved)
             while True:
                 self._subscribed = False
+                self._moved = anyio.Event()
                 try:
                     with anyio.CancelScope() as scope:
                         self._session_scope = scope
@@ -155,7 +161,34 @@ class KeyspaceSource:
                     else:
                         self.outage.failed("notifications", str(exc))
                         delay = self._backoff.next_delay()
-                    await self.outage.pause(delay)
+                    async with anyio.create_task_group() as waits:
+                        # the delay, Redis back (another loop said so) or a new primary
+                        for wait in (self.outage.pause(delay), self._moved.wait()):
+                            waits.start_soon(_first_wins, wait, waits.cancel_scope)
+
+    def _primary_moved(self, old: str, new: str) -> None:
+        """A sentinel announced a failover: the subscription is on the old primary (the
+        wire's connections are replaced by themselves): subscribe anew, which is a gap."""
+        log.warning(
+            "Sentinel failover: the primary moved from %s to %s; resubscribing and resyncing",
+            old,
+            new,
+            extra={"event": "failover", "old_primary": old, "new_primary": new},
+        )
+        self._moved.set()
+        if self._endpoint.sentinel is not None:  # the switch is handled here, not in _watch
+            self._switches = self._endpoint.sentinel.switches
+        if self._session_scope is not None and self.subscriptions:  # not before the first
+            self._session_scope.cancel()
+
+    def _primary_changed(self) -> None:
+        """A connection to the deployment found the primary gone (READONLY) before any
+        +switch-master was heard: the subscription may be on a replica now."""
+        assert self._endpoint.sentinel is not None
+        self._switches = self._endpoint.sentinel.switches
+        if self._session_scope is not None and self.subscriptions:
+            log.info("the primary changed (a write was refused as READONLY); resubscribing")
+            self._session_scope.cancel()
 
     async def _session(self, task_status: TaskStatus[None] | None) -> None:
         """One subscription: check the flags, PSUBSCRIBE, report the gap, consume.
@@ -166,6 +199,8 @@ class KeyspaceSource:
         connection ends the session, and the next one is a new subscription and
         therefore a Gap.
         """
+        if self._endpoint.sentinel is not None:
+            self._switches = self._endpoint.sentinel.switches
         flags = await self._notify_flags()
         patterns = [*self.keys.keyspace_patterns(), glob_escape(self._liveness_channel)]
         try:
@@ -256,6 +291,9 @@ class KeyspaceSource:
             if self.mode == "poll":
                 self._emit(Gap("poll"))
                 await anyio.sleep(max(0.0, self.poll_interval - 0.25))
+            sentinels = self._endpoint.sentinel
+            if sentinels is not None and sentinels.switches != self._switches:
+                self._primary_changed()
             due = self._canary_due
             if due is not None and monotonic() > due:
                 self._canary_due = None
@@ -322,3 +360,9 @@ class KeyspaceSource:
                 with anyio.CancelScope(shield=True):
                     with contextlib.suppress(*REDIS_ERRORS):
                         await client.aclose()
+
+
+async def _first_wins(wait: Awaitable[object], scope: anyio.CancelScope) -> None:
+    """Await `wait`, then cancel its siblings: used to wait for whichever comes first."""
+    await wait
+    scope.cancel()

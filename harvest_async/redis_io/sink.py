@@ -254,6 +254,8 @@ class RedisSink:
             if refusal == _NOSCRIPT:
                 raise WriteRefused("NOSCRIPT the write script is not loaded after SCRIPT LOAD")
         if isinstance(refusal, WriteRefused):
+            if "READONLY" in str(refusal):  # a demoted primary: ask the sentinels again
+                self._wire.primary_lost()
             raise refusal
 
     def _call(self, out: Output) -> bytes:

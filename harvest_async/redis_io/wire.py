@@ -35,6 +35,7 @@ from harvest_async.errors import (
     ReplyTimeout,
     WriteUncertain,
 )
+from harvest_async.redis_io.sentinel import NotPrimary, connect_primary
 from harvest_async.redis_io.wire_url import Endpoint, endpoint_from_url
 
 __all__ = ["Endpoint", "Reply", "Subscriber", "Wire", "command", "endpoint_from_url"]
@@ -73,6 +74,7 @@ class _Resp(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.backlog: int | None = None  # subscriber: stop reading at this many unread
         self._paused = False
+        self.switches = 0  # via Sentinel: the primary switches seen when it was opened
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport
@@ -198,6 +200,25 @@ async def _connect(
     the whole of it within the endpoint's connect timeout, or `limit` if shorter."""
     if limit is None or limit > endpoint.connect_timeout:
         limit = endpoint.connect_timeout
+    if endpoint.sentinel is None:
+        return await _open(endpoint, name, subscribe, limit)
+
+    async def attempt(primary: Endpoint, remaining: float) -> _Resp:
+        return await _open(primary, name, subscribe, remaining, role=True)
+
+    conn, switches = await connect_primary(endpoint, limit, attempt)
+    conn.switches = switches
+    return conn
+
+
+async def _open(
+    endpoint: Endpoint,
+    name: str,
+    subscribe: tuple[str, ...],
+    limit: float,
+    *,
+    role: bool = False,
+) -> _Resp:
     loop = asyncio.get_running_loop()
     conn = _Resp()
     where = endpoint.describe()
@@ -209,7 +230,7 @@ async def _connect(
                 await loop.create_connection(
                     lambda: conn, endpoint.host, endpoint.port, ssl=endpoint.tls
                 )
-            await _handshake(conn, endpoint, name)
+            await _handshake(conn, endpoint, name, role=role)
             if subscribe:
                 await _subscribe(conn, subscribe)
     except BaseException as exc:
@@ -226,8 +247,8 @@ async def _connect(
     return conn
 
 
-async def _handshake(conn: _Resp, endpoint: Endpoint, name: str) -> None:
-    """AUTH, SELECT, CLIENT SETNAME in one write (RESP2: no HELLO)."""
+async def _handshake(conn: _Resp, endpoint: Endpoint, name: str, *, role: bool) -> None:
+    """AUTH, SELECT, CLIENT SETNAME [, ROLE: must be the primary] in one write (RESP2)."""
     steps: list[tuple[str, bytes]] = []
     if endpoint.password is not None or endpoint.username is not None:
         credentials = (endpoint.username,) if endpoint.username is not None else ()
@@ -235,11 +256,17 @@ async def _handshake(conn: _Resp, endpoint: Endpoint, name: str) -> None:
     if endpoint.db:
         steps.append(("SELECT", command("SELECT", endpoint.db)))
     steps.append(("CLIENT SETNAME", command("CLIENT", "SETNAME", name)))
+    if role:
+        steps.append(("ROLE", command("ROLE")))
     try:
         replies = await _exchange(conn, b"".join(payload for _, payload in steps), len(steps))
     except WriteUncertain as exc:  # nothing of the caller's was sent yet
         raise RedisUnavailable(f"handshake: {exc}") from exc
     for (step, _), reply in zip(steps, replies, strict=True):
+        if step == "ROLE":  # refused by the ACL: cannot tell, trust the sentinel
+            if isinstance(reply, list) and reply and reply[0] != "master":
+                raise NotPrimary(f"it answers ROLE as a {reply[0]}, not the primary")
+            continue
         if not isinstance(reply, RedisReplyError):
             continue
         # any refusal of AUTH is about the credentials (WRONGPASS, or ERR when the server
@@ -284,7 +311,13 @@ class Wire:
     @property
     def fresh(self) -> bool:
         """True when the next round trip opens a new connection."""
-        return self._conn is None or self._conn.failure is not None
+        conn = self._conn
+        return conn is None or conn.failure is not None or self._stale(conn)
+
+    def _stale(self, conn: _Resp) -> bool:
+        """Opened before a sentinel announced a new primary: it talks to the old one."""
+        sentinels = self.endpoint.sentinel
+        return sentinels is not None and conn.switches != sentinels.switches
 
     async def roundtrip(self, payload: bytes, replies: int) -> list[Reply]:
         """Send `payload` (packed commands, one write), return its `replies` replies.
@@ -302,7 +335,9 @@ class Wire:
         self._busy = True
         try:
             conn = self._conn
-            if conn is None or conn.failure is not None:
+            if conn is None or conn.failure is not None or self._stale(conn):
+                if conn is not None:
+                    conn.fail(ConnectionAbortedError("the primary moved"))
                 self._conn = None  # a connection the server closed while we were idle
                 # a frozen server is noticed within the round trip's deadline here too
                 conn = self._conn = await _connect(self.endpoint, self.name, limit=self.timeout)
@@ -328,6 +363,14 @@ class Wire:
         if self._conn is not None:
             self._conn.fail(ConnectionAbortedError("closed by the client"))
             self._conn = None
+
+    def primary_lost(self) -> None:
+        """The server answered READONLY: no longer the primary. Via Sentinel, that is news
+        for every connection to the deployment (as a +switch-master is); then close."""
+        sentinels, conn = self.endpoint.sentinel, self._conn
+        if sentinels is not None and conn is not None and conn.switches == sentinels.switches:
+            sentinels.switches += 1
+        self.close()
 
 
 class Subscriber:

@@ -5,16 +5,22 @@ Accepts what the service's REDIS_URL accepts and redis-py's `from_url` understan
 query options, `unix:///path?db=N`, and `db=` / `socket_connect_timeout=` in the query.
 redis-py's other client-tuning options (pool size, socket timeout, ...) have no meaning
 for the wire and are ignored; an unknown option is an error, as it is for redis-py.
+A `redis+sentinel://` URL (INTERFACE §7, `config.sentinel_url`) gives an endpoint whose
+`sentinel` says where to ask for the primary; the wire resolves it at every connect.
 Standard library only, so the wire can own its connections without redis-py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["Endpoint", "endpoint_from_url"]
+from harvest_async.config.sentinel_url import is_sentinel_url, parse_sentinel_url
+
+__all__ = ["Endpoint", "Sentinels", "endpoint_from_url"]
 
 _TLS_OPTIONS = frozenset(
     {
@@ -51,6 +57,28 @@ _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": 
 _FALSE = frozenset({"0", "F", "FALSE", "N", "NO"})  # redis-py's to_bool
 
 
+@dataclass(slots=True, eq=False)
+class Sentinels:
+    """Where the primary is found: the sentinels (asked in turn, the last one that
+    answered first) and the service name they know it by."""
+
+    addresses: tuple[tuple[str, int], ...]
+    service: str
+    username: str | None = None  # the sentinels' own credentials, if they require any
+    password: str | None = None
+    # bumped when a sentinel announces a new primary (+switch-master): a connection
+    # opened under an older value talks to the old primary and is replaced
+    switches: int = 0
+    first: int = 0  # index of the sentinel to ask first
+    # the old primary of the last switch heard: it stays writable until the sentinels
+    # demote it (SENTINEL FAILOVER: up to 10 s), so a sentinel naming it is not believed
+    demoted: tuple[str, int] | None = None
+
+    def describe(self) -> str:
+        hosts = ",".join(f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in self.addresses)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Endpoint:
     """A Redis server and the credentials and database to use on it."""
@@ -63,12 +91,20 @@ class Endpoint:
     password: str | None = None
     db: int = 0
     connect_timeout: float = 5.0
+    sentinel: Sentinels | None = None  # host and port are then the primary's, found anew
 
     def describe(self) -> str:
         """Where, without credentials: for messages and logs."""
+        if self.sentinel is not None:
+            return self.sentinel.describe()
         if self.path is not None:
             return f"unix://{self.path}"
         return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}"
+
+    def at(self, host: str, port: int) -> Endpoint:
+        """The same credentials and database on the server at host:port (the primary a
+        sentinel named)."""
+        return dataclasses.replace(self, host=host, port=port, sentinel=None)
 
 
 def endpoint_from_url(
@@ -78,6 +114,8 @@ def endpoint_from_url(
 
     Raises ValueError naming what is wrong (scheme, database, option).
     """
+    if is_sentinel_url(url):
+        return _sentinel_endpoint(url, password, connect_timeout)
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"Redis URL must start with redis://, rediss:// or unix://, got {url!r}")
@@ -108,6 +146,37 @@ def endpoint_from_url(
         password=password,
         db=_db(options.get("db") or unquote(parts.path).strip("/") or "0"),
         connect_timeout=connect_timeout,
+    )
+
+
+_DEPLOYMENTS: dict[tuple[Any, ...], Sentinels] = {}
+
+
+def _sentinel_endpoint(url: str, password: str | None, connect_timeout: float) -> Endpoint:
+    parsed = parse_sentinel_url(url)
+    options = parsed.options
+    if "socket_connect_timeout" in options:
+        connect_timeout = _seconds(options["socket_connect_timeout"])
+    # one Sentinels per deployment in the process: every connection to it sees the same
+    # `switches` (a failover announced to one is news to all) and asks the same one first
+    key = (
+        parsed.sentinels,
+        parsed.service,
+        options.get("sentinel_username"),
+        options.get("sentinel_password"),
+    )
+    sentinels = _DEPLOYMENTS.get(key)
+    if sentinels is None:
+        sentinels = _DEPLOYMENTS[key] = Sentinels(*key)
+    host, port = parsed.sentinels[0]  # a placeholder: the primary is asked for at connect
+    return Endpoint(
+        host=host,
+        port=port,
+        username=parsed.username,
+        password=parsed.password or password,
+        db=parsed.db,
+        connect_timeout=connect_timeout,
+        sentinel=sentinels,
     )
 
 

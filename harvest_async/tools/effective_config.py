@@ -24,6 +24,7 @@ from harvest_async.config import (
     load_theta_file,
     settings_from_env,
 )
+from harvest_async.config.sentinel_url import mask_url
 from harvest_async.core.keys import Keys
 from harvest_async.core.models import Theta
 from harvest_async.core.proposal import theta_id_for
@@ -114,10 +115,7 @@ def _text(value: Any) -> str:
 
 
 def _masked_url(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://{MASK}@{rest.rsplit('@', 1)[1]}"
-    return url
+    return mask_url(url, MASK)
 
 
 def _redis_url_row(settings: Settings, layers: Layers) -> ConfigRow:

@@ -8,6 +8,7 @@ from typing import Any
 
 from harvest_async.clock import monotonic
 from harvest_async.config import Settings
+from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import (
     REDIS_OR_REPLY_ERRORS,
     Client,
@@ -15,6 +16,7 @@ from harvest_async.redis_io.client import (
     describe_url,
     is_auth_error,
     is_permission_error,
+    sentinel_nodes,
     unneeded_password,
 )
 from harvest_async.redis_io.notifications import notify_flags_cover, read_notify_flags
@@ -65,6 +67,9 @@ async def check_redis(client: Client, settings: Settings) -> Check:
     server = ServerVersion.from_info(info)
     verdict, why = support(server)
     config_file = str(info.get("config_file") or "")
+    primary = await _primary(settings)
+    if primary:
+        where = f"{where} (primary {primary}, as the sentinels name it)"
     message = (
         f"{server.flavour} {server.version} at {where} answered PING in {elapsed * 1000:.1f} ms"
     )
@@ -79,8 +84,18 @@ async def check_redis(client: Client, settings: Settings) -> Check:
             "support": verdict,
             "ping_ms": round(elapsed * 1000, 3),
             "config_file": config_file,
+            **({"primary": primary} if primary else {}),
         },
     )
+
+
+async def _primary(settings: Settings) -> str | None:
+    """Via Sentinel: the primary's "host:port" (or why it is not known)."""
+    try:
+        nodes = await sentinel_nodes(settings)
+    except RedisUnavailable as exc:
+        return f"unknown: {exc}"
+    return nodes[0] if nodes else None
 
 
 _VERSION_ACTIONS = {
@@ -148,7 +163,7 @@ async def check_notifications(
             details={"flags": None, "config_file": config_file},
         )
     usable, missing = notify_flags_cover(flags)
-    details = {"flags": flags, "missing": missing, "config_file": config_file}
+    details: dict[str, Any] = {"flags": flags, "missing": missing, "config_file": config_file}
     if not usable:
         return Check(
             name="notifications",
@@ -168,9 +183,38 @@ async def check_notifications(
             action=hint,
             details=details,
         )
+    replicas = await _replica_flags(settings)
+    if replicas:
+        details["replicas"] = replicas
+        lacking = [f"{at} ({f!r})" for at, f in replicas.items() if f is None or not _covers(f)]
+        if lacking:
+            return Check(
+                name="notifications",
+                status="WARN",
+                message=f"notify-keyspace-events={flags!r} on the primary, but replica(s) "
+                f"{', '.join(lacking)} lack K, h, g or x (or cannot be read): promoted by a "
+                "failover, such a replica leaves the service polling",
+                action=hint.replace("the server's", "every replica's"),
+                details=details,
+            )
+    on = " on the primary and its replicas" if replicas else ""
     return Check(
         name="notifications",
         status="PASS",
-        message=f"notify-keyspace-events={flags!r} covers K, h, g and x",
+        message=f"notify-keyspace-events={flags!r} covers K, h, g and x{on}",
         details=details,
     )
+
+
+def _covers(flags: str) -> bool:
+    usable, missing = notify_flags_cover(flags)
+    return usable and not missing
+
+
+async def _replica_flags(settings: Settings) -> dict[str, str | None]:
+    """Via Sentinel: each replica's notify-keyspace-events ({} otherwise, or unknown)."""
+    try:
+        nodes = await sentinel_nodes(settings)
+    except RedisUnavailable:
+        return {}
+    return nodes[1] if nodes else {}
