@@ -1,0 +1,116 @@
+"""Publisher groups on a real server (both flavours): the lease scripts (redis_io.leases)
+and the fenced proposal write (write script version 2, redis_io.sink)."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from harvest_async.core.engine import Engine, EngineConfig
+from harvest_async.core.input_hashes import SymbolInputs
+from harvest_async.core.keys import Keys
+from harvest_async.core.ports import PublishOut
+from harvest_async.errors import Fenced
+from harvest_async.redis_io.leases import FenceToken, Leases
+from harvest_async.redis_io.sink import RedisSink
+from harvest_async.redis_io.wire import endpoint_from_url
+from tests.support.live import market, position, risk
+
+KEYS = Keys()
+SYM = "BTCUSDT"
+
+
+def publish(symbol: str = SYM) -> PublishOut:
+    engine = Engine(EngineConfig(symbols=(symbol,), proposal_ttl_sec=90.0))
+    engine.observe(SymbolInputs(symbol, market(), risk(), position(5.0, symbol)))
+    out = engine.evaluate(symbol, time.time())
+    assert isinstance(out, PublishOut)
+    return out
+
+
+async def test_acquire_renew_release(client: aioredis.Redis) -> None:
+    a = Leases(client, KEYS, "g", "a", ttl=2.0)
+    b = Leases(client, KEYS, "g", "b", ttl=2.0)
+    assert await a.acquire([0, 1]) == {0: 1, 1: 1}
+    assert await b.acquire([0, 2]) == {0: "a", 2: 1}
+    assert await client.get(KEYS.lease("g", 0)) == "a"
+    assert 0 < await client.pttl(KEYS.lease("g", 0)) <= 2000
+    assert await a.renew({0: 1, 1: 1}) == set()
+    assert await b.renew({0: 1}) == {0}  # not b's
+    # a lease still naming its holder is taken again with a new epoch (fences the old one)
+    assert await a.acquire([1]) == {1: 2}
+    assert await a.renew({1: 1}) == {1}  # the old epoch is no longer good
+    assert await a.release({0: 1, 1: 2}) == set()
+    assert await client.exists(KEYS.lease("g", 0), KEYS.lease("g", 1)) == 0
+    assert await b.acquire([0]) == {0: 2}  # the epoch only grows
+    state = await a.read(3)
+    assert state[0].holder == "b" and state[0].epoch == 2
+    assert state[1].holder is None and state[1].epoch == 2
+    assert state[2].holder == "b" and state[2].ttl_ms is not None
+
+
+async def test_a_lease_expires_by_its_ttl(client: aioredis.Redis) -> None:
+    a = Leases(client, KEYS, "g", "a", ttl=1.0)
+    b = Leases(client, KEYS, "g", "b", ttl=1.0)
+    assert await a.acquire([5]) == {5: 1}
+    await anyio.sleep(1.1)
+    assert await b.acquire([5]) == {5: 2}
+    assert await a.renew({5: 1}) == {5}
+
+
+async def test_fenced_write_lands_only_with_the_lease(
+    client: aioredis.Redis, redis_url: str
+) -> None:
+    leases = Leases(client, KEYS, "g", "a", ttl=5.0)
+    epoch = await leases.acquire([3])
+    held = {"token": leases.token(3, epoch[3])}
+    sink = RedisSink(
+        endpoint_from_url(redis_url), KEYS, proposal_ttl=90.0, fence=lambda _s: held["token"]
+    )
+    try:
+        out = publish()
+        await sink.write([out])
+        entries = [f for _id, f in await client.xrange(KEYS.stream)]
+        assert entries[-1]["instance"] == "a" and entries[-1]["lease_epoch"] == "1"
+        assert entries[-1]["event"] == "publish" and entries[-1]["seq"] == str(out.seq)
+        assert await client.hget(KEYS.proposal(SYM), "seq") == str(out.seq)
+        assert "lease_epoch" not in await client.hgetall(KEYS.proposal(SYM))
+
+        # another member takes the partition (after the lease expired): refused, unwritten
+        await client.delete(KEYS.lease("g", 3))
+        other = Leases(client, KEYS, "g", "b", ttl=5.0)
+        assert await other.acquire([3]) == {3: 2}
+        later = publish()
+        with pytest.raises(Fenced) as exc:
+            await sink.write([later])
+        assert "FENCED" in exc.value.reply and exc.value.landed == ()
+        assert len(await client.xrange(KEYS.stream)) == 1
+        assert await client.hget(KEYS.proposal(SYM), "seq") == str(out.seq)
+
+        # the lease names us again but at another epoch: still refused
+        await client.set(KEYS.lease("g", 3), "a")
+        with pytest.raises(Fenced):
+            await sink.write([later])
+        # an unheld token (epoch 0) never matches
+        held["token"] = FenceToken(KEYS.lease("g", 3), KEYS.epoch("g", 3), "a", 0)
+        with pytest.raises(Fenced):
+            await sink.write([later])
+        assert len(await client.xrange(KEYS.stream)) == 1
+    finally:
+        sink.close()
+
+
+async def test_without_a_group_the_write_is_version_1(
+    client: aioredis.Redis, redis_url: str
+) -> None:
+    sink = RedisSink(endpoint_from_url(redis_url), KEYS, proposal_ttl=90.0)
+    try:
+        await sink.write([publish()])
+        ((_id, entry),) = await client.xrange(KEYS.stream)
+        assert "lease_epoch" not in entry and "instance" not in entry
+        assert await client.keys("quantum:harvest:lease:*") == []
+    finally:
+        sink.close()
