@@ -10,6 +10,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -20,7 +21,7 @@ from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings, engine_config
 from harvest_async.core.engine import Engine
 from harvest_async.core.ports import Observer, RunnerHooks
-from harvest_async.errors import PermissionDenied, RedisUnavailable
+from harvest_async.errors import ConfigError, PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import (
     check_redis,
     client_for,
@@ -28,12 +29,14 @@ from harvest_async.redis_io.client import (
     endpoint_for,
 )
 from harvest_async.redis_io.inputs_io import InputLimits
-from harvest_async.redis_io.liveness import LivenessWriter
+from harvest_async.redis_io.leases import Leases
+from harvest_async.redis_io.liveness import LivenessWriter, read_publishers
 from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.redis_io.permissions import verify_permissions
 from harvest_async.redis_io.reader import RedisInputReader
 from harvest_async.redis_io.sink import RedisSink
 from harvest_async.service.fanout import fan_out
+from harvest_async.service.group import Beats, GroupMember
 from harvest_async.service.metrics_server import start_for as start_metrics
 from harvest_async.service.publish_log import PublishLog
 from harvest_async.service.runner import Runner
@@ -59,6 +62,8 @@ async def serve(
     handle_signals: bool = True,
 ) -> int:
     clock = clock or SystemClock()
+    if settings.group is not None and once:
+        raise ConfigError("GROUP", "run --once computes every symbol: it cannot share a group")
     await check_redis(settings)
     await verify_permissions(settings, "once" if once else "run")
     publish_log = PublishLog(settings.log_publish_detail_max_per_sec)
@@ -74,6 +79,7 @@ async def serve(
     )
     endpoint = endpoint_for(settings)
     engine = build_engine(settings, observer)
+    member = _group_member(settings, client, clock)
     reader = RedisInputReader(
         client, settings.keys, endpoint, timeout=timeout, limits=InputLimits.of(settings)
     )
@@ -84,6 +90,7 @@ async def serve(
         stream_maxlen=settings.stream_maxlen,
         proposal_ttl=settings.proposal_ttl_sec,
         timeout=timeout,
+        fence=member.fence if member is not None else None,
     )
     runner = Runner(
         engine,
@@ -94,7 +101,10 @@ async def serve(
         reconcile_every=settings.max_publish_age_sec,
         shutdown_grace=settings.shutdown_grace_sec,
         hooks=hooks,
+        on_fenced=member.fenced if member is not None else None,
     )
+    if member is not None:
+        member.bind(runner)
     notifier = Notifier()
     try:
         if once:
@@ -116,7 +126,7 @@ async def serve(
             canary_timeout=settings.canary_timeout_sec,
         )
         liveness = LivenessWriter(
-            client, settings.keys, settings.instance, settings.liveness_ttl_sec
+            client, settings.keys, settings.instance, settings.liveness_ttl_sec, settings.group
         )
         _log_startup(settings, engine.theta_id)
         async with anyio.create_task_group() as tg:
@@ -136,6 +146,8 @@ async def serve(
                     notifier=notifier,
                 )
             )
+            if member is not None:
+                await tg.start(member.run)
             notifier.ready(f"publishing {len(engine)} symbols")
             log.info(
                 "ready: %d symbols, %d writes at startup, %d proposals adopted",
@@ -149,6 +161,10 @@ async def serve(
     finally:
         cleared = False
         with anyio.CancelScope(shield=True):
+            if member is not None:
+                # after the last write: the next owners take over at once
+                with contextlib.suppress(RedisUnavailable), anyio.move_on_after(2.0):
+                    await member.release()
             if not once:
                 with contextlib.suppress(RedisUnavailable):
                     await LivenessWriter(
@@ -170,6 +186,22 @@ async def serve(
                 "deleted" if cleared else "NOT deleted (Redis unavailable): it expires by its TTL",
                 extra={"event": "shutdown", "writes": runner.writes},
             )
+
+
+def _group_member(settings: Settings, client: Any, clock: Clock) -> GroupMember | None:
+    """A publisher group's member (INTERFACE §6), or None without GROUP."""
+    group = settings.group
+    if group is None:
+        return None
+
+    async def beats() -> Beats:
+        found = await read_publishers(client, settings.keys)
+        return {p.instance: (p.group, p.last_beat_epoch) for p in found}
+
+    leases = Leases(client, settings.keys, group, settings.instance, settings.lease_ttl_sec)
+    return GroupMember(
+        leases, clock, beats, partitions=settings.partitions, ttl=settings.lease_ttl_sec
+    )
 
 
 def _log_startup(settings: Settings, theta_id: str) -> None:
@@ -215,6 +247,8 @@ async def _liveness_loop(
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     interval = min(settings.liveness_ttl_sec / 3, 5.0)
+    if settings.group is not None:
+        interval = min(interval, settings.lease_ttl_sec / 4)  # the group's membership
     if notifier.watchdog_sec is not None:
         interval = min(interval, notifier.watchdog_sec / 3)
     denials = DenialLog(log)

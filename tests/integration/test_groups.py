@@ -1,0 +1,129 @@
+"""Publisher groups (INTERFACE §6) end to end: instances as subprocesses sharing one
+symbol universe on a real server. The scenarios of issue 13; they take a while each, so
+they run on one server flavour (the fenced write itself runs on every flavour:
+test_group_fence.py). LEASE_TTL_SEC is 2 here, to keep the tier short."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from harvest_async.core.partition import partition_of
+from harvest_async.tools.server_binaries import ServerBinary
+from tests.support.group import (
+    KEYS,
+    PARTITIONS,
+    TTL,
+    Load,
+    Member,
+    audit,
+    epochs_never_decrease,
+    holders,
+    no_duplicate_seq,
+    seed,
+    stream_id,
+    symbols,
+    wait_owned,
+    writers_by_symbol,
+)
+
+pytestmark = pytest.mark.slow
+SYMS = symbols(300)
+
+
+@pytest.fixture
+def one_flavour(redis_binary: ServerBinary) -> None:
+    if "valkey" not in redis_binary.id:
+        pytest.skip("the group scenarios run on one flavour (Valkey) to keep the tier short")
+
+
+@pytest.fixture
+def members(redis_url: str, tmp_path: Path) -> Iterator[dict[str, Member]]:
+    started: dict[str, Member] = {}
+
+    def make(name: str) -> Member:
+        started[name] = Member(name, redis_url, tmp_path)
+        return started[name]
+
+    yield started  # filled by `spawn`
+    for m in started.values():
+        if m.proc is not None and m.proc.poll() is None:
+            m.proc.kill()
+            m.proc.wait(5)
+
+
+def spawn(members: dict[str, Member], url: str, logs: Path, name: str) -> Member:
+    m = members[name] = Member(name, url, logs)
+    return m.start()
+
+
+async def final_inputs_published(client: aioredis.Redis, load: Load, limit: float = 15.0) -> None:
+    deadline = time.monotonic() + limit
+    while True:
+        async with client.pipeline(transaction=False) as pipe:
+            for sym in load.last:
+                pipe.hget(KEYS.proposal(sym), "position_unrealized_pnl")
+            got = await pipe.execute()
+        behind = [
+            s for s, v in zip(load.last, got, strict=True) if v is None or float(v) != load.last[s]
+        ]
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(behind)} symbols' final inputs unpublished: {behind[:5]}")
+        await anyio.sleep(0.2)
+
+
+async def test_three_members_share_the_symbols_and_a_kill_is_taken_over(
+    one_flavour: None,
+    client: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    members: dict[str, Member],
+) -> None:
+    """Scenarios 1 and 2: every symbol published by exactly one member, partitions
+    within ±2 of even; kill -9 one: its partitions owned again within TTL + 1 s, no
+    (symbol, seq) twice, every symbol's final input published."""
+    await seed(client, SYMS)
+    names = ["a", "b", "c"]
+    for name in names:
+        spawn(members, redis_url, tmp_path, name)
+    await wait_owned(client, names)
+    await anyio.sleep(1.0)  # the takeovers' first passes
+    steady = stream_id(time.time())
+    load = Load(client, SYMS, 500)
+    await load.run(4.0)
+    await final_inputs_published(client, load)
+    entries = await audit(client, steady)
+    assert len(entries) > 500
+    writers = writers_by_symbol(entries)
+    assert {s: w for s, w in writers.items() if len(w) != 1} == {}
+    owners = await holders(client)
+    for _, f in entries:  # and by the partition's owner
+        assert owners[partition_of(f["symbol"], PARTITIONS)] == f["instance"]
+
+    # kill -9 "a": its partitions are someone else's within TTL + 1 s
+    lost = {p for p, who in enumerate(owners) if who == "a"}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(load.run, 6.0)
+        await anyio.sleep(1.0)
+        members["a"].kill()
+        killed = time.monotonic()
+        while True:
+            now_owners = await holders(client)
+            if all(now_owners[p] in ("b", "c") for p in lost):
+                took = time.monotonic() - killed
+                break
+            assert time.monotonic() - killed < TTL + 1.0, f"not taken over: {now_owners}"
+            await anyio.sleep(0.05)
+    assert took <= TTL + 1.0
+    await final_inputs_published(client, load)
+    everything = await audit(client)
+    no_duplicate_seq(everything)
+    epochs_never_decrease(everything)
+    await wait_owned(client, ["b", "c"], limit=5.0)
