@@ -5,6 +5,7 @@ test_group_fence.py). LEASE_TTL_SEC is 2 here, to keep the tier short."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,3 +128,124 @@ async def test_three_members_share_the_symbols_and_a_kill_is_taken_over(
     no_duplicate_seq(everything)
     epochs_never_decrease(everything)
     await wait_owned(client, ["b", "c"], limit=5.0)
+
+
+async def three_members(
+    client: aioredis.Redis, url: str, logs: Path, members: dict[str, Member]
+) -> list[str | None]:
+    await seed(client, SYMS)
+    for name in ("a", "b", "c"):
+        spawn(members, url, logs, name)
+    owners = await wait_owned(client, ["a", "b", "c"])
+    await anyio.sleep(1.0)
+    return owners
+
+
+async def test_a_frozen_member_finds_its_writes_refused(
+    one_flavour: None,
+    client: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    members: dict[str, Member],
+) -> None:
+    """Scenario 3: SIGSTOP an owner for 2 x TTL, then SIGCONT: no audit entry from it for
+    a partition that moved under the epoch it held; per partition, epochs never decrease
+    in stream order (and each epoch has one writer)."""
+    owners = await three_members(client, redis_url, tmp_path, members)
+    held_before = {
+        p: int(await client.get(KEYS.epoch("g", p)) or 0) for p, w in enumerate(owners) if w == "a"
+    }
+    load = Load(client, SYMS, 500)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(load.run, 4 * TTL + 3)
+        await anyio.sleep(1.0)
+        members["a"].signal(signal.SIGSTOP)
+        await anyio.sleep(2 * TTL)
+        moved = {p for p, w in enumerate(await holders(client)) if p in held_before and w != "a"}
+        members["a"].signal(signal.SIGCONT)
+        woke = time.time()
+    assert moved == set(held_before)  # all of them: its lease had expired
+    await final_inputs_published(client, load)
+    entries = await audit(client)
+    no_duplicate_seq(entries)
+    epochs_never_decrease(entries)
+    stale = [
+        f
+        for _, f in await audit(client, stream_id(woke))
+        if f["instance"] == "a"
+        and held_before.get(partition_of(f["symbol"], PARTITIONS)) == int(f["lease_epoch"])
+    ]
+    assert stale == []
+    await wait_owned(client, ["a", "b", "c"], limit=10.0)  # it re-joins
+
+
+async def test_a_fourth_member_takes_a_quarter_and_nothing_is_published_twice(
+    one_flavour: None,
+    client: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    members: dict[str, Member],
+) -> None:
+    """Scenario 4: a fourth member joins: ~1/4 of the partitions move to it, the others
+    release what they lost, and the hand-over writes nothing (the proposals in place are
+    adopted)."""
+    await three_members(client, redis_url, tmp_path, members)
+    load = Load(client, SYMS, 500)
+    await load.run(2.0)
+    await final_inputs_published(client, load)
+    await anyio.sleep(0.5)
+    quiet = stream_id(time.time())
+    spawn(members, redis_url, tmp_path, "d")
+    owners = await wait_owned(client, ["a", "b", "c", "d"])
+    assert abs(owners.count("d") - PARTITIONS / 4) <= 2
+    await anyio.sleep(1.5)  # the takeovers' passes
+    assert await audit(client, quiet) == []
+    for name in ("a", "b", "c"):
+        assert "rebalanced to another member" in members[name].log()
+    # and it publishes what changes afterwards
+    await load.run(2.0)
+    await final_inputs_published(client, load)
+    entries = await audit(client)
+    no_duplicate_seq(entries)
+    epochs_never_decrease(entries)
+
+
+async def test_a_rolling_restart_leaves_no_partition_without_owner(
+    one_flavour: None,
+    client: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    members: dict[str, Member],
+) -> None:
+    """Scenario 5: each member restarted in turn (SIGTERM, start again): no partition is
+    without an owner for more than TTL + 1 s, and no publish storm (nothing changes, so
+    nothing is written)."""
+    await three_members(client, redis_url, tmp_path, members)
+    quiet = stream_id(time.time())
+    ownerless_since: dict[int, float] = {}
+    longest = 0.0
+    done = anyio.Event()
+
+    async def sample() -> None:
+        nonlocal longest
+        while not done.is_set():
+            now = time.monotonic()
+            for p, who in enumerate(await holders(client)):
+                if who is None:
+                    longest = max(longest, now - ownerless_since.setdefault(p, now))
+                else:
+                    ownerless_since.pop(p, None)
+            await anyio.sleep(0.05)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sample)
+        for name in ("a", "b", "c"):
+            assert members[name].stop() == 0
+            members[name].start()
+            await wait_owned(client, ["a", "b", "c"], limit=15.0)
+        done.set()
+    assert longest <= TTL + 1.0
+    written = await audit(client, quiet)
+    assert len(written) <= 5, written  # no storm
+    for name in ("a", "b", "c"):
+        assert "partitions lost (stopping)" in members[name].log()
