@@ -37,6 +37,7 @@ from harvest_async.redis_io.reader import RedisInputReader
 from harvest_async.redis_io.sink import RedisSink
 from harvest_async.service.fanout import fan_out
 from harvest_async.service.group import Beats, GroupMember
+from harvest_async.service.group_metrics import GroupCollector
 from harvest_async.service.metrics_server import start_for as start_metrics
 from harvest_async.service.publish_log import PublishLog
 from harvest_async.service.runner import Runner
@@ -69,8 +70,11 @@ async def serve(
     publish_log = PublishLog(settings.log_publish_detail_max_per_sec)
     observer = fan_out(publish_log, observer)
     stop_metrics: Callable[[], None] | None = None
+    # a publisher group's metrics, bound to the member once it exists
+    group_metrics = GroupCollector() if settings.group is not None else None
     if settings.metrics_port is not None and not once:
-        observer, hooks, stop_metrics = start_metrics(settings, observer, hooks)
+        collectors = [group_metrics] if group_metrics is not None else []
+        observer, hooks, stop_metrics = start_metrics(settings, observer, hooks, collectors)
     timeout = settings.redis_timeout_sec
     # the cold paths (discovery, proposals read back, liveness) on redis-py; the hot paths
     # (input reads, proposal writes, notifications) on connections of their own (wire)
@@ -78,8 +82,10 @@ async def serve(
         settings.redis_url, settings.redis_password, retries=0, socket_timeout=timeout
     )
     endpoint = endpoint_for(settings)
-    engine = build_engine(settings, observer)
     member = _group_member(settings, client, clock)
+    if group_metrics is not None:
+        group_metrics.member = member
+    engine = build_engine(settings, observer)
     reader = RedisInputReader(
         client, settings.keys, endpoint, timeout=timeout, limits=InputLimits.of(settings)
     )

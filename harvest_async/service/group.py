@@ -35,10 +35,11 @@ from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.leases import FenceToken, Leases
 from harvest_async.service.runner import Runner
 
-__all__ = ["GroupMember", "GroupStats"]
+__all__ = ["RENEW_BUCKETS", "GroupMember", "GroupStats"]
 
 log = logging.getLogger(__name__)
 
+RENEW_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 Beats = Mapping[str, tuple[str, float | None]]  # instance -> (group, last beat epoch)
 
 
@@ -49,8 +50,15 @@ class GroupStats:
         self.takeovers = 0  # partitions gained
         self.losses = 0  # partitions given up or lost
         self.fenced_writes = 0  # outputs the write script refused
-        self.renew_seconds: list[float] = []  # renew round trips since last read
+        # renewal round trips: a histogram's counts per bucket (+Inf last) and sum
+        self.renew_counts = [0] * (len(RENEW_BUCKETS) + 1)
+        self.renew_sum = 0.0
         self.members = 0
+
+    def renewed(self, seconds: float) -> None:
+        self.renew_sum += seconds
+        i = next((i for i, b in enumerate(RENEW_BUCKETS) if seconds <= b), len(RENEW_BUCKETS))
+        self.renew_counts[i] += 1
 
 
 class GroupMember:
@@ -164,8 +172,7 @@ class GroupMember:
         held = dict(self.held)
         lost = await self.leases.renew(held)
         took = monotonic() - sent
-        self.stats.renew_seconds.append(took)
-        del self.stats.renew_seconds[:-1000]
+        self.stats.renewed(took)
         for p, epoch in held.items():
             if p not in lost and self.held.get(p) == epoch:
                 self._renewed[p] = sent  # the lease runs from no earlier than this
