@@ -3,8 +3,11 @@ is a FAIL."""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
+import anyio
 import redis.asyncio as aioredis
 
 from harvest_async.config import settings_from_env
@@ -44,3 +47,25 @@ async def test_group_check(client: aioredis.Redis, redis_url: str) -> None:
     # without GROUP there is no group check
     plain = settings_from_env({"REDIS_URL": redis_url})
     assert "group" not in {c.name for c in (await run_doctor(plain)).checks}
+
+
+async def test_watch_shows_each_symbols_owner(client: aioredis.Redis, redis_url: str) -> None:
+    from harvest_async.core.partition import partition_of
+
+    fields = {"symbol": "BTCUSDT", "harvest_action": "NONE", "R_net": "0.4"}
+    fields |= {"kill_score": "0.1", "ts_epoch": repr(time.time()), "trigger": "change"}
+    await client.hset(KEYS.proposal("BTCUSDT"), mapping=fields)
+    await client.hset(KEYS.proposal("ETHUSDT"), mapping={**fields, "symbol": "ETHUSDT"})
+    await Leases(client, KEYS, "g", "member-a", 30).acquire([partition_of("BTCUSDT", 8)])
+    env = {**os.environ, "REDIS_URL": redis_url, "GROUP": "g", "PARTITIONS": "8"}
+    done = await anyio.run_process(
+        [sys.executable, "-m", "harvest_async", "watch", "--once"], check=False, env=env
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    lines = done.stdout.decode().splitlines()
+    assert any(line.split()[:2] == ["SYMBOL", "OWNER"] for line in lines)
+    btc = next(line for line in lines if line.startswith("BTCUSDT"))
+    assert btc.split()[1] == "member-a"
+    if partition_of("ETHUSDT", 8) != partition_of("BTCUSDT", 8):
+        eth = next(line for line in lines if line.startswith("ETHUSDT"))
+        assert eth.split()[1] == "(none)"
