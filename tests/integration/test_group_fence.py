@@ -3,7 +3,10 @@ and the fenced proposal write (write script version 2, redis_io.sink)."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -12,15 +15,25 @@ import redis.asyncio as aioredis
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.input_hashes import SymbolInputs
 from harvest_async.core.keys import Keys
+from harvest_async.core.partition import partition_of
 from harvest_async.core.ports import PublishOut
 from harvest_async.errors import Fenced
 from harvest_async.redis_io.leases import FenceToken, Leases
 from harvest_async.redis_io.sink import RedisSink
 from harvest_async.redis_io.wire import endpoint_from_url
-from tests.support.live import market, position, risk
+from tests.support.live import (
+    SYM,
+    make_settings,
+    market,
+    position,
+    put_inputs,
+    risk,
+    running,
+    shows_pnl,
+    wait_for,
+)
 
 KEYS = Keys()
-SYM = "BTCUSDT"
 
 
 def publish(symbol: str = SYM) -> PublishOut:
@@ -114,3 +127,36 @@ async def test_without_a_group_the_write_is_version_1(
         assert await client.keys("quantum:harvest:lease:*") == []
     finally:
         sink.close()
+
+
+def _acl_block(start: str) -> list[str]:
+    """The rules of the docs/operations.md code block starting with `start`."""
+    text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    found = re.search(r"```sh\n(" + re.escape(start) + r".*?)```", text, re.S)
+    assert found, f"docs/operations.md lost its {start!r} command"
+    words = shlex.split(found.group(1).replace("\\\n", " "))
+    return [w.replace("$HARVEST_PASSWORD", "pw") for w in words[4:] if w != "harvest"]
+
+
+async def test_the_documented_group_acl_is_enough(client: aioredis.Redis, redis_url: str) -> None:
+    info = await client.info("server")
+    old = "valkey_version" not in info and str(info["redis_version"]).startswith("6.")
+    rules = [
+        *_acl_block("redis-cli ACL SETUSER harvest on"),
+        *_acl_block("redis-cli ACL SETUSER harvest +get"),
+    ]
+    rules = [r.replace("desk-a", "g") for r in rules]
+    if old:
+        rules = [r.replace("%R~", "~").replace("evalsha_ro", "evalsha") for r in rules]
+    await client.execute_command("ACL", "SETUSER", "grp", "reset", *rules)
+    scheme, rest = redis_url.split("://", 1)
+    url = f"{scheme}://grp:pw@{rest}"
+    await put_inputs(client)
+    settings = make_settings(url, GROUP="g", PARTITIONS="4", INSTANCE="vps-1", SYMBOLS="*")
+    async with running(settings):
+        await wait_for(lambda: shows_pnl(client, 0.0), "the first publish")
+        assert await client.get(KEYS.lease("g", partition_of(SYM, 4))) == "vps-1"
+        (_id, entry), *_ = await client.xrange(KEYS.stream)
+        assert entry["instance"] == "vps-1" and entry["lease_epoch"] == "1"
+    # a clean stop released the leases
+    assert await client.exists(*(KEYS.lease("g", p) for p in range(4))) == 0
