@@ -38,9 +38,12 @@ class LivenessWriter:
         keys: Keys,
         instance: str,
         ttl: float,
+        *,
         group: str | None = None,
+        partitions: int | None = None,
     ) -> None:
         self.client = client
+        self.partitions = partitions
         self.group = group  # a publisher group's members find each other by it (§6)
         self.key = keys.liveness(instance)
         self.instance = instance
@@ -61,6 +64,7 @@ class LivenessWriter:
         }
         if self.group is not None:
             fields["group"] = self.group
+            fields["partitions"] = str(self.partitions)
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(self.key, mapping=fields)  # type: ignore[arg-type]
@@ -87,6 +91,7 @@ class Publisher(msgspec.Struct, frozen=True):
     version: str = ""
     symbols: str = ""
     group: str = ""  # its publisher group (INTERFACE §6), "" for none
+    partitions: str = ""  # its group's PARTITIONS (must be the same on every member)
     last_beat_epoch: float | None = None
     ttl_sec: float | None = None  # what is left of the key's TTL when read
 
@@ -133,6 +138,7 @@ async def read_publishers(
                 version=fields.get("version", ""),
                 symbols=fields.get("symbols", ""),
                 group=fields.get("group", ""),
+                partitions=fields.get("partitions", ""),
                 last_beat_epoch=_epoch(fields.get("last_beat_epoch")),
                 ttl_sec=pttl / 1000.0 if isinstance(pttl, int) and pttl >= 0 else None,
             )

@@ -113,6 +113,8 @@ async def serve(
         member.bind(runner)
     notifier = Notifier()
     try:
+        if member is not None:
+            await _check_partitions(client, settings, clock)
         if once:
             await runner.startup()
             log.info(
@@ -132,7 +134,12 @@ async def serve(
             canary_timeout=settings.canary_timeout_sec,
         )
         liveness = LivenessWriter(
-            client, settings.keys, settings.instance, settings.liveness_ttl_sec, settings.group
+            client,
+            settings.keys,
+            settings.instance,
+            settings.liveness_ttl_sec,
+            group=settings.group,
+            partitions=settings.partitions,
         )
         _log_startup(settings, engine.theta_id)
         async with anyio.create_task_group() as tg:
@@ -208,6 +215,23 @@ def _group_member(settings: Settings, client: Any, clock: Clock) -> GroupMember 
     return GroupMember(
         leases, clock, beats, partitions=settings.partitions, ttl=settings.lease_ttl_sec
     )
+
+
+async def _check_partitions(client: Any, settings: Settings, clock: Clock) -> None:
+    """Every member of a group must hash symbols into the same number of partitions, or
+    two of them would own one symbol under two leases: a live member with another
+    PARTITIONS stops this one's start (exit 2)."""
+    now = clock.now()
+    for p in await read_publishers(client, settings.keys):
+        beat = p.beat_age(now)
+        if p.group != settings.group or p.instance == settings.instance or beat is None:
+            continue
+        if beat <= settings.lease_ttl_sec and p.partitions != str(settings.partitions):
+            raise ConfigError(
+                "PARTITIONS",
+                f"{settings.partitions}, but member {p.instance} of group {settings.group} "
+                f"runs with {p.partitions or '?'}: every member needs the same value",
+            )
 
 
 def _log_startup(settings: Settings, theta_id: str) -> None:

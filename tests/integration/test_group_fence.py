@@ -17,10 +17,11 @@ from harvest_async.core.input_hashes import SymbolInputs
 from harvest_async.core.keys import Keys
 from harvest_async.core.partition import partition_of
 from harvest_async.core.ports import PublishOut
-from harvest_async.errors import Fenced
+from harvest_async.errors import ConfigError, Fenced
 from harvest_async.redis_io.leases import FenceToken, Leases
 from harvest_async.redis_io.sink import RedisSink
 from harvest_async.redis_io.wire import endpoint_from_url
+from harvest_async.service.app import serve
 from tests.support.live import (
     SYM,
     make_settings,
@@ -160,3 +161,16 @@ async def test_the_documented_group_acl_is_enough(client: aioredis.Redis, redis_
         assert entry["instance"] == "vps-1" and entry["lease_epoch"] == "1"
     # a clean stop released the leases
     assert await client.exists(*(KEYS.lease("g", p) for p in range(4))) == 0
+
+
+async def test_a_member_with_other_partitions_does_not_start(
+    client: aioredis.Redis, redis_url: str
+) -> None:
+    fields = {"instance": "other", "group": "g", "partitions": "8"}
+    fields["last_beat_epoch"] = repr(time.time())
+    await client.hset(KEYS.liveness("other"), mapping=fields)
+    settings = make_settings(redis_url, GROUP="g", PARTITIONS="4", INSTANCE="me", SYMBOLS="*")
+    with pytest.raises(ConfigError) as exc:
+        await serve(settings, handle_signals=False)
+    assert exc.value.variable == "PARTITIONS" and "member other" in str(exc.value)
+    assert await client.keys("quantum:harvest:lease:*") == []
