@@ -108,7 +108,9 @@ class GroupMember:
         return p
 
     def owns(self, symbol: str) -> bool:
-        return self.partition(symbol) in self.held
+        # on every notification of every member: the cached lookup inline
+        p = self._part.get(symbol)
+        return (p if p is not None else self.partition(symbol)) in self.held
 
     def fence(self, symbol: str) -> FenceToken:
         """The write script's token: epoch 0 (refused) unless held and renewed in time."""
