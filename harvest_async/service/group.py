@@ -159,7 +159,16 @@ class GroupMember:
         if now >= self._next_renew and self.held:
             await self._renew()
         beats = await self.read_beats()
-        self.members = live_members(beats, self.group, self.clock.now(), self.ttl, self.instance)
+        members = live_members(beats, self.group, self.clock.now(), self.ttl, self.instance)
+        if members != self.members:
+            log.info(
+                "group %s members: %s (were %s)",
+                self.group,
+                ",".join(members),
+                ",".join(self.members),
+                extra={"event": "group_members", "members": members},
+            )
+            self.members = members
         self.stats.members = len(self.members)
         wanted = owned_by(self.instance, self.members, self.partitions)
         extra = set(self.held) - wanted

@@ -114,7 +114,7 @@ async def test_three_members_share_the_symbols_and_a_kill_is_taken_over(
         tg.start_soon(load.run, 6.0)
         await anyio.sleep(1.0)
         members["a"].kill()
-        killed = time.monotonic()
+        killed, killed_at = time.monotonic(), time.time()
         while True:
             now_owners = await holders(client)
             if all(now_owners[p] in ("b", "c") for p in lost):
@@ -123,6 +123,16 @@ async def test_three_members_share_the_symbols_and_a_kill_is_taken_over(
             assert time.monotonic() - killed < TTL + 1.0, f"not taken over: {now_owners}"
             await anyio.sleep(0.05)
     assert took <= TTL + 1.0
+    # and its symbols publish again within TTL + 1 s (their inputs changed since the
+    # kill: the takeover's pass writes them at once)
+    moved = {s for s in SYMS if partition_of(s, PARTITIONS) in lost}
+    first: dict[str, float] = {}
+    for entry_id, f in await audit(client, stream_id(killed_at)):
+        if f["symbol"] in moved and f["instance"] != "a":
+            first.setdefault(f["symbol"], int(entry_id.split("-")[0]) / 1000 - killed_at)
+    assert set(first) == moved
+    print(f"owned again after {took:.2f} s, published again after {max(first.values()):.2f} s")
+    assert max(first.values()) <= TTL + 1.0, sorted(first.values())[-5:]
     await final_inputs_published(client, load)
     everything = await audit(client)
     no_duplicate_seq(everything)

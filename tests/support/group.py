@@ -131,7 +131,8 @@ class Load:
     async def run(self, seconds: float) -> None:
         batch = max(1, int(self.rate / 20))
         start = time.monotonic()
-        i = 0
+        i = self.sent  # each run goes on where the last one stopped
+        sent = 0
         while time.monotonic() - start < seconds:
             async with self.client.pipeline(transaction=False) as pipe:
                 for _ in range(batch):
@@ -142,7 +143,8 @@ class Load:
                     i += 1
                 await pipe.execute()
             self.sent += batch
-            target = start + self.sent / self.rate
+            sent += batch
+            target = start + sent / self.rate
             await anyio.sleep(max(0.0, target - time.monotonic()))
 
 
