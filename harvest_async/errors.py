@@ -153,3 +153,10 @@ class PermissionDenied(RedisUnavailable):
             "(docs/operations.md lists the ACL the service needs)"
         )
         self.what = what
+
+
+class Fenced(WriteRefused):
+    """The write script refused a write (in part) because this instance no longer holds
+    its partition's lease at the epoch it was given (INTERFACE §6): another member owns
+    the partition now. Nothing of the fenced outputs was written; they are not retried,
+    their partition is given up."""

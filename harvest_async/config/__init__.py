@@ -7,6 +7,7 @@ REDIS_URL is unset; given together with REDIS_URL they must agree with it.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from typing import Literal
@@ -52,6 +53,8 @@ __all__ = [
     "settings_from_env",
 ]
 
+_GROUP_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = "redis://localhost:6379/0"  # DEFAULT_REDIS_URL
@@ -91,6 +94,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_startup_timeout_sec: float = 0.0  # `run` waits that long for Redis; 0: forever
     # the proposal hash's TTL and `valid_until` (§2.5); 0: no TTL
     proposal_ttl_sec: float = 180.0
+    # publisher groups (INTERFACE §6): None = a single publisher, nothing else changes
+    group: str | None = None
+    partitions: int = 64
+    lease_ttl_sec: float = 4.0
 
 
 def settings_from_env(env: Mapping[str, str]) -> Settings:
@@ -168,7 +175,30 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             env, "REDIS_STARTUP_TIMEOUT_SEC", 0.0, non_negative=True
         ),
         proposal_ttl_sec=proposal_ttl,
+        group=_group(env),
+        partitions=env_int(env, "PARTITIONS", 64, lo=1, hi=4096) or 64,
+        lease_ttl_sec=_lease_ttl(env),
     )
+
+
+def _group(env: Mapping[str, str]) -> str | None:
+    """GROUP: a name made of letters, digits, '.', '_', '-' (it goes into key names; a
+    brace would change their cluster hash tag)."""
+    name = env_str(env, "GROUP")
+    if name is not None and not _GROUP_NAME.fullmatch(name):
+        raise ConfigError(
+            "GROUP", f"expected letters, digits, '.', '_' or '-' (at most 64), got {name!r}"
+        )
+    return name
+
+
+def _lease_ttl(env: Mapping[str, str]) -> float:
+    """LEASE_TTL_SEC: renewed every TTL/4 and given up at 0.6 x TTL, so under a second
+    leaves no room for one slow round trip; over 10 minutes is no failover."""
+    ttl = env_float(env, "LEASE_TTL_SEC", 4.0, positive=True)
+    if not 1.0 <= ttl <= 600.0:
+        raise ConfigError("LEASE_TTL_SEC", f"must be between 1 and 600 seconds, got {ttl:g}")
+    return ttl
 
 
 def _proposal_ttl(env: Mapping[str, str], heartbeat: float) -> float:

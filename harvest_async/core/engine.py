@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter  # a duration for metrics, not a time of day
 
@@ -81,6 +81,8 @@ class Engine:
         self._states: dict[str, _State] = {}
         self._timers = Timers(self._states.get, self._states.items)
         self._allowed = frozenset(config.symbols) if config.symbols is not None else None
+        # a publisher group's share (INTERFACE §6): None = every symbol (no group)
+        self._owns: Callable[[str], bool] | None = None
         self._needs_quantity = config.theta.r_basis == "position"
         # True during the first full pass: first publishes say trigger=startup
         self.starting = True
@@ -94,7 +96,28 @@ class Engine:
         return len(self._states)
 
     def wants(self, symbol: str) -> bool:
-        return self._allowed is None or symbol in self._allowed
+        if self._allowed is not None and symbol not in self._allowed:
+            return False
+        return self._owns is None or self._owns(symbol)
+
+    @property
+    def owns(self) -> Callable[[str], bool] | None:
+        return self._owns
+
+    @property
+    def scoped(self) -> bool:
+        """Whether a publisher group's share limits the symbols (`scope`)."""
+        return self._owns is not None
+
+    def scope(self, owns: Callable[[str], bool] | None) -> list[str]:
+        """A publisher group's share: from now on only the symbols `owns` accepts are
+        tracked. The others' state is dropped at once (what they published stays in Redis
+        for their new owner to adopt); returns them."""
+        self._owns = owns
+        dropped = [s for s in self._states if not self.wants(s)]
+        for symbol in dropped:
+            del self._states[symbol]  # stale timer entries are skipped (Timers.pop_due)
+        return dropped
 
     def published(self, symbol: str) -> Decision | None:
         state = self._states.get(symbol)
@@ -175,6 +198,8 @@ class Engine:
         symbol = inputs.symbol
         if self._allowed is not None and symbol not in self._allowed:
             return False
+        if self._owns is not None and not self._owns(symbol):
+            return False  # a group member's: not ours (any more)
         state = self._states.get(symbol)
         market_raw, risk_raw, position_raw = inputs.marketstate, inputs.risk, inputs.position
         if state is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 INPUT_KINDS = ("marketstate", "risk", "position")
+LEASE_PREFIX = "quantum:harvest:lease:"
+EPOCH_PREFIX = "quantum:harvest:epoch:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,15 @@ class Keys:
 
     def liveness(self, instance: str) -> str:
         return self.liveness_prefix + instance
+
+    def lease(self, group: str, partition: int) -> str:
+        """A group's partition lease (INTERFACE §6); the partition is the cluster hash tag,
+        so a partition's lease and epoch live in one slot."""
+        return f"{LEASE_PREFIX}{group}:{{{partition}}}"
+
+    def epoch(self, group: str, partition: int) -> str:
+        """A group's partition fencing epoch (INCR on every acquisition: only grows)."""
+        return f"{EPOCH_PREFIX}{group}:{{{partition}}}"
 
     def input_prefixes(self) -> dict[str, str]:
         """Input kind -> key prefix."""

@@ -97,6 +97,7 @@ class Rounds:
         self._resync_retry = False  # the pending resync failed once: retried, not counted
         self.next_reconcile: float | None = None  # set by the first full pass
         self.passes = 0  # completed full passes (startup, resyncs, reconciles)
+        self._takeover = False  # a publisher group's partitions gained, to adopt
 
     # -- events ------------------------------------------------------------------------
     def changed(self, symbol: str, seen: float) -> None:
@@ -109,6 +110,16 @@ class Rounds:
         if self._resync_reason is None:
             self._resync_reason = reason
 
+    def take_over(self) -> None:
+        """Partitions were gained (a publisher group): the next round adopts the
+        proposals of the symbols now ours and computes them (`_take_over`)."""
+        self._takeover = True
+
+    def rescope(self) -> None:
+        """The engine's share shrank: forget the dirty marks of symbols no longer ours."""
+        wants = self.engine.wants
+        self._dirty = {s: seen for s, seen in self._dirty.items() if wants(s)}
+
     def forget_gap(self) -> None:
         """A gap the coming full pass covers anyway (e.g. the startup's)."""
         self._resync_reason = None
@@ -116,7 +127,7 @@ class Rounds:
     @property
     def pending(self) -> bool:
         """Work that does not wait for a time: dirty symbols or a resync."""
-        return bool(self._dirty) or self._resync_reason is not None
+        return bool(self._dirty) or self._resync_reason is not None or self._takeover
 
     def wake_at(self) -> float | None:
         """When the next round is due without new events (a timer or the reconcile)."""
@@ -145,6 +156,16 @@ class Rounds:
     def round(self) -> Step:
         """One round: a resync if one is pending or the reconcile is due, else the dirty
         symbols; then the timers that are due (`recompute`)."""
+        if self._takeover:
+            # before a resync: the resync would replace the predecessor's proposals
+            # (not ours) where adopting them keeps them (no publish storm)
+            self._takeover = False
+            try:
+                yield from self._take_over()
+            except BaseException:
+                self._takeover = True
+                raise
+            return
         reason = self._resync_reason
         reconcile = self.next_reconcile
         if reason is None and reconcile is not None and self.now() >= reconcile:
@@ -184,6 +205,8 @@ class Rounds:
             symbols = list(self.symbols)
         else:
             found: list[str] = yield Discover()
+            if self.engine.scoped:
+                found = [s for s in found if self.engine.wants(s)]
             # symbols notified while discovery ran (created after the scan passed their
             # slot) are in _dirty: include them, or they would wait for the next reconcile
             symbols = sorted(set(found) | set(self.engine.symbols()) | self._dirty.keys())
@@ -222,6 +245,29 @@ class Rounds:
             else "",
             extra={"event": "proposals_lost", "lost": len(lost), "rewritten": rewritten},
         )
+
+    def _take_over(self) -> Step:
+        """Like a startup for the symbols that became ours: their proposals in Redis are
+        adopted where they still match (as a restart does), `seq` continues above
+        theirs, and a proposal whose position is gone is retracted."""
+        engine = self.engine
+        if self.symbols is not None:
+            found = list(self.symbols)
+        else:
+            found = yield Discover()
+        known = set(engine.symbols())
+        new = [s for s in found if s not in known and engine.wants(s)]
+        listed = set(new)
+        new.extend(s for s in self._dirty if s not in known and s not in listed)
+        if not new:
+            return
+        published: dict[str, Hash] = yield ReadPublished(new)
+        for symbol, fields in published.items():
+            engine.note_existing(symbol, fields)
+        mark = self.mark()
+        seen = {s: self._dirty.pop(s, mark) for s in new}
+        log.info("taking over %d symbols (%d proposals in place)", len(new), len(published))
+        yield from self.recompute(new, seen, force=True)
 
     def recompute(self, symbols: list[str], seen: dict[str, float], *, force: bool) -> Step:
         """Read `symbols` chunk by chunk; evaluate those whose inputs changed (all of them

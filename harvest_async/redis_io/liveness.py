@@ -32,8 +32,19 @@ class LivenessWriter:
     """`{liveness_prefix}{instance}`: who is publishing, refreshed while healthy (a hash
     and its TTL in one MULTI/EXEC, so the key never lives without its TTL)."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, instance: str, ttl: float) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        instance: str,
+        ttl: float,
+        *,
+        group: str | None = None,
+        partitions: int | None = None,
+    ) -> None:
         self.client = client
+        self.partitions = partitions
+        self.group = group  # a publisher group's members find each other by it (§6)
         self.key = keys.liveness(instance)
         self.instance = instance
         self.ttl = ttl
@@ -55,6 +66,9 @@ class LivenessWriter:
             "last_beat_epoch": repr(round(now, 3)),
             "symbols": str(symbols),
         }
+        if self.group is not None:
+            fields["group"] = self.group
+            fields["partitions"] = str(self.partitions)
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(self.key, mapping=fields)  # type: ignore[arg-type]
@@ -83,6 +97,8 @@ class Publisher(msgspec.Struct, frozen=True):
     pid: str = ""
     version: str = ""
     symbols: str = ""
+    group: str = ""  # its publisher group (INTERFACE §6), "" for none
+    partitions: str = ""  # its group's PARTITIONS (must be the same on every member)
     last_beat_epoch: float | None = None
     ttl_sec: float | None = None  # what is left of the key's TTL when read
 
@@ -128,6 +144,8 @@ async def read_publishers(
                 pid=fields.get("pid", ""),
                 version=fields.get("version", ""),
                 symbols=fields.get("symbols", ""),
+                group=fields.get("group", ""),
+                partitions=fields.get("partitions", ""),
                 last_beat_epoch=_epoch(fields.get("last_beat_epoch")),
                 ttl_sec=pttl / 1000.0 if isinstance(pttl, int) and pttl >= 0 else None,
             )

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Literal
 
 from harvest_async.config import Settings
-from harvest_async.core.keys import INPUT_KINDS, glob_escape
+from harvest_async.core.keys import EPOCH_PREFIX, INPUT_KINDS, LEASE_PREFIX, glob_escape
 from harvest_async.errors import (
     AuthenticationFailed,
     PermissionDenied,
@@ -125,6 +125,21 @@ def _writes(
     if settings.proposal_ttl_sec > 0:
         out.append((on_proposals, ["PEXPIRE", proposal, "1000"]))
     script_keys = [proposal]
+    group = settings.group
+    if group is not None:
+        # a publisher group's leases and epochs (INTERFACE §6), checked by the write script
+        lease, epoch = keys.lease(group, 0), keys.epoch(group, 0)
+        on_leases = f"write access to keys {LEASE_PREFIX}{group}:* and {EPOCH_PREFIX}{group}:*"
+        for cmd in (
+            ["GET", lease],
+            ["SET", lease, "probe", "NX", "PX", "1000"],
+            ["PEXPIRE", lease, "1000"],
+            ["DEL", lease],
+            ["GET", epoch],
+            ["INCR", epoch],
+        ):
+            out.append((on_leases, cmd))
+        script_keys += [lease, epoch]
     if settings.enable_stream:
         stream = keys.stream
         script_keys.append(stream)

@@ -20,8 +20,14 @@ XADD). ARGV: [1] the interface version "1", [2] the op `publish` | `retract`, [3
 output's seq (named in error replies), [4] the TTL in ms ("0": none; publish only), [5]
 the stream's MAXLEN, [6...] field, value, ...: for a publish the hash's fields (the audit
 entry is `event=publish` followed by them), for a retraction the audit entry's fields
-after `event=retract`. Reply: the audit entry's id ("" without a stream). Publisher
-groups (INTERFACE §6) will add a lease key and a fencing epoch as interface version 2.
+after `event=retract`. Reply: the audit entry's id ("" without a stream).
+
+Interface version 2 (a publisher group, INTERFACE §6) is a fenced write: KEYS [1] the
+proposal hash, [2] the partition's lease, [3] its epoch, [4] the stream (if any); ARGV
+as in version 1 with [6] the writer's instance and [7] the lease epoch it holds before the
+fields (from [8]). Unless the lease holds that instance and the epoch key that epoch, the
+script refuses (`FENCED ...`) before writing anything; the audit entry carries
+`instance` and `lease_epoch`. Without a group nothing of this is sent (version 1).
 
 A batch of outputs goes out as MULTI, one EVALSHA per output, EXEC, in one round trip: a
 refusal stays local to its output (D1), and the batch is all or nothing against a lost
@@ -45,6 +51,7 @@ from harvest_async.core.ports import Output, PublishOut
 from harvest_async.core.proposal import PROPOSAL_FIELDS
 from harvest_async.errors import (
     AuthenticationFailed,
+    Fenced,
     PermissionDenied,
     RedisReplyError,
     RedisUnavailable,
@@ -53,6 +60,7 @@ from harvest_async.errors import (
     WriteUncertain,
 )
 from harvest_async.redis_io.client import refused
+from harvest_async.redis_io.leases import FenceFor
 from harvest_async.redis_io.wire import Endpoint, Reply, Wire, command
 
 __all__ = ["SCRIPT_VERSION", "WRITES_CONNECTION", "WRITE_SCRIPT", "WRITE_SHA", "RedisSink"]
@@ -64,12 +72,25 @@ WRITES_CONNECTION = "harvest-async-writes"
 SCRIPT_VERSION = "1"
 
 WRITE_SCRIPT = """
--- harvest-async proposal write, interface version 1 (docs/outputs.md)
+-- harvest-async proposal write, interface versions 1 and 2 (docs/outputs.md)
 local hash, stream = KEYS[1], KEYS[2]
 local version, op, seq, ttl, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if version ~= '1' or (op ~= 'publish' and op ~= 'retract') or not tonumber(ttl) then
+if (version ~= '1' and (version ~= '2' or #KEYS < 3)) or (op ~= 'publish' and op ~= 'retract')
+    or not tonumber(ttl) then
   return {err = 'ERR harvest write script v1: bad call (version ' .. tostring(version)
     .. ', op ' .. tostring(op) .. ')'}
+end
+local first, tagged = 6, {}
+if version == '2' then
+  -- a publisher group's write: the fence, before anything is written (INTERFACE §6)
+  local lease, epoch = KEYS[2], KEYS[3]
+  stream = KEYS[4]
+  local holder, current = redis.call('GET', lease), redis.call('GET', epoch)
+  if holder ~= ARGV[6] or current ~= ARGV[7] then
+    return {err = 'FENCED ' .. lease .. ' is held by ' .. tostring(holder) .. ' at epoch '
+      .. tostring(current) .. ', not by ' .. ARGV[6] .. ' at ' .. ARGV[7] .. ' seq=' .. seq}
+  end
+  first, tagged = 8, {'instance', ARGV[6], 'lease_epoch', ARGV[7]}
 end
 local expire = op == 'publish' and tonumber(ttl) > 0
 -- refused by the ACL before anything is written (Redis 7+, Valkey; 6.2 lacks the check)
@@ -96,7 +117,13 @@ end
 -- the audit entry first: refused, it leaves everything as it was
 local id = ''
 if stream then
-  id = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', op, unpack(ARGV, 6))
+  if first == 6 then
+    id = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', op, unpack(ARGV, 6))
+  else
+    local entry = {'XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', op, unpack(tagged)}
+    for i = first, #ARGV do entry[#entry + 1] = ARGV[i] end
+    id = redis.pcall(unpack(entry))
+  end
   if type(id) == 'table' and id.err then return {err = words(id.err, 'XADD')} end
 end
 -- from here on the entry exists: a failure leaves the hash behind it, never ahead
@@ -108,7 +135,7 @@ local function failed(reply, name)
 end
 local bad = failed(redis.pcall('DEL', hash), 'DEL')
 if not bad and op == 'publish' then
-  bad = failed(redis.pcall('HSET', hash, unpack(ARGV, 6)), 'HSET')
+  bad = failed(redis.pcall('HSET', hash, unpack(ARGV, first)), 'HSET')
   if not bad and expire then bad = failed(redis.pcall('PEXPIRE', hash, ttl), 'PEXPIRE') end
 end
 return bad or id
@@ -119,6 +146,7 @@ _LOAD = command("SCRIPT", "LOAD", WRITE_SCRIPT)
 _MULTI = command("MULTI")
 _EXEC = command("EXEC")
 _TOUCHED = "TOUCHED"
+_FENCED = "FENCED"
 _NOSCRIPT = "NOSCRIPT"
 # how far back the audit stream is searched for a retraction whose outcome is unknown
 _LOOKBACK_MS = 300_000
@@ -178,22 +206,25 @@ class RedisSink:
         proposal_ttl: float = 0.0,
         timeout: float = 5.0,
         wire: Wire | None = None,
+        fence: FenceFor | None = None,
     ) -> None:
         """`proposal_ttl`: seconds (PROPOSAL_TTL_SEC; 0: no TTL). `wire`: the connection
         to write on (default: a new one to `endpoint`); a test may pass one that
-        injects faults."""
+        injects faults. `fence`: a publisher group's lease token per symbol (version 2
+        writes, fenced by the server); None: version 1."""
         self.keys = keys
         self.enable_stream = enable_stream
         self.stream_maxlen = stream_maxlen
         self._wire = wire or Wire(endpoint, name=WRITES_CONNECTION, timeout=timeout)
         self._multi_allowed = True  # as the last write saw it (_exchange)
         stream = _bulk(keys.stream.encode()) if enable_stream else b""
-        self._numkeys = 2 if enable_stream else 1
+        self._numkeys = (2 if enable_stream else 1) + (2 if fence is not None else 0)
+        self._fence = fence
         self._head = _bulk(b"EVALSHA") + _bulk(WRITE_SHA.encode()) + _bulk(b"%d" % self._numkeys)
         self._stream = stream
         ttl_ms = max(0, round(proposal_ttl * 1000))
         self._limits = _bulk(b"%d" % ttl_ms) + _bulk(b"%d" % stream_maxlen)
-        self._version = _bulk(SCRIPT_VERSION.encode())
+        self._version = _bulk(SCRIPT_VERSION.encode() if fence is None else b"2")
 
     def close(self) -> None:
         self._wire.close()
@@ -256,6 +287,8 @@ class RedisSink:
         if isinstance(refusal, WriteRefused):
             if "READONLY" in str(refusal):  # a demoted primary: ask the sentinels again
                 self._wire.primary_lost()
+            if refusal.reply.startswith(_FENCED):
+                raise Fenced(refusal.reply, landed=refusal.landed, touched=refusal.touched)
             raise refusal
 
     def _call(self, out: Output) -> bytes:
@@ -267,6 +300,11 @@ class RedisSink:
         key = _bulk(self.keys.proposal(out.symbol).encode())
         seq = _bulk(b"%d" % out.seq)
         count = 3 + self._numkeys + 5 + 2 * n
+        if self._fence is not None:
+            token = self._fence(out.symbol)
+            key += _bulk(token.lease.encode()) + _bulk(token.epoch_key.encode())
+            pairs = _bulk(token.instance.encode()) + _bulk(b"%d" % token.epoch) + pairs
+            count += 2
         return b"*%d\r\n%b%b%b%b%b%b%b%b" % (
             count, self._head, key, self._stream, self._version, op, seq, self._limits, pairs
         )  # fmt: skip

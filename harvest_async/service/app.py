@@ -10,6 +10,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -20,7 +21,7 @@ from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.config import Settings, engine_config
 from harvest_async.core.engine import Engine
 from harvest_async.core.ports import Gap, Observer, RunnerHooks
-from harvest_async.errors import PermissionDenied, RedisUnavailable
+from harvest_async.errors import ConfigError, PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import (
     check_redis,
     client_for,
@@ -28,12 +29,15 @@ from harvest_async.redis_io.client import (
     endpoint_for,
 )
 from harvest_async.redis_io.inputs_io import InputLimits
-from harvest_async.redis_io.liveness import LivenessWriter
+from harvest_async.redis_io.leases import Leases
+from harvest_async.redis_io.liveness import LivenessWriter, read_publishers
 from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.redis_io.permissions import verify_permissions
 from harvest_async.redis_io.reader import RedisInputReader
 from harvest_async.redis_io.sink import RedisSink
 from harvest_async.service.fanout import fan_out
+from harvest_async.service.group import Beats, GroupMember
+from harvest_async.service.group_metrics import GroupCollector
 from harvest_async.service.metrics_server import start_for as start_metrics
 from harvest_async.service.publish_log import PublishLog
 from harvest_async.service.runner import Runner
@@ -61,6 +65,8 @@ async def serve(
     handle_signals: bool = True,
 ) -> int:
     clock = clock or SystemClock()
+    if settings.group is not None and once:
+        raise ConfigError("GROUP", "run --once computes every symbol: it cannot share a group")
     notifier = Notifier()
     try:
         if once:
@@ -74,8 +80,11 @@ async def serve(
     publish_log = PublishLog(settings.log_publish_detail_max_per_sec)
     observer = fan_out(publish_log, observer)
     stop_metrics: Callable[[], None] | None = None
+    # a publisher group's metrics, bound to the member once it exists
+    group_metrics = GroupCollector() if settings.group is not None else None
     if settings.metrics_port is not None and not once:
-        observer, hooks, stop_metrics = start_metrics(settings, observer, hooks)
+        collectors = [group_metrics] if group_metrics is not None else []
+        observer, hooks, stop_metrics = start_metrics(settings, observer, hooks, collectors)
     timeout = settings.redis_timeout_sec
     # the cold paths (discovery, proposals read back, liveness) on redis-py; the hot paths
     # (input reads, proposal writes, notifications) on connections of their own (wire)
@@ -83,6 +92,9 @@ async def serve(
         settings.redis_url, settings.redis_password, retries=0, socket_timeout=timeout
     )
     endpoint = endpoint_for(settings)
+    member = _group_member(settings, client, clock)
+    if group_metrics is not None:
+        group_metrics.member = member
     engine = build_engine(settings, observer)
     # one outage for every reconnect loop: a WARNING when it starts, reminders, one INFO
     outage = RedisOutage(
@@ -98,6 +110,7 @@ async def serve(
         stream_maxlen=settings.stream_maxlen,
         proposal_ttl=settings.proposal_ttl_sec,
         timeout=timeout,
+        fence=member.fence if member is not None else None,
     )
     runner = Runner(
         engine,
@@ -109,8 +122,13 @@ async def serve(
         shutdown_grace=settings.shutdown_grace_sec,
         hooks=hooks,
         outage=outage,
+        on_fenced=member.fenced if member is not None else None,
     )
+    if member is not None:
+        member.bind(runner)
     try:
+        if member is not None:
+            await _check_partitions(client, settings, clock)
         if once:
             await runner.startup()
             log.info(
@@ -131,7 +149,12 @@ async def serve(
             outage=outage,
         )
         liveness = LivenessWriter(
-            client, settings.keys, settings.instance, settings.liveness_ttl_sec
+            client,
+            settings.keys,
+            settings.instance,
+            settings.liveness_ttl_sec,
+            group=settings.group,
+            partitions=settings.partitions,
         )
         _log_startup(settings, engine.theta_id)
         async with anyio.create_task_group() as tg:
@@ -152,6 +175,8 @@ async def serve(
                     outage=outage,
                 )
             )
+            if member is not None:
+                await tg.start(member.run)
             notifier.ready(f"publishing {len(engine)} symbols")
             log.info(
                 "ready: %d symbols, %d writes at startup, %d proposals adopted",
@@ -165,6 +190,10 @@ async def serve(
     finally:
         cleared = False
         with anyio.CancelScope(shield=True):
+            if member is not None:
+                # after the last write: the next owners take over at once
+                with contextlib.suppress(RedisUnavailable), anyio.move_on_after(2.0):
+                    await member.release()
             if not once:
                 with contextlib.suppress(RedisUnavailable):
                     await LivenessWriter(
@@ -185,6 +214,39 @@ async def serve(
                 len(engine),
                 "deleted" if cleared else "NOT deleted (Redis unavailable): it expires by its TTL",
                 extra={"event": "shutdown", "writes": runner.writes},
+            )
+
+
+def _group_member(settings: Settings, client: Any, clock: Clock) -> GroupMember | None:
+    """A publisher group's member (INTERFACE §6), or None without GROUP."""
+    group = settings.group
+    if group is None:
+        return None
+
+    async def beats() -> Beats:
+        found = await read_publishers(client, settings.keys)
+        return {p.instance: (p.group, p.last_beat_epoch) for p in found}
+
+    leases = Leases(client, settings.keys, group, settings.instance, settings.lease_ttl_sec)
+    return GroupMember(
+        leases, clock, beats, partitions=settings.partitions, ttl=settings.lease_ttl_sec
+    )
+
+
+async def _check_partitions(client: Any, settings: Settings, clock: Clock) -> None:
+    """Every member of a group must hash symbols into the same number of partitions, or
+    two of them would own one symbol under two leases: a live member with another
+    PARTITIONS stops this one's start (exit 2)."""
+    now = clock.now()
+    for p in await read_publishers(client, settings.keys):
+        beat = p.beat_age(now)
+        if p.group != settings.group or p.instance == settings.instance or beat is None:
+            continue
+        if beat <= settings.lease_ttl_sec and p.partitions != str(settings.partitions):
+            raise ConfigError(
+                "PARTITIONS",
+                f"{settings.partitions}, but member {p.instance} of group {settings.group} "
+                f"runs with {p.partitions or '?'}: every member needs the same value",
             )
 
 
@@ -228,6 +290,8 @@ async def _liveness_loop(
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     interval = min(settings.liveness_ttl_sec / 3, 5.0)
+    if settings.group is not None:
+        interval = min(interval, settings.lease_ttl_sec / 4)  # the group's membership
     if notifier.watchdog_sec is not None:
         interval = min(interval, notifier.watchdog_sec / 3)
     denials = DenialLog(log)

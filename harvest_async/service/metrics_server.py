@@ -4,9 +4,10 @@ thread, and what `service.app.serve` does when METRICS_PORT is set."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.registry import Collector
 
 from harvest_async.config import Settings
 from harvest_async.core.ports import Observer, RunnerHooks
@@ -43,7 +44,10 @@ def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1
 
 
 def start_for(
-    settings: Settings, observer: Observer | None, hooks: RunnerHooks | None
+    settings: Settings,
+    observer: Observer | None,
+    hooks: RunnerHooks | None,
+    collectors: Sequence[Collector] = (),
 ) -> tuple[Observer, RunnerHooks, Callable[[], None]]:
     """What `service.serve` does when METRICS_PORT is set: build the metrics, serve them on
     METRICS_ADDR (default 127.0.0.1), and return the observer/hooks to use plus the function
@@ -54,6 +58,8 @@ def start_for(
         floor_sec=settings.publish_interval_sec,
         heartbeat_sec=settings.max_publish_age_sec,
     )
+    for collector in collectors:  # e.g. a publisher group's (service.group_metrics)
+        metrics.registry.register(collector)
     port, addr = settings.metrics_port, settings.metrics_addr
     assert port is not None
     where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"

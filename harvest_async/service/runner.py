@@ -29,7 +29,13 @@ from harvest_async.core.ports import (
     Sink,
 )
 from harvest_async.core.rounds import Discover, Fetch, ReadPublished, Request, Rounds, Step, Write
-from harvest_async.errors import PermissionDenied, RedisUnavailable, WriteRefused, WriteUncertain
+from harvest_async.errors import (
+    Fenced,
+    PermissionDenied,
+    RedisUnavailable,
+    WriteRefused,
+    WriteUncertain,
+)
 
 __all__ = ["Runner"]
 
@@ -50,6 +56,7 @@ class Runner:
         hooks: RunnerHooks | None = None,
         refusal_backoff: Backoff | None = None,
         outage: RedisOutage | None = None,
+        on_fenced: Callable[[list[Output], str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.reader = reader
@@ -81,6 +88,8 @@ class Runner:
         # retried with a backoff of our own, cut short when another loop finds Redis back
         self.outage = outage or RedisOutage("redis", log)
         self._backoff = Backoff(first=0.2, cap=10.0)
+        # a publisher group's: outputs the write script fenced off (INTERFACE §6)
+        self.on_fenced = on_fenced
 
     @property
     def passes(self) -> int:
@@ -96,6 +105,20 @@ class Runner:
             self.hooks.on_event(event.kind)
             self.rounds.changed(event.symbol, monotonic())
         self._wake.set()
+
+    def take_over(self) -> None:
+        """A publisher group gained partitions: adopt and compute their symbols now."""
+        self.rounds.take_over()
+        self._wake.set()
+
+    def rescope(self) -> list[str]:
+        """A publisher group lost partitions (the engine's `scope` predicate says which
+        symbols are still ours): drop the others' state at once; returns them."""
+        engine = self.engine
+        dropped = engine.scope(engine.owns) if engine.owns is not None else []
+        self.rounds.rescope()
+        self._refused = {s for s in self._refused if engine.wants(s)}
+        return dropped
 
     # -- lifecycle -----------------------------------------------------------------------
     async def startup(self) -> None:
@@ -223,6 +246,16 @@ class Runner:
         while outputs:
             try:
                 await self._write(outputs)
+            except Fenced as exc:
+                if self.on_fenced is None:
+                    outputs = self._on_refused(outputs, exc)
+                    continue
+                # another member owns their partition now: not retried, given up
+                self.engine.confirm(exc.landed)
+                landed = {id(o) for o in exc.landed}
+                self.on_fenced([o for o in outputs if id(o) not in landed], exc.reply)
+                self._written(list(exc.landed), seen)
+                return
             except WriteRefused as exc:
                 # Redis is up and said no: not a gap, no resync; the refused symbols are
                 # retried with backoff, the bystanders of an aborted transaction at once

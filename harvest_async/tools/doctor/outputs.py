@@ -36,6 +36,7 @@ async def check_publisher(
             "pid": fields.get("pid", ""),
             "version": fields.get("version", ""),
             "symbols": fields.get("symbols", ""),
+            "group": fields.get("group", ""),
             "last_beat_age_sec": epoch_age(fields, "last_beat_epoch", now),
         }
         for name, fields in zip(found, hashes, strict=True)
@@ -67,6 +68,16 @@ async def check_publisher(
             message=f"no harvest-async publisher is alive (no {prefix}* key)",
             action="start it (systemctl start harvest-async or docker compose up -d) and read "
             "its log (journalctl -u harvest-async -n 50)",
+            details=details,
+        )
+    group = settings.group
+    if group is not None and all(a["group"] == group for a in alive.values()):
+        # a publisher group's members share the symbols (INTERFACE §6): the group check
+        names_ = names([describe(n) for n in alive], 3)
+        return Check(
+            name="publisher",
+            status="PASS",
+            message=f"{len(alive)} members of group {group} alive: {names_}",
             details=details,
         )
     if len(alive) > 1 and instance is None:

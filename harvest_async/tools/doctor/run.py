@@ -19,6 +19,7 @@ from harvest_async.redis_io.client import (
     redis_errors,
 )
 from harvest_async.tools.doctor.connection import check_notifications, check_redis
+from harvest_async.tools.doctor.group import GROUP_CHECK, check_group
 from harvest_async.tools.doctor.inputs import check_inputs
 from harvest_async.tools.doctor.outputs import check_proposals, check_publisher, check_stream
 from harvest_async.tools.doctor.report import CHECK_NAMES, Check, Context, Report
@@ -63,7 +64,13 @@ async def run_doctor(
             report.unreachable = True
             return report
         ctx = Context()
-        for name, step in _STEPS:
+        steps = list(_STEPS)
+        if settings.group is not None:
+            # a publisher group's members and partition owners (INTERFACE §6)
+            steps.insert(3, (GROUP_CHECK, check_group))
+            if not only:
+                wanted.add(GROUP_CHECK)
+        for name, step in steps:
             if name not in wanted:
                 continue
             try:

@@ -108,6 +108,8 @@ async def run_watch(
             kill_threshold=settings.theta.kill_threshold,
             url=settings.redis_url,
             password=settings.redis_password,
+            group=settings.group,
+            partitions=settings.partitions,
         )
         title = describe_url(settings.redis_url)
         if once:

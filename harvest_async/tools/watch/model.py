@@ -92,6 +92,9 @@ class WatchModel:
     publishers: list[Publisher] | None = None
     redis_down_since: float | None = None  # Redis unreachable since then: rows are as last seen
     liveness_prefix: str = "quantum:harvest:publisher:"
+    # a publisher group's partition owners (GROUP set; INTERFACE §6), None without one
+    owners: dict[int, str | None] | None = None
+    partitions: int = 64
 
     def apply(self, symbol: str, fields: dict[str, str], now: float) -> bool:
         """A hash as just read; returns True if something changed. A new publish is

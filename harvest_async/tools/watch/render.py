@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from harvest_async.core.partition import partition_of
 from harvest_async.core.timefmt import age_text, clock_utc
 from harvest_async.tools.watch.model import (
     ACTION_STYLE,
@@ -44,10 +45,13 @@ _RIGHT = frozenset({"R_NET", "KILL", "NEW_SL", "AGE", "MKT", "POS"})
 _DIM = "2"  # rows that are not live advice
 
 
-def columns_for(width: int) -> list[tuple[str, int]]:
-    """The columns that fit `width` (SYMBOL, ACTION, R_NET, KILL and AGE always stay)."""
+def columns_for(width: int, *, owner: bool = False) -> list[tuple[str, int]]:
+    """The columns that fit `width` (SYMBOL, ACTION, R_NET, KILL and AGE always stay);
+    `owner`: a publisher group's OWNER column (the member owning the row's symbol)."""
     cols = list(_COLUMNS)
-    for name in _DROP_ORDER:
+    if owner:
+        cols.insert(1, ("OWNER", 10))
+    for name in ("OWNER", *_DROP_ORDER) if owner else _DROP_ORDER:
         if sum(w for _n, w in cols) + len(cols) - 1 <= width:
             break
         cols = [c for c in cols if c[0] != name]
@@ -158,7 +162,7 @@ def render(
     lines.extend(_wrapped(_where_line(model, now, title), "2", width, color))
     for text, style in model.banners(now):
         lines.extend(_wrapped(text, style, width, color))
-    cols = columns_for(width)
+    cols = columns_for(width, owner=model.owners is not None)
     lines.append(_line(_cells({n: (n, "4") for n, _ in cols}, cols), width, color))
     events = list(model.events)[-EVENT_LINES:] if live else []
     room = height - len(lines) - (len(events) + 2 if events else 0) - (1 if footer else 0)
@@ -184,6 +188,9 @@ def render(
             continue
         cells = _published_cells(row, model, now, advice)
         cells["SYMBOL"] = (row.symbol, sym_style)
+        if model.owners is not None:
+            owner = model.owners.get(partition_of(row.symbol, model.partitions))
+            cells["OWNER"] = (owner or "(none)", "" if owner else "1;31")
         lines.append(_line(_cells(cells, cols), width, color))
     if len(shown) < len(rows):
         lines.append(_line([(f"... and {len(rows) - len(shown)} more symbols", "2")], width, color))

@@ -35,6 +35,7 @@ from harvest_async.redis_io.client import (
     redis_errors,
     scan_symbols,
 )
+from harvest_async.redis_io.leases import Leases
 from harvest_async.redis_io.liveness import read_publishers
 from harvest_async.redis_io.notifications import notify_flags_cover, read_notify_flags
 from harvest_async.tools.watch.model import (
@@ -65,6 +66,8 @@ class Watcher:
         kill_threshold: float = 0.6,
         url: str = "",
         password: str | None = None,
+        group: str | None = None,
+        partitions: int = 64,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -80,6 +83,9 @@ class Watcher:
         self._known_publishers: set[str] = set()
         self._backoff = Backoff(first=0.5, cap=5.0)
         self.changed: Callable[[], None] = lambda: None
+        # a publisher group's leases, read with the liveness keys (the OWNER column)
+        self._leases = Leases(client, keys, group, "watch", 1.0) if group is not None else None
+        self.model.partitions = partitions
 
     def _wanted(self, symbol: str) -> bool:
         return self.symbols is None or symbol in self.symbols
@@ -181,6 +187,12 @@ class Watcher:
         publishers = await read_publishers(self.client, self.keys, names=names)
         if scan:
             self._known_publishers = {p.instance for p in publishers}
+        if self._leases is not None:
+            state = await self._leases.read(self.model.partitions)
+            owners = {p: s.holder for p, s in state.items()}
+            if owners != self.model.owners:
+                self.model.owners = owners
+                self.changed()
         if publishers != self.model.publishers:
             self.model.publishers = publishers
             self.changed()
