@@ -306,9 +306,11 @@ async def _liveness_loop(
                 # arm the canary before writing: the notification can be consumed before
                 # beat() returns, and arming afterwards would then wait for one never coming
                 source.expect_canary()
-                if await _beat(liveness, runner, clock, settings.shutdown_grace_sec):
+                gone = await _beat(liveness, runner, clock, settings.shutdown_grace_sec)
+                if gone and not backoff.attempts:
                     # our own key vanished: so may have the proposals, with no notification
-                    # or reconnect to say so (FLUSHALL): check them all
+                    # or reconnect to say so (FLUSHALL): check them all. (After an outage
+                    # of our own, the reconnect's resync checks them already.)
                     runner.emit(Gap("liveness key lost"))
                 notifier.status(
                     f"{len(runner.engine)} symbols, {runner.writes} writes, mode={source.mode}"

@@ -2,10 +2,9 @@
 project installed the way docs/operations.md tells an operator and Debian's redis-server
 beside it: READY, STATUS, the watchdog, a clean stop, no restart on a configuration error,
 every hardening option in force with uvloop and hiredis working under them, and the
-journal.
+journal, and a start while Redis is down that waits instead of failing.
 
-The steps share one container (a module fixture) and run in file order. Redis down at
-start: the unit waits (REDIS_STARTUP_TIMEOUT_SEC) instead of failing.
+The steps share one container (a module fixture) and run in file order.
 """
 
 from __future__ import annotations
@@ -341,6 +340,22 @@ def test_redis_down_at_start_the_unit_waits_then_runs(machine: Machine) -> None:
         machine.exec("systemctl", "start", "redis-server")
         machine.exec("systemctl", "reset-failed", UNIT, check=False)
         machine.exec("systemctl", "restart", UNIT, check=False)
+
+
+def test_redis_restarts_use_up_no_start_limit(machine: Machine) -> None:
+    """More Redis restarts than StartLimitBurst (5): the service rides each one out (no
+    exit, no restart of the unit), so the start limit is never touched."""
+    assert active_running(machine)
+    before = machine.show("NRestarts", "ExecMainPID")
+    for _ in range(6):
+        machine.exec("systemctl", "restart", "redis-server")
+        time.sleep(0.5)
+    machine.redis("del", LIVENESS)  # the next refresh shows it reconnected
+    wait_for("the liveness key again", lambda: machine.redis("exists", LIVENESS) == "1", 30)
+    after = machine.show("ActiveState", "SubState", "NRestarts", "ExecMainPID")
+    assert after["ActiveState"] == "active" and after["SubState"] == "running", after
+    assert after["NRestarts"] == before["NRestarts"], (before, after)
+    assert after["ExecMainPID"] == before["ExecMainPID"], (before, after)
 
 
 def test_journal_priorities_from_text_logs(machine: Machine) -> None:
