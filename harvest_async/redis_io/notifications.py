@@ -95,6 +95,7 @@ class KeyspaceSource:
         self._endpoint = endpoint_from_url(url, password)
         self._moved = anyio.Event()  # via Sentinel: the primary moved since the last attempt
         self._switches = 0  # via Sentinel: `Sentinels.switches` when this session began
+        self._lost_since: float | None = None  # monotonic() when the subscription was lost
 
     # -- canary --------------------------------------------------------------------------
     def expect_canary(self) -> None:
@@ -150,10 +151,13 @@ class KeyspaceSource:
                         # the ACL no longer lets us subscribe: keep serving by polling
                         self._denials.denied(exc)
                         self._set_mode("poll", "subscribing is not permitted")
-                    else:
+                    elif self._lost_since is None:  # once per outage, not per attempt
+                        self._lost_since = monotonic()
                         log.warning(
-                            "notification connection lost: %s; retrying in %.1f s", exc, delay
+                            "notification connection lost: %s; reconnecting with backoff", exc
                         )
+                    else:
+                        log.debug("resubscribing failed: %s; next in %.1f s", exc, delay)
                     with anyio.move_on_after(delay):
                         await self._moved.wait()  # a new primary: no reason to wait more
                     delay = min(max(delay * 2, 0.2), 5.0)
@@ -206,6 +210,9 @@ class KeyspaceSource:
             self._apply_flags(flags)
             self.subscriptions += 1
             self._subscribed = True
+            if self._lost_since is not None:
+                log.info("resubscribed after %.1f s", monotonic() - self._lost_since)
+                self._lost_since = None
             if task_status is not None:
                 task_status.started()
             else:
