@@ -15,7 +15,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from harvest_async.config import Settings
-from harvest_async.config.sentinel_url import is_sentinel_url, mask_url, parse_sentinel_url
+from harvest_async.config.sentinel_url import is_sentinel_url, mask_url
 from harvest_async.core.keys import glob_escape
 from harvest_async.errors import (
     AuthenticationFailed,
@@ -136,38 +136,37 @@ class _PrimaryClient(aioredis.Redis):
 
 def _primary_client(url: str, kwargs: dict[str, Any]) -> aioredis.Redis:
     try:
-        parsed = parse_sentinel_url(url)
+        endpoint = endpoint_from_url(url)  # the wire's reading of it, validated
     except ValueError as exc:
         raise ConfigError("REDIS_URL", str(exc)) from None
-    options = parsed.options
-    timeout = float(options.get("socket_connect_timeout", kwargs["socket_connect_timeout"]))
-    kwargs["socket_connect_timeout"] = timeout
+    deployment = endpoint.sentinel
+    assert deployment is not None
+    kwargs["socket_connect_timeout"] = endpoint.connect_timeout
     # RESP2 to the sentinels, as the wire's discovery: no HELLO, which older ones lack
     sentinel_kwargs: dict[str, Any] = {
-        "socket_connect_timeout": timeout,
+        "socket_connect_timeout": endpoint.connect_timeout,
         "socket_timeout": 5.0,
         "protocol": 2,
     }
-    if "sentinel_password" in options:
-        sentinel_kwargs["password"] = options["sentinel_password"]
-        sentinel_kwargs["username"] = options.get("sentinel_username")
-    if parsed.password is not None:
-        kwargs["password"] = parsed.password  # the URL's wins, as with redis://
-    if parsed.username is not None:
-        kwargs["username"] = parsed.username
-    sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    if deployment.password is not None:
+        sentinel_kwargs["password"] = deployment.password
+        sentinel_kwargs["username"] = deployment.username
+    if endpoint.password is not None:
+        kwargs["password"] = endpoint.password  # the URL's wins, as with redis://
+    if endpoint.username is not None:
+        kwargs["username"] = endpoint.username
+    sentinel = Sentinel(list(deployment.addresses), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
     client = sentinel.master_for(
-        parsed.service,
+        deployment.service,
         redis_class=_PrimaryClient,
         connection_pool_class=_FollowingPool,
-        db=parsed.db,
+        db=endpoint.db,
         **kwargs,
     )
     assert isinstance(client, _PrimaryClient)
     assert isinstance(client.connection_pool, _FollowingPool)
-    deployment = endpoint_from_url(url).sentinel
     client.connection_pool.deployment = deployment
-    client.connection_pool.seen = deployment.switches if deployment is not None else 0
+    client.connection_pool.seen = deployment.switches
     client.sentinels = sentinel
     return client
 

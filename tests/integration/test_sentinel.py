@@ -142,6 +142,30 @@ async def test_failover_is_a_gap_every_symbol_converges_once_logged(
     assert len(messages(caplog, "READONLY")) <= 1, messages(caplog, "READONLY")
 
 
+async def test_a_killed_primary_is_replaced_and_every_symbol_converges(
+    sentinel_topology: SentinelTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    topology = sentinel_topology
+    caplog.set_level(logging.INFO)
+    settings = make_settings(topology.url, SYMBOLS=",".join(SYMBOLS))
+    pnl = {symbol: float(i) for i, symbol in enumerate(SYMBOLS)}
+    async with primary_client(topology.url) as producer:
+        for symbol, value in pnl.items():
+            await put_inputs(producer, symbol, pnl=value)
+        async with running(settings):
+            await converge(producer, pnl, 5.0)
+            new, accepted = await anyio.to_thread.run_sync(topology.kill_primary)
+            async with connected(new.url) as direct:
+                for symbol in SYMBOLS:
+                    pnl[symbol] += 0.5
+                    await put_inputs(direct, symbol, pnl=pnl[symbol])
+                await converge(direct, pnl, CONVERGENCE_SEC - (time.perf_counter() - accepted))
+                entries = await audit(direct)
+    seqs = Counter((e["symbol"], e["seq"]) for e in entries)
+    assert [key for key, n in seqs.items() if n > 1] == []
+    assert len(messages(caplog, "Sentinel failover: the primary moved")) == 1
+
+
 async def test_a_stale_sentinel_answer_is_not_used(sentinel_topology: SentinelTopology) -> None:
     topology = sentinel_topology
     replica = topology.replica()

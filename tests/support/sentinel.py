@@ -227,16 +227,26 @@ class SentinelTopology:
         takes then is lost). Another failover can be asked for after `wait_settled`."""
         new = self.replica()
         self.sentinels[0].command("SENTINEL", "FAILOVER", SERVICE)
+        return new, self.wait_writable(new, limit=limit)
+
+    def kill_primary(self, *, limit: float = 15.0) -> tuple[EmbeddedRedis, float]:
+        """SIGKILL the primary; the sentinels promote the replica once it is down for
+        DOWN_AFTER_MS: (the new primary, time.perf_counter() when it accepted a write)."""
+        old, new = self.primary(), self.replica()
+        old.kill()
+        return new, self.wait_writable(new, limit=limit)
+
+    @staticmethod
+    def wait_writable(server: EmbeddedRedis, *, limit: float = 15.0) -> float:
+        """time.perf_counter() when `server` first accepted a write."""
         deadline = time.perf_counter() + limit
         while True:
             with contextlib.suppress(RedisServerError, OSError):  # READONLY, CLIENT KILL
-                if new.command("SET", "harvest-test:failover-probe", "1") == b"OK":
-                    accepted = time.perf_counter()
-                    break
+                if server.command("SET", "harvest-test:failover-probe", "1") == b"OK":
+                    return time.perf_counter()
             if time.perf_counter() > deadline:
-                raise RedisServerError(f"{new} did not accept writes within {limit} s")
+                raise RedisServerError(f"{server} did not accept writes within {limit} s")
             time.sleep(0.005)
-        return new, accepted
 
     def wait_demoted(self, old: EmbeddedRedis, *, limit: float = 15.0) -> None:
         """Until the old primary is a replica: after SENTINEL FAILOVER the sentinels demote
