@@ -10,7 +10,7 @@ from harvest_async.cli.args import positive_float
 from harvest_async.cli.common import add_config_args, run_async, settings_from_args
 from harvest_async.cli.exits import EXIT_OK, EXIT_REDIS, EXIT_USAGE, CliError
 
-CHECKS = ("redis", "notifications", "inputs", "publisher", "proposals", "stream")
+CHECKS = ("redis", "notifications", "inputs", "publisher", "group", "proposals", "stream")
 
 
 def register(subparsers: Any) -> None:
@@ -34,7 +34,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--only",
         metavar="LIST",
-        help=f"comma list of checks to run ('redis' always runs): {','.join(CHECKS)}",
+        help="comma list of checks to run ('redis' always runs; 'group' needs GROUP): "
+        + ",".join(CHECKS),
     )
     p.add_argument(
         "--timeout",

@@ -140,11 +140,20 @@ class GroupMember:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         tick = self.ttl / 8
         started = False
+        warned_at: float | None = None
         while True:
             try:
                 await self.step()
+                if warned_at is not None:
+                    log.info("publisher group %s: Redis answers again", self.group)
+                    warned_at = None
             except RedisUnavailable as exc:
-                log.warning("publisher group %s: %s", self.group, exc)
+                # once, then once a minute: the loop retries every tick meanwhile (and what
+                # it holds lapses after 0.6 x TTL without a renewal)
+                now = monotonic()
+                if warned_at is None or now - warned_at >= 60.0:
+                    log.warning("publisher group %s: %s", self.group, exc)
+                    warned_at = now
             if not started:
                 task_status.started()
                 started = True

@@ -243,6 +243,10 @@ class Runner:
         return await self.reader.read_published(request.symbols)
 
     async def _write_all(self, outputs: list[Output], seen: dict[str, float]) -> None:
+        if self.on_fenced is not None:
+            # a publisher group's partition given up while this round ran: not ours to write
+            wants = self.engine.wants
+            outputs = [o for o in outputs if wants(o.symbol)]
         while outputs:
             try:
                 await self._write(outputs)

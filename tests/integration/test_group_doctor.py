@@ -64,6 +64,7 @@ async def test_watch_shows_each_symbols_owner(client: aioredis.Redis, redis_url:
     assert done.returncode == 0, done.stderr.decode()
     lines = done.stdout.decode().splitlines()
     assert any(line.split()[:2] == ["SYMBOL", "OWNER"] for line in lines)
+    assert "partitions of 8: member-a 1, 7 WITHOUT OWNER" in done.stdout.decode()
     btc = next(line for line in lines if line.startswith("BTCUSDT"))
     assert btc.split()[1] == "member-a"
     if partition_of("ETHUSDT", 8) != partition_of("BTCUSDT", 8):

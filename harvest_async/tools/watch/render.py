@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -137,6 +138,15 @@ def _where_line(model: WatchModel, now: float, title: str) -> str:
         publisher = "publisher: " + ", ".join(parts)
     parts = [title] if title else []
     parts.append(publisher)
+    if model.owners is not None:
+        # a publisher group: partitions per member (and how many have no owner)
+        counts = Counter(model.owners.values())
+        spread = ", ".join(f"{m} {n}" for m, n in sorted(counts.items(), key=str) if m)
+        none = counts.get(None, 0)
+        parts.append(
+            f"partitions of {len(model.owners)}: {spread or '-'}"
+            + (f", {none} WITHOUT OWNER" if none else "")
+        )
     if model.mode_detail:
         parts.append(model.mode_detail)
     return "  ".join(parts)
