@@ -21,7 +21,9 @@ from harvest_async.core.input_hashes import Hash, SymbolInputs
 from harvest_async.core.ports import NullHooks, Output, RunnerHooks
 
 __all__ = [
+    "ALL_KINDS",
     "FETCH_CHUNK",
+    "KIND_BITS",
     "Discover",
     "Fetch",
     "ReadPublished",
@@ -40,6 +42,10 @@ FETCH_CHUNK = 250
 # timers' reconciles follow no gap
 _NO_VERIFY = frozenset({"startup", "periodic reconcile", "poll"})
 _QUIET = frozenset({"periodic reconcile", "poll"})
+# which input hashes a Fetch reads, one bit each; a notification names the hash that
+# changed, so a symbol the engine holds needs only that one read again
+KIND_BITS = {"marketstate": 1, "risk": 2, "position": 4}
+ALL_KINDS = 7
 
 
 class Discover(msgspec.Struct, frozen=True, gc=False):
@@ -53,9 +59,12 @@ class ReadPublished(msgspec.Struct, frozen=True, gc=False):
 
 
 class Fetch(msgspec.Struct, frozen=True, gc=False):
-    """Answer: the input hashes of `symbols` (list[SymbolInputs], same order)."""
+    """Answer: the input hashes of `symbols` (list[SymbolInputs], same order). `kinds`
+    (None: all three of every symbol): per symbol, the KIND_BITS of the hashes to read;
+    the others may be left None in the answer (the round keeps what the engine holds)."""
 
     symbols: list[str]
+    kinds: list[int] | None = None
 
 
 class Write(msgspec.Struct, frozen=True, gc=False):
@@ -93,15 +102,22 @@ class Rounds:
         self.hooks: RunnerHooks = hooks or NullHooks()
         self.chunk = chunk
         self._dirty: dict[str, float] = {}  # symbol -> when first seen dirty (monotonic)
+        self._kinds: dict[str, int] = {}  # dirty symbol -> KIND_BITS of its changed hashes
         self._resync_reason: str | None = None
         self.next_reconcile: float | None = None  # set by the first full pass
         self.passes = 0  # completed full passes (startup, resyncs, reconciles)
 
     # -- events ------------------------------------------------------------------------
-    def changed(self, symbol: str, seen: float) -> None:
-        """An input of `symbol` may have changed (coalesced: O(1), one entry per symbol)."""
-        if symbol not in self._dirty and self.engine.wants(symbol):
+    def changed(self, symbol: str, seen: float, kind: str | None = None) -> None:
+        """An input of `symbol` may have changed (coalesced: O(1), one entry per symbol).
+        `kind`: the input hash that changed (None, or a kind that names none: all)."""
+        bits = KIND_BITS.get(kind, ALL_KINDS) if kind is not None else ALL_KINDS
+        kinds = self._kinds
+        if symbol in kinds:
+            kinds[symbol] |= bits
+        elif self.engine.wants(symbol):
             self._dirty[symbol] = seen
+            kinds[symbol] = bits
 
     def gap(self, reason: str) -> None:
         """Changes may have been missed: the next round is a full resync."""
@@ -153,12 +169,14 @@ class Rounds:
             return
         batch = self._dirty
         if batch:
-            self._dirty = {}
+            kinds = self._kinds
+            self._dirty, self._kinds = {}, {}
             try:
-                yield from self.recompute(list(batch), batch, force=False)
+                yield from self.recompute(list(batch), batch, force=False, kinds=kinds)
             except BaseException:
                 for symbol, seen in batch.items():
                     self._dirty.setdefault(symbol, seen)
+                    self._kinds[symbol] = ALL_KINDS  # what was read is unknown: all again
                 raise
             return
         due = self.engine.due(self.now())
@@ -182,7 +200,7 @@ class Rounds:
             published: dict[str, Hash] = yield ReadPublished(symbols)
             for symbol in symbols:
                 self.engine.check_published(symbol, published.get(symbol))
-        seen, self._dirty = self._dirty, {}
+        seen, self._dirty, self._kinds = self._dirty, {}, {}
         mark = self.mark()
         for symbol in symbols:
             seen.setdefault(symbol, mark)
@@ -190,14 +208,36 @@ class Rounds:
         self.passes += 1
         self.next_reconcile = self.now() + self.reconcile_every
 
-    def recompute(self, symbols: list[str], seen: dict[str, float], *, force: bool) -> Step:
+    def recompute(
+        self,
+        symbols: list[str],
+        seen: dict[str, float],
+        *,
+        force: bool,
+        kinds: dict[str, int] | None = None,
+    ) -> Step:
         """Read `symbols` chunk by chunk; evaluate those whose inputs changed (all of them
         with `force`), and write. Then the timers due by now: after every chunk is read,
         so a due symbol is evaluated with its latest inputs (and each symbol's result does
-        not depend on where the chunks happen to split the list)."""
+        not depend on where the chunks happen to split the list).
+
+        `kinds`: per symbol, the hashes notified as changed; of a symbol the engine holds
+        only those are read, the others are kept (None: read all, as a resync does)."""
         engine = self.engine
         for chunk in self._chunks(symbols):
-            inputs: list[SymbolInputs] = yield Fetch(chunk)
+            if kinds is None:
+                inputs: list[SymbolInputs] = yield Fetch(chunk)
+            else:
+                held = [engine.inputs(symbol) for symbol in chunk]
+                masks = [
+                    ALL_KINDS if old is None else kinds.get(symbol, ALL_KINDS)
+                    for symbol, old in zip(chunk, held, strict=True)
+                ]
+                inputs = yield Fetch(chunk, masks)
+                inputs = [
+                    _merge(old, new, mask)
+                    for old, new, mask in zip(held, inputs, masks, strict=True)
+                ]
             changed = []
             now = self.now()
             for item in inputs:
@@ -229,3 +269,15 @@ class Rounds:
         self.hooks.on_cycle(len(engine))
         if outputs:
             yield Write(outputs, seen)
+
+
+def _merge(old: SymbolInputs | None, new: SymbolInputs, mask: int) -> SymbolInputs:
+    """The hashes read (`mask`) from `new`, the others as the engine holds them."""
+    if mask == ALL_KINDS or old is None:
+        return new
+    return SymbolInputs(
+        new.symbol,
+        new.marketstate if mask & 1 else old.marketstate,
+        new.risk if mask & 2 else old.risk,
+        new.position if mask & 4 else old.position,
+    )

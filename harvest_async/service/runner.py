@@ -89,7 +89,7 @@ class Runner:
             self.rounds.gap(event.reason)
         else:
             self.hooks.on_event(event.kind)
-            self.rounds.changed(event.symbol, monotonic())
+            self.rounds.changed(event.symbol, monotonic(), event.kind)
         self._wake.set()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -194,7 +194,7 @@ class Runner:
 
     async def _answer(self, request: Request) -> Any:
         if type(request) is Fetch:
-            return await self.reader.fetch(request.symbols)
+            return await self.reader.fetch(request.symbols, request.kinds)
         if type(request) is Write:
             await self._write_all(request.outputs, request.seen)
             return None
