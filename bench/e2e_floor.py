@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,6 +102,21 @@ async def probes(wire: Wire, tracker: Tracker, quiet: list[str], seconds: float,
     return n
 
 
+def _profile(pid: int, rate: float, seconds: float) -> subprocess.Popen[bytes] | None:
+    """With E2E_PYSPY=<dir>: py-spy samples the service through the phase (collapsed
+    stacks in <dir>/floor-<rate>.txt)."""
+    out = os.environ.get("E2E_PYSPY")
+    if not out:
+        return None
+    spy = Path(sys.executable).with_name("py-spy")
+    target = Path(out) / f"floor-{rate:g}.txt"
+    return subprocess.Popen(
+        [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200", "-f", "raw",
+         "-o", str(target), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 async def measure_production_floor(
     url: str, server_pid: int, log_dir: Path, rates: list[float], seconds: float
 ) -> list[dict[str, Any]]:
@@ -130,6 +146,7 @@ async def measure_production_floor(
         await asyncio.sleep(FLOOR + 0.5)  # every quiet symbol's startup publish is > floor old
         for rate in rates:
             tracker.reset_samples()
+            spy = _profile(pid, rate, seconds)
             cpu0, redis0, t0 = cpu_seconds(pid), cpu_seconds(server_pid), time.perf_counter()
             sent, n_probes = await asyncio.gather(
                 background(load, tracker, busy, rate, seconds),
@@ -137,6 +154,8 @@ async def measure_production_floor(
             )
             used += n_probes
             elapsed = time.perf_counter() - t0
+            if spy is not None:
+                spy.wait()
             cpu = cpu_seconds(pid) - cpu0
             redis_share = (cpu_seconds(server_pid) - redis0) / elapsed
             conv = await e2e.converged(tracker, FLOOR + 1.0)

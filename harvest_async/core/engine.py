@@ -109,6 +109,15 @@ class Engine:
         state = self._states.get(symbol)
         return state.inputs if state else None
 
+    def held(self, symbol: str, now: float) -> bool:
+        """Whether a change of `symbol` could at most be deferred now (it published within
+        the floor): a hint for which symbols to look at first, never a decision."""
+        state = self._states.get(symbol)
+        if state is None:
+            return False
+        last = state.last_publish_at
+        return last is not None and now < last + self.config.gate.floor_sec
+
     @property
     def timer_entries(self) -> int:
         """Entries in the deadline heap, stale ones included (bounded: tests, metrics)."""

@@ -10,6 +10,7 @@ in-memory state on a virtual clock. Neither decides anything itself.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -93,7 +94,12 @@ class Rounds:
         mark: Callable[[], float] | None = None,
         hooks: RunnerHooks | None = None,
         chunk: int = FETCH_CHUNK,
+        round_cap: int | None = None,
     ) -> None:
+        """`round_cap`: at most this many dirty symbols per round (those that may publish
+        first; the rest stay dirty for the next round, so a change that can publish does
+        not wait behind a backlog of floor-held ones). None: all of them (the replay: one
+        round per recorded instant)."""
         self.engine = engine
         self.symbols = symbols  # None: every symbol that shows up (SYMBOLS='*')
         self.reconcile_every = reconcile_every
@@ -101,6 +107,7 @@ class Rounds:
         self.mark = mark or now  # the clock of the `seen` marks (latency; monotonic live)
         self.hooks: RunnerHooks = hooks or NullHooks()
         self.chunk = chunk
+        self.round_cap = round_cap
         self._dirty: dict[str, float] = {}  # symbol -> when first seen dirty (monotonic)
         self._kinds: dict[str, int] = {}  # dirty symbol -> KIND_BITS of its changed hashes
         self._resync_reason: str | None = None
@@ -169,8 +176,12 @@ class Rounds:
             return
         batch = self._dirty
         if batch:
-            kinds = self._kinds
-            self._dirty, self._kinds = {}, {}
+            cap = self.round_cap
+            if cap is not None and len(batch) > cap:
+                batch, kinds = self._take(cap)
+            else:
+                kinds = self._kinds
+                self._dirty, self._kinds = {}, {}
             try:
                 yield from self.recompute(list(batch), batch, force=False, kinds=kinds)
             except BaseException:
@@ -182,6 +193,21 @@ class Rounds:
         due = self.engine.due(self.now())
         if due:
             yield from self._evaluate(due, {})
+
+    def _take(self, cap: int) -> tuple[dict[str, float], dict[str, int]]:
+        """`cap` dirty symbols out of the backlog: those not held by the floor first (a
+        change of theirs may publish), then the longest waiting."""
+        engine = self.engine
+        now = self.now()
+        dirty, kinds = self._dirty, self._kinds
+        free = [symbol for symbol in dirty if not engine.held(symbol, now)]
+        if len(free) < cap:
+            taken = set(free)
+            free.extend(s for s in itertools.islice(
+                (s for s in dirty if s not in taken), cap - len(free)
+            ))  # fmt: skip
+        batch = {symbol: dirty.pop(symbol) for symbol in free[:cap]}
+        return batch, {symbol: kinds.pop(symbol) for symbol in batch}
 
     def _resync(self, reason: str) -> Step:
         self.hooks.on_resync(reason)

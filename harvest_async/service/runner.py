@@ -28,7 +28,16 @@ from harvest_async.core.ports import (
     RunnerHooks,
     Sink,
 )
-from harvest_async.core.rounds import Discover, Fetch, ReadPublished, Request, Rounds, Step, Write
+from harvest_async.core.rounds import (
+    FETCH_CHUNK,
+    Discover,
+    Fetch,
+    ReadPublished,
+    Request,
+    Rounds,
+    Step,
+    Write,
+)
 from harvest_async.errors import PermissionDenied, RedisUnavailable, WriteRefused, WriteUncertain
 
 __all__ = ["Runner"]
@@ -62,6 +71,7 @@ class Runner:
             now=clock.now,
             mark=monotonic,
             hooks=hooks,
+            round_cap=FETCH_CHUNK,
         )
         self.hooks = self.rounds.hooks
         self._wake = anyio.Event()

@@ -4,15 +4,21 @@ not held yet, a resync, a retry) reads all three."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from harvest_async.core.engine import Engine
+from harvest_async.core.input_hashes import SymbolInputs
 from harvest_async.core.ports import PublishOut
-from harvest_async.core.rounds import ALL_KINDS, KIND_BITS
+from harvest_async.core.rounds import ALL_KINDS, KIND_BITS, Discover, Fetch, Rounds, Step, Write
 from tests.support.component import (
     ABC,
     MS,
     P25_PNL,
     P50_PNL,
+    T0,
     build,
     change,
+    engine_for,
     inp,
     running,
     settle,
@@ -81,3 +87,52 @@ async def test_a_change_not_notified_is_seen_at_the_resync() -> None:
         (out,) = h.sink.batches[-1]
         assert isinstance(out, PublishOut) and out.symbol == "C"
         assert out.fields["position_unrealized_pnl"] == repr(P25_PNL)
+
+
+# -- the round cap: changes that may publish first ------------------------------------------
+
+
+def _drive(step: Step, store: dict[str, SymbolInputs], engine: Engine, log: list[Any]) -> None:
+    """Answer a round's requests from `store` (as the replayer does), logging them."""
+    answer: Any = None
+    try:
+        while True:
+            request = step.send(answer)
+            log.append(request)
+            if isinstance(request, Fetch):
+                answer = [store.get(s) or SymbolInputs(s) for s in request.symbols]
+            elif isinstance(request, Write):
+                engine.confirm(request.outputs)
+                answer = None
+            elif isinstance(request, Discover):
+                answer = sorted(store)
+            else:
+                answer = {}
+    except StopIteration:
+        return
+
+
+def test_a_capped_round_takes_the_symbols_the_floor_does_not_hold_first() -> None:
+    now = [T0]
+    engine = engine_for(symbols=None)
+    store = {s: inp(s) for s in "ABC"}
+    rounds = Rounds(engine, symbols=None, reconcile_every=3600.0, now=lambda: now[0], round_cap=2)
+    requests: list[Any] = []
+    _drive(rounds.startup(), store, engine, requests)  # A, B, C published: floor until +10
+    now[0] += 1.0
+    for s in "ABC":
+        store[s] = inp(s, P25_PNL)
+        rounds.changed(s, now[0], "position")
+    store["Q"] = inp("Q", P25_PNL)  # a new symbol: nothing holds it back
+    rounds.changed("Q", now[0], "position")
+    requests.clear()
+    _drive(rounds.round(), store, engine, requests)
+    fetches = [r for r in requests if isinstance(r, Fetch)]
+    assert [f.symbols for f in fetches] == [["Q", "A"]]
+    (write,) = [r for r in requests if isinstance(r, Write)]
+    assert [o.symbol for o in write.outputs] == ["Q"]  # A is deferred by the floor
+    assert rounds.pending
+    requests.clear()
+    _drive(rounds.round(), store, engine, requests)
+    assert [r.symbols for r in requests if isinstance(r, Fetch)] == [["B", "C"]]
+    assert not rounds.pending
