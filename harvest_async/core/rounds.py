@@ -110,6 +110,7 @@ class Rounds:
         self.round_cap = round_cap
         self._dirty: dict[str, float] = {}  # symbol -> when first seen dirty (monotonic)
         self._kinds: dict[str, int] = {}  # dirty symbol -> KIND_BITS of its changed hashes
+        self._partial = False  # some dirty symbol needs only some of its hashes read
         self._resync_reason: str | None = None
         self.next_reconcile: float | None = None  # set by the first full pass
         self.passes = 0  # completed full passes (startup, resyncs, reconciles)
@@ -125,6 +126,8 @@ class Rounds:
         elif self.engine.wants(symbol):
             self._dirty[symbol] = seen
             kinds[symbol] = bits
+            if bits != ALL_KINDS:
+                self._partial = True
 
     def gap(self, reason: str) -> None:
         """Changes may have been missed: the next round is a full resync."""
@@ -182,8 +185,11 @@ class Rounds:
             else:
                 kinds = self._kinds
                 self._dirty, self._kinds = {}, {}
+            partial, self._partial = self._partial, bool(self._dirty) and self._partial
             try:
-                yield from self.recompute(list(batch), batch, force=False, kinds=kinds)
+                yield from self.recompute(
+                    list(batch), batch, force=False, kinds=kinds if partial else None
+                )
             except BaseException:
                 for symbol, seen in batch.items():
                     self._dirty.setdefault(symbol, seen)
@@ -227,6 +233,7 @@ class Rounds:
             for symbol in symbols:
                 self.engine.check_published(symbol, published.get(symbol))
         seen, self._dirty, self._kinds = self._dirty, {}, {}
+        self._partial = False
         mark = self.mark()
         for symbol in symbols:
             seen.setdefault(symbol, mark)
