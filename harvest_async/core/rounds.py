@@ -111,14 +111,16 @@ class Rounds:
         self._dirty: dict[str, float] = {}  # symbol -> when first seen dirty (monotonic)
         self._kinds: dict[str, int] = {}  # dirty symbol -> KIND_BITS of its changed hashes
         self._partial = False  # some dirty symbol needs only some of its hashes read
+        self._urgent = False  # a dirty symbol may publish (the floor does not hold it)
         self._resync_reason: str | None = None
         self.next_reconcile: float | None = None  # set by the first full pass
         self.passes = 0  # completed full passes (startup, resyncs, reconciles)
 
     # -- events ------------------------------------------------------------------------
-    def changed(self, symbol: str, seen: float, kind: str | None = None) -> None:
+    def changed(self, symbol: str, seen: float, kind: str | None = None) -> bool:
         """An input of `symbol` may have changed (coalesced: O(1), one entry per symbol).
-        `kind`: the input hash that changed (None, or a kind that names none: all)."""
+        `kind`: the input hash that changed (None, or a kind that names none: all).
+        Returns whether the change may publish now (the floor does not hold the symbol)."""
         bits = KIND_BITS.get(kind, ALL_KINDS) if kind is not None else ALL_KINDS
         kinds = self._kinds
         if symbol in kinds:
@@ -128,6 +130,12 @@ class Rounds:
             kinds[symbol] = bits
             if bits != ALL_KINDS:
                 self._partial = True
+        else:
+            return False
+        if self._urgent or not self.engine.held(symbol, self.now()):
+            self._urgent = True
+            return True
+        return False
 
     def gap(self, reason: str) -> None:
         """Changes may have been missed: the next round is a full resync."""
@@ -137,6 +145,12 @@ class Rounds:
     def forget_gap(self) -> None:
         """A gap the coming full pass covers anyway (e.g. the startup's)."""
         self._resync_reason = None
+
+    @property
+    def urgent(self) -> bool:
+        """Pending work that may publish: a resync, or a dirty symbol the floor does not
+        hold. Without it, waiting a few ms for more changes changes no output (`Runner`)."""
+        return self._urgent or self._resync_reason is not None
 
     @property
     def pending(self) -> bool:
@@ -180,7 +194,8 @@ class Rounds:
         batch = self._dirty
         if batch:
             cap = self.round_cap
-            if cap is not None and len(batch) > cap:
+            urgent, self._urgent = self._urgent, False  # unless _take leaves some
+            if cap is not None and (len(batch) > cap or (urgent and len(batch) > 1)):
                 batch, kinds = self._take(cap)
             else:
                 kinds = self._kinds
@@ -194,25 +209,22 @@ class Rounds:
                 for symbol, seen in batch.items():
                     self._dirty.setdefault(symbol, seen)
                     self._kinds[symbol] = ALL_KINDS  # what was read is unknown: all again
+                self._urgent = True
                 raise
             return
-        due = self.engine.due(self.now())
-        if due:
-            yield from self._evaluate(due, {})
+        yield from self._due()
 
     def _take(self, cap: int) -> tuple[dict[str, float], dict[str, int]]:
-        """`cap` dirty symbols out of the backlog: those not held by the floor first (a
-        change of theirs may publish), then the longest waiting."""
+        """Dirty symbols out of the backlog: those the floor does not hold (a change of
+        theirs may publish) alone, at most `cap`, in a round of their own that no backlog
+        of deferrable changes makes longer; else the `cap` longest waiting."""
         engine = self.engine
         now = self.now()
         dirty, kinds = self._dirty, self._kinds
         free = [symbol for symbol in dirty if not engine.held(symbol, now)]
-        if len(free) < cap:
-            taken = set(free)
-            free.extend(s for s in itertools.islice(
-                (s for s in dirty if s not in taken), cap - len(free)
-            ))  # fmt: skip
-        batch = {symbol: dirty.pop(symbol) for symbol in free[:cap]}
+        self._urgent = len(free) > cap
+        taken = free[:cap] if free else list(itertools.islice(dirty, cap))
+        batch = {symbol: dirty.pop(symbol) for symbol in taken}
         return batch, {symbol: kinds.pop(symbol) for symbol in batch}
 
     def _resync(self, reason: str) -> Step:
@@ -233,7 +245,7 @@ class Rounds:
             for symbol in symbols:
                 self.engine.check_published(symbol, published.get(symbol))
         seen, self._dirty, self._kinds = self._dirty, {}, {}
-        self._partial = False
+        self._partial = self._urgent = False
         mark = self.mark()
         for symbol in symbols:
             seen.setdefault(symbol, mark)
@@ -279,7 +291,18 @@ class Rounds:
                 if item.position is None:
                     engine.forget_absent(item.symbol, now)
             yield from self._evaluate(changed, seen)
-        due = engine.due(self.now())
+        yield from self._due()
+
+    def _due(self) -> Step:
+        """The symbols whose timer has come; at most `round_cap` (the rest are due again
+        at once, for the next rounds: a burst of trailing edges does not hold up a change
+        that may publish for longer than one round)."""
+        now = self.now()
+        due = self.engine.due(now)
+        cap = self.round_cap
+        if cap is not None and len(due) > cap:
+            self.engine.retry_later(due[cap:], now)
+            due = due[:cap]
         if due:
             yield from self._evaluate(due, {})
 

@@ -43,6 +43,10 @@ __all__ = ["build_engine", "serve"]
 
 log = logging.getLogger(__name__)
 
+# how long changes of floor-held symbols (they can at most be deferred) are gathered into
+# one round: at high rates a round then reads many, not one or two (Runner's `gather`)
+GATHER_HELD_SEC = 0.005
+
 
 def build_engine(settings: Settings, observer: Observer | None = None) -> Engine:
     return Engine(engine_config(settings), observer)
@@ -94,6 +98,7 @@ async def serve(
         reconcile_every=settings.max_publish_age_sec,
         shutdown_grace=settings.shutdown_grace_sec,
         hooks=hooks,
+        gather=GATHER_HELD_SEC,
     )
     notifier = Notifier()
     try:

@@ -58,7 +58,11 @@ class Runner:
         shutdown_grace: float = 5.0,
         hooks: RunnerHooks | None = None,
         refusal_backoff: Backoff | None = None,
+        gather: float = 0.0,
     ) -> None:
+        """`gather`: while every pending change is of a symbol the floor holds (it can at
+        most be deferred), wait up to this many seconds for more before the round, so
+        that one round reads many (a change that may publish ends the wait at once)."""
         self.engine = engine
         self.reader = reader
         self.sink = sink
@@ -76,6 +80,8 @@ class Runner:
         self.hooks = self.rounds.hooks
         self._wake = anyio.Event()
         self._idle = False  # waiting for an event or a deadline, nothing pending
+        self.gather = gather
+        self._gathering = False  # only floor-held changes pending: events need not wake
         self.writes = 0
         # writes whose outcome is unknown (WriteUncertain): settled before anything else
         # is written, so one that did land is confirmed instead of written twice
@@ -99,7 +105,9 @@ class Runner:
             self.rounds.gap(event.reason)
         else:
             self.hooks.on_event(event.kind)
-            self.rounds.changed(event.symbol, monotonic(), event.kind)
+            urgent = self.rounds.changed(event.symbol, monotonic(), event.kind)
+            if self._gathering and not urgent:
+                return
         self._wake.set()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -161,6 +169,8 @@ class Runner:
                 await self.clock.wait(self._wake, self._wake_at())
             finally:
                 self._idle = False
+        if self.gather > 0 and self.rounds.pending and not self.rounds.urgent:
+            await self._gather()
         self._wake = anyio.Event()
         try:
             await self.process()
@@ -178,6 +188,18 @@ class Runner:
             return
         self._denials.allowed()
         self._denied_delay = 0.5
+
+    async def _gather(self) -> None:
+        """Only floor-held changes are pending: gather more of them into this round (at
+        most `gather` s; no timer comes due meanwhile, and an urgent change ends it)."""
+        self._wake = anyio.Event()
+        deadline = self.clock.now() + self.gather
+        wake = self._wake_at()
+        self._gathering = True
+        try:
+            await self.clock.wait(self._wake, deadline if wake is None else min(wake, deadline))
+        finally:
+            self._gathering = False
 
     async def process(self) -> None:
         """One round (a resync, the dirty symbols, the due timers), then the refused

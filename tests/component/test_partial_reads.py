@@ -10,6 +10,7 @@ from harvest_async.core.engine import Engine
 from harvest_async.core.input_hashes import SymbolInputs
 from harvest_async.core.ports import PublishOut
 from harvest_async.core.rounds import ALL_KINDS, KIND_BITS, Discover, Fetch, Rounds, Step, Write
+from harvest_async.testing import MemoryStore
 from tests.support.component import (
     ABC,
     MS,
@@ -112,7 +113,7 @@ def _drive(step: Step, store: dict[str, SymbolInputs], engine: Engine, log: list
         return
 
 
-def test_a_capped_round_takes_the_symbols_the_floor_does_not_hold_first() -> None:
+def test_symbols_the_floor_does_not_hold_go_first_in_a_round_of_their_own() -> None:
     now = [T0]
     engine = engine_for(symbols=None)
     store = {s: inp(s) for s in "ABC"}
@@ -128,11 +129,45 @@ def test_a_capped_round_takes_the_symbols_the_floor_does_not_hold_first() -> Non
     requests.clear()
     _drive(rounds.round(), store, engine, requests)
     fetches = [r for r in requests if isinstance(r, Fetch)]
-    assert [f.symbols for f in fetches] == [["Q", "A"]]
+    assert [f.symbols for f in fetches] == [["Q"]]  # alone: no backlog makes it wait
     (write,) = [r for r in requests if isinstance(r, Write)]
-    assert [o.symbol for o in write.outputs] == ["Q"]  # A is deferred by the floor
-    assert rounds.pending
-    requests.clear()
-    _drive(rounds.round(), store, engine, requests)
-    assert [r.symbols for r in requests if isinstance(r, Fetch)] == [["B", "C"]]
+    assert [o.symbol for o in write.outputs] == ["Q"]
+    assert rounds.pending and not rounds.urgent
+    for expected in (["A", "B"], ["C"]):  # then the longest waiting, `cap` at a time
+        requests.clear()
+        _drive(rounds.round(), store, engine, requests)
+        assert [r.symbols for r in requests if isinstance(r, Fetch)] == [expected]
+        assert not any(isinstance(r, Write) for r in requests)  # deferred by the floor
     assert not rounds.pending
+
+
+# -- gathering floor-held changes ---------------------------------------------------------------
+
+
+async def test_floor_held_changes_are_gathered_and_a_free_one_ends_the_wait() -> None:
+    h = build(None, store=MemoryStore(inp(s) for s in "AB"))  # SYMBOLS='*'
+    h.runner.gather = 0.005
+    async with running(h):
+        h.clock.advance(1.0)  # A and B published at startup: the floor holds them
+        before = len(h.store.fetches)
+        for s in "AB":
+            h.store.set_inputs(inp(s, P25_PNL))
+            h.source.changed(s, "position")
+            await settle()
+        assert len(h.store.fetches) == before  # gathering: nothing of theirs can publish
+        h.clock.advance(0.01)
+        await until(lambda: len(h.store.fetches) > before)
+        await settle()
+        assert h.store.fetches[before:] == [["A", "B"]]  # one round for both
+        before = len(h.store.fetches)
+        h.store.set_inputs(inp("A", P50_PNL))
+        h.source.changed("A", "position")
+        await settle()
+        assert len(h.store.fetches) == before
+        await change(h, "Q", inp("Q", P25_PNL))  # a new symbol: may publish, no waiting
+        assert h.store.fetches[before:] == [["Q"]]  # in a round of its own
+        (out,) = h.sink.batches[-1]
+        assert isinstance(out, PublishOut) and out.symbol == "Q"
+        h.clock.advance(0.01)  # then A, gathered
+        await until(lambda: len(h.store.fetches) > before + 1)
+        assert h.store.fetches[before + 1 :] == [["A"]]
