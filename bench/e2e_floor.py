@@ -4,7 +4,8 @@ and the production floor (issue 12), plus startup and memory at 10,000 symbols.
 Run: `.venv/bin/python bench/e2e_floor.py [--quick] [--skip-floor0]`. Prints numbers,
 asserts nothing. Against a private server (EmbeddedRedis, unix socket):
 
-1. floor 0: bench/e2e.py's 1,000 ev/s latency phase and its rate steps (`--floor0-steps`);
+1. floor 0: the raw HSET -> notification floor, then bench/e2e.py's 1,000 ev/s latency
+   phase and its rate steps (`--floor0-steps`);
 2. production floor: the service with PUBLISH_INTERVAL_SEC=10 over 1,000 busy symbols
    whose positions change round-robin at a background rate (each a material change, so
    all but the first per 10 s are deferred), and meanwhile every 50 ms a material change
@@ -247,6 +248,12 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         if not args.skip_floor0:
             steps = [float(s) for s in args.floor0_steps.split(",") if s]
+            raw = await e2e.measure_floor(server.url, 1000)
+            print(
+                f"raw floor (HSET -> keyspace notification): p50 {ms(pct(raw, 0.5))}, "
+                f"p99 {ms(pct(raw, 0.99))}",
+                flush=True,
+            )
             print("floor 0: 1,000 symbols at 1,000 ev/s, then steps:", flush=True)
             svc = await e2e.measure_service(
                 server.url, server.pid, log_dir, 1000, 1000.0, args.seconds, steps,

@@ -217,11 +217,16 @@ class Rounds:
     def _take(self, cap: int) -> tuple[dict[str, float], dict[str, int]]:
         """Dirty symbols out of the backlog: those the floor does not hold (a change of
         theirs may publish) alone, at most `cap`, in a round of their own that no backlog
-        of deferrable changes makes longer; else the `cap` longest waiting."""
+        of deferrable changes makes longer; else the `cap` longest waiting. When the floor
+        holds none of them (floor 0), all of them, as before: one round, read and written
+        `chunk` symbols at a time."""
         engine = self.engine
         now = self.now()
         dirty, kinds = self._dirty, self._kinds
         free = [symbol for symbol in dirty if not engine.held(symbol, now)]
+        if len(free) == len(dirty):  # nothing held (floor 0): all, chunked as a resync is
+            self._dirty, self._kinds = {}, {}
+            return dirty, kinds
         self._urgent = len(free) > cap
         taken = free[:cap] if free else list(itertools.islice(dirty, cap))
         batch = {symbol: dirty.pop(symbol) for symbol in taken}
