@@ -237,7 +237,9 @@ def _pairs(fields: dict[str, str]) -> tuple[int, bytes]:
 async def reader_task(url: str, tracker: Tracker, stop: asyncio.Event) -> None:
     client = aioredis.Redis.from_url(url, socket_timeout=None)
     client.response_callbacks["XREAD"] = lambda r, **_kw: r  # raw lists: cheaper to walk
-    last = b"$"
+    # from the start (the callers flush the server first): "$" again after an empty
+    # XREAD would miss what was appended between two calls (the startup's publishes)
+    last = b"0-0"
     try:
         while not stop.is_set():
             reply = await client.execute_command(

@@ -64,6 +64,7 @@ class MemoryStore:
         self.inputs: dict[str, SymbolInputs] = {i.symbol: i for i in items}
         self.proposals: dict[str, Hash] = dict(proposals or {})
         self.fetches: list[list[str]] = []
+        self.kind_fetches: list[list[int] | None] = []  # per fetch: the kinds asked (None: all)
         self.proposal_reads: list[list[str] | None] = []
 
     # -- what producers do --------------------------------------------------------------
@@ -88,10 +89,26 @@ class MemoryStore:
         return (found.marketstate, found.risk, found.position)
 
     # -- InputReader ----------------------------------------------------------------------
-    async def fetch(self, symbols: Sequence[str]) -> list[SymbolInputs]:
+    async def fetch(
+        self, symbols: Sequence[str], kinds: Sequence[int] | None = None
+    ) -> list[SymbolInputs]:
+        """The hashes asked for (`kinds`: per symbol, core.rounds.KIND_BITS; the others
+        None, as the live reader leaves them); `kind_fetches` records what was asked."""
         self.fetches.append(list(symbols))
+        self.kind_fetches.append(None if kinds is None else list(kinds))
         await anyio.lowlevel.checkpoint()
-        return [self.inputs.get(symbol) or SymbolInputs(symbol) for symbol in symbols]
+        found = [self.inputs.get(symbol) or SymbolInputs(symbol) for symbol in symbols]
+        if kinds is None:
+            return found
+        return [
+            SymbolInputs(
+                item.symbol,
+                item.marketstate if mask & 1 else None,
+                item.risk if mask & 2 else None,
+                item.position if mask & 4 else None,
+            )
+            for item, mask in zip(found, kinds, strict=True)
+        ]
 
     async def discover(self) -> list[str]:
         """Symbols with a position key or a proposal hash (sorted)."""

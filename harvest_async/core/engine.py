@@ -132,6 +132,15 @@ class Engine:
         state = self._states.get(symbol)
         return state.inputs if state else None
 
+    def held(self, symbol: str, now: float) -> bool:
+        """Whether a change of `symbol` could at most be deferred now (it published within
+        the floor): a hint for which symbols to look at first, never a decision."""
+        state = self._states.get(symbol)
+        if state is None:
+            return False
+        last = state.last_publish_at
+        return last is not None and now < last + self.config.gate.floor_sec
+
     @property
     def timer_entries(self) -> int:
         """Entries in the deadline heap, stale ones included (bounded: tests, metrics)."""
@@ -210,10 +219,12 @@ class Engine:
         if old is None:
             market_new = risk_new = position_new = True
         else:
-            # a notification only says "look again": compare before recomputing
-            market_new = market_raw != old.marketstate
-            risk_new = risk_raw != old.risk
-            position_new = position_raw != old.position
+            # a notification only says "look again": compare before recomputing. A hash
+            # not read again is the very object held: no need to compare its fields
+            old_market, old_risk, old_position = old.marketstate, old.risk, old.position
+            market_new = market_raw is not old_market and market_raw != old_market
+            risk_new = risk_raw is not old_risk and risk_raw != old_risk
+            position_new = position_raw is not old_position and position_raw != old_position
             if not (market_new or risk_new or position_new):
                 return False
         market, risk, position = state.parts

@@ -101,7 +101,12 @@ class ChangeSource(Protocol):
 
 
 class InputReader(Protocol):
-    async def fetch(self, symbols: Sequence[str]) -> list[SymbolInputs]: ...
+    async def fetch(
+        self, symbols: Sequence[str], kinds: Sequence[int] | None = None
+    ) -> list[SymbolInputs]:
+        """The input hashes of `symbols`; with `kinds` (per symbol, `core.rounds.KIND_BITS`)
+        at least those (a hash not asked for may be left None)."""
+        ...
 
     async def discover(self) -> list[str]:
         """Symbols that have a position key or a proposal (used when SYMBOLS is '*')."""

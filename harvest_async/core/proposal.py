@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import msgspec
@@ -40,10 +41,13 @@ def plan_id_for(symbol: str, decision: Decision, theta_id: str, k_quantum: float
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def _opt(value: float | None, ndigits: int | None = None) -> str:
-    if value is None:
-        return ""
-    return repr(round(value, ndigits) if ndigits is not None else value)
+@functools.lru_cache(maxsize=4)
+def _time_texts(now: float, ttl: float) -> tuple[str, str, str, str]:
+    """computed_at_utc, last_update_epoch, ts_epoch, valid_until at `now`: the same for
+    every proposal of a round (one `now` each), so formatted once per round."""
+    at = round(now, 6)
+    valid_until = repr(round(at + ttl, 6)) if ttl > 0 else ""
+    return iso_utc(now), str(int(now)), repr(at), valid_until
 
 
 def proposal_fields(
@@ -65,7 +69,10 @@ def proposal_fields(
     k = decision.k_components
     pos = ready.position
     mkt = ready.market
-    at = round(now, 6)
+    computed_at, last_update, ts_epoch, valid_until = _time_texts(now, ttl)
+    price = pos.current_price
+    market_age = ready.marketstate_age_sec
+    snapshot_age = ready.position_snapshot_age_sec
     return {
         "harvest_action": decision.harvest_action,
         "new_sl_proposed": repr(decision.new_sl_proposed),
@@ -83,25 +90,25 @@ def proposal_fields(
         "p_trend": repr(mkt.p_trend),
         "p_mr": repr(mkt.p_mr),
         "p_chop": repr(mkt.p_chop),
-        "computed_at_utc": iso_utc(now),
-        "last_update_epoch": str(int(now)),
+        "computed_at_utc": computed_at,
+        "last_update_epoch": last_update,
         "position_side": pos.side,
         "position_age_sec": repr(pos.age_sec),
-        "position_current_price": _opt(pos.current_price),
+        "position_current_price": "" if price is None else repr(price),
         "position_entry_price": repr(pos.entry_price),
         "position_unrealized_pnl": repr(pos.unrealized_pnl),
         "symbol": symbol,
         "plan_id": plan_id,
-        "ts_epoch": repr(at),
+        "ts_epoch": ts_epoch,
         "trigger": trigger,
         "seq": str(seq),
         "position_source": ready.position_source,
         "risk_source": ready.risk_source,
-        "marketstate_age_sec": _opt(ready.marketstate_age_sec, 3),
-        "position_snapshot_age_sec": _opt(ready.position_snapshot_age_sec, 3),
+        "marketstate_age_sec": "" if market_age is None else repr(round(market_age, 3)),
+        "position_snapshot_age_sec": "" if snapshot_age is None else repr(round(snapshot_age, 3)),
         "theta_id": theta_id,
         "schema_version": SCHEMA_VERSION,
-        "valid_until": repr(round(at + ttl, 6)) if ttl > 0 else "",
+        "valid_until": valid_until,
     }
 
 

@@ -10,6 +10,7 @@ in-memory state on a virtual clock. Neither decides anything itself.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -21,7 +22,9 @@ from harvest_async.core.input_hashes import Hash, SymbolInputs
 from harvest_async.core.ports import NullHooks, Output, RunnerHooks
 
 __all__ = [
+    "ALL_KINDS",
     "FETCH_CHUNK",
+    "KIND_BITS",
     "Discover",
     "Fetch",
     "ReadPublished",
@@ -40,6 +43,10 @@ FETCH_CHUNK = 250
 # timers' reconciles follow no gap
 _NO_VERIFY = frozenset({"startup", "periodic reconcile", "poll"})
 _QUIET = frozenset({"periodic reconcile", "poll"})
+# which input hashes a Fetch reads, one bit each; a notification names the hash that
+# changed, so a symbol the engine holds needs only that one read again
+KIND_BITS = {"marketstate": 1, "risk": 2, "position": 4}
+ALL_KINDS = 7
 
 
 class Discover(msgspec.Struct, frozen=True, gc=False):
@@ -53,9 +60,12 @@ class ReadPublished(msgspec.Struct, frozen=True, gc=False):
 
 
 class Fetch(msgspec.Struct, frozen=True, gc=False):
-    """Answer: the input hashes of `symbols` (list[SymbolInputs], same order)."""
+    """Answer: the input hashes of `symbols` (list[SymbolInputs], same order). `kinds`
+    (None: all three of every symbol): per symbol, the KIND_BITS of the hashes to read;
+    the others may be left None in the answer (the round keeps what the engine holds)."""
 
     symbols: list[str]
+    kinds: list[int] | None = None
 
 
 class Write(msgspec.Struct, frozen=True, gc=False):
@@ -84,7 +94,12 @@ class Rounds:
         mark: Callable[[], float] | None = None,
         hooks: RunnerHooks | None = None,
         chunk: int = FETCH_CHUNK,
+        round_cap: int | None = None,
     ) -> None:
+        """`round_cap`: at most this many dirty symbols per round (those that may publish
+        first; the rest stay dirty for the next round, so a change that can publish does
+        not wait behind a backlog of floor-held ones). None: all of them (the replay: one
+        round per recorded instant)."""
         self.engine = engine
         self.symbols = symbols  # None: every symbol that shows up (SYMBOLS='*')
         self.reconcile_every = reconcile_every
@@ -92,7 +107,11 @@ class Rounds:
         self.mark = mark or now  # the clock of the `seen` marks (latency; monotonic live)
         self.hooks: RunnerHooks = hooks or NullHooks()
         self.chunk = chunk
+        self.round_cap = round_cap
         self._dirty: dict[str, float] = {}  # symbol -> when first seen dirty (monotonic)
+        self._kinds: dict[str, int] = {}  # dirty symbol -> KIND_BITS of its changed hashes
+        self._partial = False  # some dirty symbol needs only some of its hashes read
+        self._urgent = False  # a dirty symbol may publish (the floor does not hold it)
         self._resync_reason: str | None = None
         self._resync_retry = False  # the pending resync failed once: retried, not counted
         self.next_reconcile: float | None = None  # set by the first full pass
@@ -100,10 +119,25 @@ class Rounds:
         self._takeover = False  # a publisher group's partitions gained, to adopt
 
     # -- events ------------------------------------------------------------------------
-    def changed(self, symbol: str, seen: float) -> None:
-        """An input of `symbol` may have changed (coalesced: O(1), one entry per symbol)."""
-        if symbol not in self._dirty and self.engine.wants(symbol):
+    def changed(self, symbol: str, seen: float, kind: str | None = None) -> bool:
+        """An input of `symbol` may have changed (coalesced: O(1), one entry per symbol).
+        `kind`: the input hash that changed (None, or a kind that names none: all).
+        Returns whether the change may publish now (the floor does not hold the symbol)."""
+        bits = KIND_BITS.get(kind, ALL_KINDS) if kind is not None else ALL_KINDS
+        kinds = self._kinds
+        if symbol in kinds:
+            kinds[symbol] |= bits
+        elif self.engine.wants(symbol):
             self._dirty[symbol] = seen
+            kinds[symbol] = bits
+            if bits != ALL_KINDS:
+                self._partial = True
+        else:
+            return False
+        if self._urgent or not self.engine.held(symbol, self.now()):
+            self._urgent = True
+            return True
+        return False
 
     def gap(self, reason: str) -> None:
         """Changes may have been missed: the next round is a full resync."""
@@ -119,10 +153,17 @@ class Rounds:
         """The engine's share shrank: forget the dirty marks of symbols no longer ours."""
         wants = self.engine.wants
         self._dirty = {s: seen for s, seen in self._dirty.items() if wants(s)}
+        self._kinds = {s: bits for s, bits in self._kinds.items() if s in self._dirty}
 
     def forget_gap(self) -> None:
         """A gap the coming full pass covers anyway (e.g. the startup's)."""
         self._resync_reason = None
+
+    @property
+    def urgent(self) -> bool:
+        """Pending work that may publish: a resync, or a dirty symbol the floor does not
+        hold. Without it, waiting a few ms for more changes changes no output (`Runner`)."""
+        return self._urgent or self._resync_reason is not None
 
     @property
     def pending(self) -> bool:
@@ -182,17 +223,44 @@ class Rounds:
             return
         batch = self._dirty
         if batch:
-            self._dirty = {}
+            cap = self.round_cap
+            urgent, self._urgent = self._urgent, False  # unless _take leaves some
+            if cap is not None and (len(batch) > cap or (urgent and len(batch) > 1)):
+                batch, kinds = self._take(cap)
+            else:
+                kinds = self._kinds
+                self._dirty, self._kinds = {}, {}
+            partial, self._partial = self._partial, bool(self._dirty) and self._partial
             try:
-                yield from self.recompute(list(batch), batch, force=False)
+                yield from self.recompute(
+                    list(batch), batch, force=False, kinds=kinds if partial else None
+                )
             except BaseException:
                 for symbol, seen in batch.items():
                     self._dirty.setdefault(symbol, seen)
+                    self._kinds[symbol] = ALL_KINDS  # what was read is unknown: all again
+                self._urgent = True
                 raise
             return
-        due = self.engine.due(self.now())
-        if due:
-            yield from self._evaluate(due, {})
+        yield from self._due()
+
+    def _take(self, cap: int) -> tuple[dict[str, float], dict[str, int]]:
+        """Dirty symbols out of the backlog: those the floor does not hold (a change of
+        theirs may publish) alone, at most `cap`, in a round of their own that no backlog
+        of deferrable changes makes longer; else the `cap` longest waiting. When the floor
+        holds none of them (floor 0), all of them, as before: one round, read and written
+        `chunk` symbols at a time."""
+        engine = self.engine
+        now = self.now()
+        dirty, kinds = self._dirty, self._kinds
+        free = [symbol for symbol in dirty if not engine.held(symbol, now)]
+        if len(free) == len(dirty):  # nothing held (floor 0): all, chunked as a resync is
+            self._dirty, self._kinds = {}, {}
+            return dirty, kinds
+        self._urgent = len(free) > cap
+        taken = free[:cap] if free else list(itertools.islice(dirty, cap))
+        batch = {symbol: dirty.pop(symbol) for symbol in taken}
+        return batch, {symbol: kinds.pop(symbol) for symbol in batch}
 
     def _resync(self, reason: str) -> Step:
         if self._resync_retry:  # the same resync again, after a failure: counted once
@@ -217,7 +285,8 @@ class Rounds:
             published: dict[str, Hash] = yield ReadPublished(symbols)
             check = self.engine.check_published
             lost = [symbol for symbol in symbols if check(symbol, published.get(symbol))]
-        seen, self._dirty = self._dirty, {}
+        seen, self._dirty, self._kinds = self._dirty, {}, {}
+        self._partial = self._urgent = False
         mark = self.mark()
         for symbol in symbols:
             seen.setdefault(symbol, mark)
@@ -266,17 +335,41 @@ class Rounds:
             engine.note_existing(symbol, fields)
         mark = self.mark()
         seen = {s: self._dirty.pop(s, mark) for s in new}
+        for symbol in new:
+            self._kinds.pop(symbol, None)  # read whole below
         log.info("taking over %d symbols (%d proposals in place)", len(new), len(published))
         yield from self.recompute(new, seen, force=True)
 
-    def recompute(self, symbols: list[str], seen: dict[str, float], *, force: bool) -> Step:
+    def recompute(
+        self,
+        symbols: list[str],
+        seen: dict[str, float],
+        *,
+        force: bool,
+        kinds: dict[str, int] | None = None,
+    ) -> Step:
         """Read `symbols` chunk by chunk; evaluate those whose inputs changed (all of them
         with `force`), and write. Then the timers due by now: after every chunk is read,
         so a due symbol is evaluated with its latest inputs (and each symbol's result does
-        not depend on where the chunks happen to split the list)."""
+        not depend on where the chunks happen to split the list).
+
+        `kinds`: per symbol, the hashes notified as changed; of a symbol the engine holds
+        only those are read, the others are kept (None: read all, as a resync does)."""
         engine = self.engine
         for chunk in self._chunks(symbols):
-            inputs: list[SymbolInputs] = yield Fetch(chunk)
+            if kinds is None:
+                inputs: list[SymbolInputs] = yield Fetch(chunk)
+            else:
+                held = [engine.inputs(symbol) for symbol in chunk]
+                masks = [
+                    ALL_KINDS if old is None else kinds.get(symbol, ALL_KINDS)
+                    for symbol, old in zip(chunk, held, strict=True)
+                ]
+                inputs = yield Fetch(chunk, masks)
+                inputs = [
+                    _merge(old, new, mask)
+                    for old, new, mask in zip(held, inputs, masks, strict=True)
+                ]
             changed = []
             now = self.now()
             for item in inputs:
@@ -285,7 +378,18 @@ class Rounds:
                 if item.position is None:
                     engine.forget_absent(item.symbol, now)
             yield from self._evaluate(changed, seen)
-        due = engine.due(self.now())
+        yield from self._due()
+
+    def _due(self) -> Step:
+        """The symbols whose timer has come; at most `round_cap` (the rest are due again
+        at once, for the next rounds: a burst of trailing edges does not hold up a change
+        that may publish for longer than one round)."""
+        now = self.now()
+        due = self.engine.due(now)
+        cap = self.round_cap
+        if cap is not None and len(due) > cap:
+            self.engine.retry_later(due[cap:], now)
+            due = due[:cap]
         if due:
             yield from self._evaluate(due, {})
 
@@ -308,3 +412,15 @@ class Rounds:
         self.hooks.on_cycle(len(engine))
         if outputs:
             yield Write(outputs, seen)
+
+
+def _merge(old: SymbolInputs | None, new: SymbolInputs, mask: int) -> SymbolInputs:
+    """The hashes read (`mask`) from `new`, the others as the engine holds them."""
+    if mask == ALL_KINDS or old is None:
+        return new
+    return SymbolInputs(
+        new.symbol,
+        new.marketstate if mask & 1 else old.marketstate,
+        new.risk if mask & 2 else old.risk,
+        new.position if mask & 4 else old.position,
+    )

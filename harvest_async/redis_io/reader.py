@@ -4,12 +4,13 @@ of its own), the symbols to track and the published proposals (redis-py, cold pa
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
 from harvest_async.core.input_hashes import Hash, SymbolInputs
 from harvest_async.core.keys import Keys
+from harvest_async.core.rounds import ALL_KINDS, KIND_BITS
 from harvest_async.errors import (
     AuthenticationFailed,
     PermissionDenied,
@@ -41,6 +42,7 @@ __all__ = ["INPUTS_CONNECTION", "RedisInputReader"]
 INPUTS_CONNECTION = "harvest-async-inputs"
 
 _KINDS = ("marketstate", "risk", "position")
+_KIND_BITS = tuple((kind, KIND_BITS[kind]) for kind in _KINDS)
 _LOAD_READ_SCRIPT = command("SCRIPT", "LOAD", READ_SCRIPT)
 
 
@@ -69,6 +71,7 @@ class RedisInputReader:
         self.limits = limits or InputLimits()
         self._wire = Wire(endpoint, name=INPUTS_CONNECTION, timeout=timeout)
         self._calls: dict[str, tuple[bytes, bytes]] = {}
+        self._prefixes = keys.input_prefixes()
         self._use(READ_COMMANDS[0])
 
     def close(self) -> None:
@@ -83,46 +86,54 @@ class RedisInputReader:
             head += _bulk(READ_SHA.encode()) + _bulk(b"1")
             self._calls[kind] = (head, b"".join(_bulk(a.encode()) for a in argv))
 
-    async def fetch(self, symbols: Sequence[str]) -> list[SymbolInputs]:
+    async def fetch(
+        self, symbols: Sequence[str], kinds: Sequence[int] | None = None
+    ) -> list[SymbolInputs]:
+        """The input hashes of `symbols`; with `kinds` (per symbol, KIND_BITS) only those
+        (the others None), all of one chunk in one round trip."""
         if not symbols:
             return []
-        keys = self.keys
-        raw = await self._replies(self._payload(symbols), 3 * len(symbols))
+        masks = [ALL_KINDS] * len(symbols) if kinds is None else kinds
+        calls = self._plan(symbols, masks)
+        raw = await self._replies(self._payload(calls), len(calls))
         if unknown_command(raw[0]) and self.command != READ_COMMANDS[-1]:
             self._use(READ_COMMANDS[-1])  # a server without EVALSHA_RO (Redis 6.2)
-            raw = await self._replies(self._payload(symbols), 3 * len(symbols))
-        out = []
-        for i, sym in enumerate(symbols):
-            out.append(
-                SymbolInputs(
-                    sys.intern(sym),  # one string per symbol however often it is read
-                    self._hash("marketstate", keys.marketstate, sym, raw[3 * i]),
-                    self._hash("risk", keys.risk, sym, raw[3 * i + 1]),
-                    self._hash("position", keys.position, sym, raw[3 * i + 2]),
-                )
-            )
-        return out
+            raw = await self._replies(self._payload(calls), len(calls))
+        got: list[list[Hash | None]] = [[None, None, None] for _ in symbols]
+        for (i, index, kind, key), reply in zip(calls, raw, strict=True):
+            got[i][index] = self._hash(kind, key, reply)
+        return [
+            # one string per symbol however often it is read
+            SymbolInputs(sys.intern(sym), *row)
+            for sym, row in zip(symbols, got, strict=True)
+        ]
 
-    def _payload(self, symbols: Sequence[str]) -> bytes:
-        keys = self.keys
-        calls = self._calls
+    def _plan(
+        self, symbols: Sequence[str], masks: Sequence[int]
+    ) -> list[tuple[int, int, str, str]]:
+        """(symbol's index, kind's index, kind, key) of every hash to read."""
+        prefixes = self._prefixes
+        calls = []
+        for i, (sym, mask) in enumerate(zip(symbols, masks, strict=True)):
+            for index, (kind, bit) in enumerate(_KIND_BITS):
+                if mask & bit:
+                    calls.append((i, index, kind, prefixes[kind] + sym))
+        return calls
+
+    def _payload(self, calls: list[tuple[int, int, str, str]]) -> bytes:
+        table = self._calls
         parts = []
-        for sym in symbols:
-            for kind, key in (
-                ("marketstate", keys.marketstate(sym)),
-                ("risk", keys.risk(sym)),
-                ("position", keys.position(sym)),
-            ):
-                head, argv = calls[kind]
-                parts.append(head)
-                parts.append(_bulk(key.encode()))
-                parts.append(argv)
+        for _i, _index, kind, key in calls:
+            head, argv = table[kind]
+            parts.append(head)
+            parts.append(_bulk(key.encode()))
+            parts.append(argv)
         return b"".join(parts)
 
-    def _hash(self, kind: str, key_of: Callable[[str], str], sym: str, reply: Reply) -> Hash | None:
+    def _hash(self, kind: str, key: str, reply: Reply) -> Hash | None:
         if reply is None:
             return None
-        fields = decode_reply(kind, key_of(sym), reply, self.limits, "used")
+        fields = decode_reply(kind, key, reply, self.limits, "used")
         if isinstance(fields, Exception):
             # a WRONGTYPE reply is bad input for one symbol, not a reason to stop
             return read_error(kind, fields, "reading inputs")

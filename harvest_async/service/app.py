@@ -49,6 +49,10 @@ __all__ = ["build_engine", "serve"]
 
 log = logging.getLogger(__name__)
 
+# how long changes of floor-held symbols (they can at most be deferred) are gathered into
+# one round: at high rates a round then reads many, not one or two (Runner's `gather`)
+GATHER_HELD_SEC = 0.005
+
 
 def build_engine(settings: Settings, observer: Observer | None = None) -> Engine:
     return Engine(engine_config(settings), observer)
@@ -123,6 +127,7 @@ async def serve(
         hooks=hooks,
         outage=outage,
         on_fenced=member.fenced if member is not None else None,
+        gather=GATHER_HELD_SEC,
     )
     if member is not None:
         member.bind(runner)

@@ -28,7 +28,16 @@ from harvest_async.core.ports import (
     RunnerHooks,
     Sink,
 )
-from harvest_async.core.rounds import Discover, Fetch, ReadPublished, Request, Rounds, Step, Write
+from harvest_async.core.rounds import (
+    FETCH_CHUNK,
+    Discover,
+    Fetch,
+    ReadPublished,
+    Request,
+    Rounds,
+    Step,
+    Write,
+)
 from harvest_async.errors import (
     Fenced,
     PermissionDenied,
@@ -57,7 +66,11 @@ class Runner:
         refusal_backoff: Backoff | None = None,
         outage: RedisOutage | None = None,
         on_fenced: Callable[[list[Output], str], None] | None = None,
+        gather: float = 0.0,
     ) -> None:
+        """`gather`: while every pending change is of a symbol the floor holds (it can at
+        most be deferred), wait up to this many seconds for more before the round, so
+        that one round reads many (a change that may publish ends the wait at once)."""
         self.engine = engine
         self.reader = reader
         self.sink = sink
@@ -70,10 +83,13 @@ class Runner:
             now=clock.now,
             mark=monotonic,
             hooks=hooks,
+            round_cap=FETCH_CHUNK,
         )
         self.hooks = self.rounds.hooks
         self._wake = anyio.Event()
         self._idle = False  # waiting for an event or a deadline, nothing pending
+        self.gather = gather
+        self._gathering = False  # only floor-held changes pending: events need not wake
         self.writes = 0
         # writes whose outcome is unknown (WriteUncertain): settled before anything else
         # is written, so one that did land is confirmed instead of written twice
@@ -103,7 +119,9 @@ class Runner:
             self.rounds.gap(event.reason)
         else:
             self.hooks.on_event(event.kind)
-            self.rounds.changed(event.symbol, monotonic())
+            urgent = self.rounds.changed(event.symbol, monotonic(), event.kind)
+            if self._gathering and not urgent:
+                return
         self._wake.set()
 
     def take_over(self) -> None:
@@ -189,6 +207,8 @@ class Runner:
                 await self.clock.wait(self._wake, self._wake_at())
             finally:
                 self._idle = False
+        if self.gather > 0 and self.rounds.pending and not self.rounds.urgent:
+            await self._gather()
         self._wake = anyio.Event()
         try:
             await self.process()
@@ -207,6 +227,18 @@ class Runner:
         self._redis_ok()
         self._denials.allowed()
         self._denied_delay = 0.5
+
+    async def _gather(self) -> None:
+        """Only floor-held changes are pending: gather more of them into this round (at
+        most `gather` s; no timer comes due meanwhile, and an urgent change ends it)."""
+        self._wake = anyio.Event()
+        deadline = self.clock.now() + self.gather
+        wake = self._wake_at()
+        self._gathering = True
+        try:
+            await self.clock.wait(self._wake, deadline if wake is None else min(wake, deadline))
+        finally:
+            self._gathering = False
 
     async def process(self) -> None:
         """One round (a resync, the dirty symbols, the due timers), then the refused
@@ -233,7 +265,7 @@ class Runner:
 
     async def _answer(self, request: Request) -> Any:
         if type(request) is Fetch:
-            return await self.reader.fetch(request.symbols)
+            return await self.reader.fetch(request.symbols, request.kinds)
         if type(request) is Write:
             await self._write_all(request.outputs, request.seen)
             return None

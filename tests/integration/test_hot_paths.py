@@ -207,3 +207,23 @@ async def test_without_a_ttl_proposals_stay_and_valid_until_is_empty(redis_url: 
         fields = await wait_for(shows(client, 5.0), "the publish")
         assert fields["valid_until"] == ""
         assert await client.pttl(KEYS.proposal(SYM)) == -1
+
+
+async def test_input_reads_of_named_hashes_only(redis_url: str) -> None:
+    """`fetch` with kinds reads only the hashes asked for (one script call each); the
+    others come back None, for the round to keep what the engine holds."""
+    async with connected(redis_url) as admin:
+        await put_inputs(admin, 5.0)
+    client = aioredis.Redis.from_url(redis_url)
+    reader = RedisInputReader(client, KEYS, endpoint_from_url(redis_url))
+    try:
+        position, market = await reader.fetch([SYM, SYM], [4, 1 | 2])
+        whole, absent = await reader.fetch([SYM, "NOSUCH"], [7, 4])
+    finally:
+        reader.close()
+        await client.aclose()
+    assert position.position is not None and position.position["unrealized_pnl"] == repr(5.0)
+    assert position.marketstate is None and position.risk is None
+    assert market.position is None and market.marketstate and market.risk
+    assert whole.position == position.position and whole.marketstate == market.marketstate
+    assert absent.symbol == "NOSUCH" and absent.position is None
