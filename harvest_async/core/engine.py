@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter  # a duration for metrics, not a time of day
 
-import msgspec
-
 from harvest_async.core import gate
+from harvest_async.core.engine_config import EngineConfig
 from harvest_async.core.input_hashes import (
     Hash,
     MarketPart,
@@ -28,7 +27,7 @@ from harvest_async.core.input_hashes import (
 )
 from harvest_async.core.inputs import evaluate_parsed, parse_market, parse_position, parse_risk
 from harvest_async.core.kernel import KernelInputError, compute
-from harvest_async.core.models import Decision, Theta
+from harvest_async.core.models import Decision
 from harvest_async.core.ports import NullHooks, Observer, Output, PublishOut, RetractOut
 from harvest_async.core.proposal import (
     plan_id_for,
@@ -44,16 +43,6 @@ log = logging.getLogger(__name__)
 
 # states of a symbol's life that are not a problem (a change between two is DEBUG)
 _ROUTINE = frozenset({"new", "ok", "no_position", "flat", "zero_quantity"})
-
-
-class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
-    theta: Theta = Theta()
-    gate: gate.GateConfig = gate.GateConfig()
-    max_input_age_sec: float = 300.0
-    max_clock_skew_sec: float = 5.0
-    synthetic_positions: bool = False
-    symbols: tuple[str, ...] | None = None  # None: every symbol that shows up
-    proposal_ttl_sec: float = 0.0  # PROPOSAL_TTL_SEC: each proposal's valid_until; 0: none
 
 
 @dataclass(slots=True, eq=False)
