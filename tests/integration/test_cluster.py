@@ -45,13 +45,21 @@ async def producer(url: str) -> AsyncIterator[Any]:
 
 
 async def lagging(client: Any, pnl: dict[str, float]) -> list[str]:
-    """The symbols whose proposal does not show their latest position yet."""
+    """The symbols whose proposal does not show their latest position yet: the position
+    hash in Redis is the truth (a producer's write that raised may still have landed),
+    and it must be at least what the test wrote last."""
     names = list(pnl)
     async with client.pipeline(transaction=False) as pipe:
         for symbol in names:
             pipe.hget(KEYS.proposal(symbol), "position_unrealized_pnl")
+            pipe.hget(KEYS.position(symbol), "unrealized_pnl")
         found = await pipe.execute(raise_on_error=False)
-    return [s for s, got in zip(names, found, strict=True) if got != repr(pnl[s])]
+    late = []
+    for i, symbol in enumerate(names):
+        shown, truth = found[2 * i], found[2 * i + 1]
+        if shown != truth:
+            late.append(f"{symbol}: proposal {shown}, position {truth}, written {pnl[symbol]!r}")
+    return late
 
 
 async def converge(client: Any, pnl: dict[str, float], limit: float) -> float:
@@ -81,7 +89,9 @@ async def write_until(client: Any, pnl: dict[str, float], stop: anyio.Event) -> 
     writes = 0
     while not stop.is_set():
         symbol = rng.choice(SYMBOLS)
-        value = round(rng.uniform(-2.0, 12.0), 2)
+        # steps of 0.5: every change is material (R moves by >= 0.25 > R_EPS), so the
+        # proposal must show the last value written
+        value = rng.randrange(-4, 25) / 2
         try:
             await put_inputs(client, symbol, pnl=value)
         except REDIS_OR_REPLY_ERRORS:

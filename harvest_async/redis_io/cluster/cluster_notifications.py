@@ -33,6 +33,9 @@ __all__ = ["ClusterSource", "node_url"]
 
 log = logging.getLogger(__name__)
 
+# a change of the slot map is acted on once it has been stable this long
+SETTLE_SEC = 0.3
+
 
 def node_url(url: str, address: Address) -> str:
     """`url` (credentials, TLS options kept) pointed at another node."""
@@ -105,9 +108,20 @@ class ClusterSource:
             for address in self.slots.primaries:
                 await tg.start(self._listen, address, True)
             task_status.started()
+            moved = self.slots.moved_slots
             while True:
                 await self._wait_for_change(seen)
-                seen = self.slots.version
+                # a reshard moves slots one by one: one gap for a burst of changes
+                while self.slots.version != seen:
+                    seen = self.slots.version
+                    await anyio.sleep(SETTLE_SEC)
+                log.info(
+                    "cluster topology changed: %d slots moved; primaries %s; resyncing",
+                    self.slots.moved_slots - moved,
+                    ", ".join(f"{h}:{p}" for h, p in self.slots.primaries),
+                    extra={"event": "cluster_topology"},
+                )
+                moved = self.slots.moved_slots
                 self._apply(tg)
                 emit(Gap("cluster topology changed"))
 

@@ -48,6 +48,7 @@ class SlotMap:
         self.seed = seed
         self.timeout = timeout
         self.version = 0  # bumped by every refresh that changed the map
+        self.moved_slots = 0  # slots whose owner changed, summed over the refreshes
         self._owner: list[Address | None] = [None] * SLOTS
         self._primaries: tuple[Address, ...] = ()
         self._lock = anyio.Lock()
@@ -85,17 +86,13 @@ class SlotMap:
                 owner[first : last + 1] = [address] * (last - first + 1)
             if owner == self._owner:
                 return False
+            moved = sum(1 for a, b in zip(owner, self._owner, strict=True) if a != b)
+            self.moved_slots += moved
             self._owner = owner
             self._primaries = tuple(sorted({a for a in owner if a is not None}))
             self.version += 1
-            if seen:  # the first read is no change
-                log.info(
-                    "cluster topology changed%s: %d primaries (%s)",
-                    f" ({why})" if why else "",
-                    len(self._primaries),
-                    ", ".join(f"{h}:{p}" for h, p in self._primaries),
-                    extra={"event": "cluster_topology"},
-                )
+            # one INFO line per change the service acts on: `ClusterSource` logs it
+            log.debug("cluster slot map read (%s): %d slots have a new owner", why, moved)
             return True
 
     async def _ask(self) -> list[tuple[int, int, Address]]:
