@@ -24,6 +24,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS
 from harvest_async.redis_io.cluster.topology import slot_of
+from harvest_async.tools.doctor.report import render_text
+from harvest_async.tools.doctor.run import run_doctor
 from tests.support.cluster import ClusterTopology, cluster_topology
 from tests.support.live import KEYS, audit, make_settings, put_inputs, running
 
@@ -175,3 +177,26 @@ async def test_reshard_while_inputs_change_loses_nothing(
                 stop.set()
             await converge(client, pnl, 20.0)
         await no_duplicates(client)
+
+
+async def test_doctor_checks_every_node(cluster_topology: ClusterTopology) -> None:
+    topology = cluster_topology
+    settings = settings_for(topology)
+    async with producer(topology.url) as client:
+        for symbol in SYMBOLS[:30]:
+            await put_inputs(client, symbol, pnl=5.0)
+        async with running(settings):
+            report = await run_doctor(settings)
+        status = {c.name: c.status for c in report.checks}
+        assert status["notifications"] == "PASS", render_text(report)
+        assert status["publisher"] == "PASS", render_text(report)
+        assert status["inputs"] == "PASS", render_text(report)
+        assert status["proposals"] == "PASS", render_text(report)
+        assert status["stream"] == "PASS", render_text(report)
+        # a primary without the flags: named, FAIL
+        lacking = topology.primaries()[2]
+        lacking.command("CONFIG", "SET", "notify-keyspace-events", "")
+        report = await run_doctor(settings, only=["notifications"])
+        (check,) = [c for c in report.checks if c.name == "notifications"]
+        assert check.status == "FAIL"
+        assert f":{topology.port_of(lacking)} (primary)" in check.message
