@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -182,7 +180,7 @@ async def run(topology: ClusterTopology, args: argparse.Namespace) -> None:
             print(f"         per node: {nodes}")
     finally:
         service.terminate()
-        service.wait(10)
+        await service.wait()
         for client in load.clients.values():
             await client.aclose()
 
