@@ -160,7 +160,9 @@ async def run(topology: ClusterTopology, args: argparse.Namespace) -> None:
         "LOG_LEVEL": "WARNING",
         "INSTANCE": "bench-cluster",
     }
-    service = subprocess.Popen([sys.executable, "-m", "harvest_async", "run"], env=env, cwd=ROOT)
+    service = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "harvest_async", "run", env=env, cwd=ROOT
+    )
     try:
         await asyncio.sleep(3.0)  # startup: discovery and the first pass
         load.last = {s: repr(1.0) for s in symbols}
