@@ -94,6 +94,8 @@ class ClusterSink:
         """Settle a write whose outcome was unknown: finish what it started (see the
         module). True once every output is written; RedisUnavailable while Redis cannot
         answer."""
+        if not self.slots.ready:
+            await self.slots.refresh("checking an earlier write")
         present = await self._in_stream(outputs) if self.enable_stream else list(outputs)
         rest = [o for o in outputs if all(o is not p for p in present)]
         _written, failure = await self._hashes(present)
