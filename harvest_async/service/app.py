@@ -28,6 +28,7 @@ from harvest_async.redis_io.client import (
     describe_url,
     endpoint_for,
 )
+from harvest_async.redis_io.cluster.cluster_leases import ClusterLeases
 from harvest_async.redis_io.cluster.cluster_notifications import ClusterSource
 from harvest_async.redis_io.cluster.cluster_reader import ClusterInputReader
 from harvest_async.redis_io.cluster.cluster_sink import ClusterSink
@@ -105,7 +106,7 @@ async def serve(
         else cluster_client(settings)
     )
     endpoint = endpoint_for(settings)
-    member = _group_member(settings, client, clock)
+    member = _group_member(settings, client, clock, cluster=slots is not None)
     if group_metrics is not None:
         group_metrics.member = member
     engine = build_engine(settings, observer)
@@ -116,7 +117,7 @@ async def serve(
     reader: InputReader
     sink: RedisSink | ClusterSink
     if slots is not None:  # -- the cluster's hooks (redis_io/cluster) --
-        reader, sink = _cluster_io(settings, client, slots)
+        reader, sink = _cluster_io(settings, client, slots, member)
     else:
         reader = RedisInputReader(
             client, settings.keys, endpoint, timeout=timeout, limits=InputLimits.of(settings)
@@ -252,7 +253,7 @@ def _sink(settings: Settings, endpoint: Endpoint, member: GroupMember | None) ->
 
 
 def _cluster_io(
-    settings: Settings, client: Any, slots: SlotMap
+    settings: Settings, client: Any, slots: SlotMap, member: GroupMember | None
 ) -> tuple[ClusterInputReader, ClusterSink]:
     """The reader and sink of cluster mode (redis_io/cluster): per-slot routing."""
     timeout = settings.redis_timeout_sec
@@ -266,11 +267,14 @@ def _cluster_io(
         stream_maxlen=settings.stream_maxlen,
         proposal_ttl=settings.proposal_ttl_sec,
         timeout=timeout,
+        fence=member.fence if member is not None else None,
     )
     return reader, sink
 
 
-def _group_member(settings: Settings, client: Any, clock: Clock) -> GroupMember | None:
+def _group_member(
+    settings: Settings, client: Any, clock: Clock, *, cluster: bool = False
+) -> GroupMember | None:
     """A publisher group's member (INTERFACE §6), or None without GROUP."""
     group = settings.group
     if group is None:
@@ -280,7 +284,8 @@ def _group_member(settings: Settings, client: Any, clock: Clock) -> GroupMember 
         found = await read_publishers(client, settings.keys)
         return {p.instance: (p.group, p.last_beat_epoch) for p in found}
 
-    leases = Leases(client, settings.keys, group, settings.instance, settings.lease_ttl_sec)
+    kind = ClusterLeases if cluster else Leases  # a cluster: no scripts in pipelines
+    leases = kind(client, settings.keys, group, settings.instance, settings.lease_ttl_sec)
     return GroupMember(
         leases, clock, beats, partitions=settings.partitions, ttl=settings.lease_ttl_sec
     )

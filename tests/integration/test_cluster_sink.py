@@ -17,9 +17,10 @@ from redis.asyncio.cluster import RedisCluster
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.input_hashes import SymbolInputs
 from harvest_async.core.ports import Output, PublishOut
-from harvest_async.errors import WriteRefused
+from harvest_async.errors import Fenced, WriteRefused
 from harvest_async.redis_io.cluster.cluster_sink import ClusterSink
 from harvest_async.redis_io.cluster.topology import SlotMap, slot_of
+from harvest_async.redis_io.leases import FenceToken
 from harvest_async.redis_io.wire import endpoint_from_url
 from harvest_async.tools.server_binaries import ServerBinary
 from tests.support.cluster import ClusterTopology, cluster_flavours
@@ -132,3 +133,38 @@ async def test_landed_finishes_an_uncertain_write_without_a_second_entry(
     assert counts == {(half.symbol, str(half.seq)): 1, (none.symbol, str(none.seq)): 1}
     for out in (half, none):
         assert await client.hget(KEYS.proposal(out.symbol), "seq") == str(out.seq)
+
+
+async def test_group_writes_are_fenced_on_the_leases_node(bare_cluster: ClusterTopology) -> None:
+    slots = SlotMap(endpoint_from_url(bare_cluster.url))
+    lease, epoch_key = KEYS.lease("g", 7), KEYS.epoch("g", 7)
+
+    def fence(_symbol: str) -> FenceToken:
+        return FenceToken(lease, epoch_key, "me", 5)
+
+    sink = ClusterSink(slots, KEYS, proposal_ttl=90.0, fence=fence)
+    client = RedisCluster.from_url(bare_cluster.url, decode_responses=True)
+    try:
+        first, second = (publish(s) for s in spread(12)[:2])
+        with pytest.raises(Fenced) as refused:  # nobody holds the lease
+            await sink.write([first])
+        assert refused.value.landed == () and refused.value.touched == ()
+        assert await entries(client) == []
+        assert not await client.exists(KEYS.proposal(first.symbol))
+        await client.set(lease, "me", px=10_000)
+        await client.set(epoch_key, "5")
+        await sink.write([second])
+        (entry,) = await entries(client)
+        assert (entry["instance"], entry["lease_epoch"], entry["seq"]) == (
+            "me",
+            "5",
+            str(second.seq),
+        )
+        assert await client.hget(KEYS.proposal(second.symbol), "seq") == str(second.seq)
+        await client.set(epoch_key, "6")  # taken over: the old epoch is refused
+        with pytest.raises(Fenced):
+            await sink.write([publish(spread(12)[3])])
+        assert len(await entries(client)) == 1
+    finally:
+        sink.close()
+        await client.aclose()

@@ -32,11 +32,20 @@ from collections.abc import Sequence
 
 import anyio
 
+from harvest_async.clock import monotonic
 from harvest_async.core.keys import Keys
 from harvest_async.core.ports import Output, PublishOut
-from harvest_async.errors import RedisReplyError, RedisUnavailable, WriteRefused, WriteUncertain
+from harvest_async.errors import (
+    Fenced,
+    RedisReplyError,
+    RedisUnavailable,
+    WriteRefused,
+    WriteUncertain,
+)
+from harvest_async.redis_io.cluster.cluster_fence import ClusterFence
 from harvest_async.redis_io.cluster.routing import ASKING, MAX_REDIRECTS, NodeWires, redirect
 from harvest_async.redis_io.cluster.topology import Address, SlotMap
+from harvest_async.redis_io.leases import FenceFor, FenceToken
 from harvest_async.redis_io.sink import WRITE_SCRIPT, WRITE_SHA, WRITES_CONNECTION
 from harvest_async.redis_io.wire import Reply, command
 
@@ -50,8 +59,8 @@ _PAGE = 1000
 
 
 class ClusterSink:
-    """The Sink on a cluster (see the module). Publisher groups are not supported here
-    yet: their fenced write needs the lease's slot (the composition root refuses it)."""
+    """The Sink on a cluster (see the module); with a publisher group, the fence is
+    checked on the lease's node before the write (`cluster_fence`)."""
 
     def __init__(
         self,
@@ -62,13 +71,17 @@ class ClusterSink:
         stream_maxlen: int = 100_000,
         proposal_ttl: float = 0.0,
         timeout: float = 5.0,
+        fence: FenceFor | None = None,
     ) -> None:
+        """`fence`: a publisher group's lease token per symbol (`cluster_fence`)."""
         self.slots = slots
         self.keys = keys
         self.enable_stream = enable_stream
         self.stream_maxlen = stream_maxlen
         self._ttl_ms = max(0, round(proposal_ttl * 1000))
         self._wires = NodeWires(slots, WRITES_CONNECTION, timeout)
+        self._fence = ClusterFence(slots, self._wires, fence) if fence is not None else None
+        self._tokens: dict[str, FenceToken] = {}  # the batch's, for its audit entries
 
     def close(self) -> None:
         self._wires.close()
@@ -79,16 +92,38 @@ class ClusterSink:
             return
         if not self.slots.ready:
             await self.slots.refresh("first write")
-        appended, refusal = await self._audit(list(outputs))
-        written, failure = await self._hashes(appended)
-        if refusal is None and failure is None:
+        if self._fence is None:
+            appended, refusal = await self._audit(list(outputs))
+            written, failure = await self._hashes(appended)
+            fenced = None
+        else:
+            written, appended, refusal, failure, fenced = await self._fenced(outputs)
+        if refusal is None and failure is None and fenced is None:
             return
         done = {id(o) for o in written}
-        raise WriteRefused(
-            str(refusal or failure),
-            landed=written,
-            touched=[o for o in appended if id(o) not in done],
-        )
+        touched = [o for o in appended if id(o) not in done]
+        if fenced is not None:
+            raise Fenced(fenced, landed=written, touched=touched)
+        raise WriteRefused(str(refusal or failure), landed=written, touched=touched)
+
+    async def _fenced(
+        self, outputs: Sequence[Output]
+    ) -> tuple[list[Output], list[Output], str | None, str | None, str | None]:
+        """A group's write: the fence checked first, the writes sent only before its
+        deadline (`cluster_fence`). (written, appended, refusal, failure, fenced)."""
+        assert self._fence is not None
+        self._tokens, fenced, deadline = await self._fence.check(outputs)
+        mine = [o for o in outputs if o.symbol in self._tokens]
+        if len(mine) < len(outputs):
+            fenced = fenced or "FENCED"
+        if mine and monotonic() >= deadline:
+            return [], [], None, None, "FENCED the lease ran out before the write was sent"
+        appended, refusal = await self._audit(mine)
+        if appended and monotonic() >= deadline:
+            # the entries are in, the hashes not: touched, and the partition given up
+            return [], appended, None, None, "FENCED the lease ran out between entry and hash"
+        written, failure = await self._hashes(appended)
+        return written, appended, refusal, failure, fenced
 
     async def landed(self, outputs: Sequence[Output]) -> bool:
         """Settle a write whose outcome was unknown: finish what it started (see the
@@ -98,6 +133,12 @@ class ClusterSink:
             await self.slots.refresh("checking an earlier write")
         present = await self._in_stream(outputs) if self.enable_stream else list(outputs)
         rest = [o for o in outputs if all(o is not p for p in present)]
+        if self._fence is not None:
+            # finished only while the partitions are still ours; else left behind its
+            # entry, and the runner's re-evaluation finds the partitions fenced
+            tokens, _refusal, deadline = await self._fence.check(outputs)
+            if len(tokens) < len(outputs) or monotonic() >= deadline:
+                return False
         _written, failure = await self._hashes(present)
         if failure is not None:
             raise RedisUnavailable(f"completing an earlier write: {failure}")
@@ -107,15 +148,21 @@ class ClusterSink:
 
     # -- step 1: the audit entries ---------------------------------------------------------
     def _xadd(self, out: Output) -> bytes:
-        fields = out.audit_fields()
+        fields = out.audit_fields()  # event=... first
+        token = self._tokens.get(out.symbol) if self._fence is not None else None
+        if token is not None:  # as the write script version 2: who wrote, under which epoch
+            fields = {
+                "event": fields.pop("event"),
+                "instance": token.instance,
+                "lease_epoch": str(token.epoch),
+                **fields,
+            }
         flat = [x for pair in fields.items() for x in pair]
-        return command(
-            "XADD", self.keys.stream, "MAXLEN", "~", self.stream_maxlen, "*", *flat
-        )  # audit_fields() starts with event=...
+        return command("XADD", self.keys.stream, "MAXLEN", "~", self.stream_maxlen, "*", *flat)
 
     async def _audit(self, outputs: list[Output]) -> tuple[list[Output], str | None]:
         """(the outputs whose entry is in the stream, the first refusal if any)."""
-        if not self.enable_stream:
+        if not self.enable_stream or not outputs:
             return outputs, None
         pending, done = outputs, []
         refusal: str | None = None
