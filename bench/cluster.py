@@ -1,7 +1,8 @@
 """Redis Cluster benchmark: input change -> proposal written, per node and overall.
 
 Run: `.venv/bin/python bench/cluster.py [--rates 500,1000,2000,4000] [--seconds 4]
-[--symbols 1000] [--flavour redis|valkey]`. Prints numbers, asserts nothing.
+[--symbols 1000] [--flavour redis|valkey] [--members 3]`. Prints numbers, asserts
+nothing. `--members N` (N > 1) runs N services as one publisher group (GROUP=bench).
 
 A private 3-primary cluster (no replicas, `tests/support/cluster.py`), the service as
 its own process (`python -m harvest_async run`, REDIS_CLUSTER detected, SYMBOLS=*,
@@ -158,13 +159,22 @@ async def run(topology: ClusterTopology, args: argparse.Namespace) -> None:
         "SYMBOLS": "*",
         "PUBLISH_INTERVAL_SEC": "0",
         "LOG_LEVEL": "WARNING",
-        "INSTANCE": "bench-cluster",
     }
-    service = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "harvest_async", "run", env=env, cwd=ROOT
-    )
+    if args.members > 1:  # a publisher group (INTERFACE §6) sharing the symbols
+        env["GROUP"] = "bench"
+    services = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "harvest_async",
+            "run",
+            env={**env, "INSTANCE": f"bench-cluster-{i}"},
+            cwd=ROOT,
+        )
+        for i in range(args.members)
+    ]
     try:
-        await asyncio.sleep(3.0)  # startup: discovery and the first pass
+        await asyncio.sleep(3.0 + 2.0 * (args.members > 1))  # startup (and partitions)
         load.last = {s: repr(1.0) for s in symbols}
         first = await load.converged(20.0)
         print(f"  startup: every one of {len(symbols)} symbols published ({first})")
@@ -181,8 +191,10 @@ async def run(topology: ClusterTopology, args: argparse.Namespace) -> None:
             )
             print(f"         per node: {nodes}")
     finally:
-        service.terminate()
-        await service.wait()
+        for service in services:
+            service.terminate()
+        for service in services:
+            await service.wait()
         for client in load.clients.values():
             await client.aclose()
 
@@ -193,13 +205,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--symbols", type=int, default=1000)
     parser.add_argument("--flavour", choices=["redis", "valkey"])
+    parser.add_argument("--members", type=int, default=1, help="> 1: a publisher group")
     args = parser.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     for binary in cluster_flavours():
         if args.flavour and binary.flavour != args.flavour:
             continue
-        print(f"{binary.id}: 3 primaries, {args.symbols} symbols")
+        print(f"{binary.id}: 3 primaries, {args.symbols} symbols, {args.members} member(s)")
         with ClusterTopology(binary) as topology:
             asyncio.run(run(topology, args))
 
