@@ -11,7 +11,10 @@ Valkey; Redis 6.2 is skipped).
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -200,3 +203,18 @@ async def test_doctor_checks_every_node(cluster_topology: ClusterTopology) -> No
         (check,) = [c for c in report.checks if c.name == "notifications"]
         assert check.status == "FAIL"
         assert f":{topology.port_of(lacking)} (primary)" in check.message
+
+
+def test_commands_without_cluster_support_say_so(cluster_topology: ClusterTopology) -> None:
+    env = {**os.environ, "REDIS_URL": cluster_topology.url}
+    for args in (["watch", "--once"], ["record", "--duration", "1", "--out", os.devnull]):
+        done = subprocess.run(
+            [sys.executable, "-m", "harvest_async", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "does not support Redis Cluster yet" in done.stderr

@@ -9,11 +9,11 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.config import Settings
-from harvest_async.errors import ConfigError
+from harvest_async.errors import ConfigError, RedisUnavailable
 from harvest_async.redis_io.client import describe_url, endpoint_for
 from harvest_async.redis_io.cluster.topology import SlotMap, is_cluster
 
-__all__ = ["cluster_client", "cluster_slots"]
+__all__ = ["cluster_client", "cluster_slots", "refuse_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +67,22 @@ def cluster_client(settings: Settings) -> Any:
     if settings.redis_password is not None:
         kwargs["password"] = settings.redis_password
     return RedisCluster.from_url(settings.redis_url, **kwargs)
+
+
+async def refuse_cluster(settings: Settings, command: str) -> None:
+    """Stop `command` (exit 2) on a Redis Cluster, which it does not support yet: its
+    transactions and subscription assume one server (record, watch, replay --into)."""
+    if settings.redis_cluster == "false" or not settings.redis_url.startswith(
+        ("redis://", "rediss://")
+    ):
+        return
+    try:
+        cluster = await is_cluster(endpoint_for(settings), limit=settings.redis_timeout_sec)
+    except RedisUnavailable:
+        return  # the command's own check says so, in its words
+    if cluster:
+        raise ConfigError(
+            "REDIS_URL",
+            f"{describe_url(settings.redis_url)} is a Redis Cluster node: `{command}` does not "
+            "support Redis Cluster yet (run it against one server, or a Sentinel deployment)",
+        )
