@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -205,16 +204,23 @@ async def test_doctor_checks_every_node(cluster_topology: ClusterTopology) -> No
         assert f":{topology.port_of(lacking)} (primary)" in check.message
 
 
-def test_commands_without_cluster_support_say_so(cluster_topology: ClusterTopology) -> None:
+async def test_run_once_and_the_commands_without_cluster_support(
+    cluster_topology: ClusterTopology,
+) -> None:
+    """`run --once` publishes every symbol on a cluster; `watch` and `record` refuse it
+    (exit 2, saying so) instead of half-working."""
     env = {**os.environ, "REDIS_URL": cluster_topology.url}
-    for args in (["watch", "--once"], ["record", "--duration", "1", "--out", os.devnull]):
-        done = subprocess.run(
-            [sys.executable, "-m", "harvest_async", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+    async with producer(cluster_topology.url) as client:
+        for symbol in SYMBOLS[:60]:
+            await put_inputs(client, symbol, pnl=5.0)
+        once = await anyio.run_process(
+            [sys.executable, "-m", "harvest_async", "run", "--once"], env=env, check=False
         )
-        assert done.returncode == 2, done.stderr
-        assert "does not support Redis Cluster yet" in done.stderr
+        assert once.returncode == 0, once.stderr.decode()
+        assert not await lagging(client, dict.fromkeys(SYMBOLS[:60], 5.0))
+    for args in (["watch", "--once"], ["record", "--duration", "1", "--out", os.devnull]):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "harvest_async", *args], env=env, check=False
+        )
+        assert done.returncode == 2, done.stderr.decode()
+        assert "does not support Redis Cluster yet" in done.stderr.decode()
