@@ -161,58 +161,67 @@ class ClusterSink:
         return command("XADD", self.keys.stream, "MAXLEN", "~", self.stream_maxlen, "*", *flat)
 
     async def _audit(self, outputs: list[Output]) -> tuple[list[Output], str | None]:
-        """(the outputs whose entry is in the stream, the first refusal if any)."""
+        """(the outputs whose entry is in the stream, the first refusal if any). Never
+        raises once an entry was appended: the caller must write those hashes."""
         if not self.enable_stream or not outputs:
             return outputs, None
-        pending, done = outputs, []
+        pending = outputs
+        done: list[Output] = []
         refusal: str | None = None
         for attempt in range(MAX_REDIRECTS):
-            address = self.slots.node_of(self.keys.stream)
-            calls = [self._xadd(o) for o in pending]
             try:
-                replies = await self._wires.roundtrip(address, b"".join(calls), len(calls))
+                appended, retry, refused = await self._append(pending)
             except WriteUncertain as exc:
                 # sent, not all answered: look before sending anything again
                 try:
                     found = await self._in_stream(pending)
                 except RedisUnavailable as check:
+                    if done:  # the rest is settled by the runner's next write
+                        return done, f"audit entries: {exc}; check failed: {check}"
                     raise WriteUncertain(f"audit entries: {exc}; check failed: {check}") from exc
                 done += found
                 pending = [o for o in pending if all(o is not f for f in found)]
                 if not pending:
                     break
                 continue
-            except RedisUnavailable:
-                if attempt == MAX_REDIRECTS - 1 or done:
+            except RedisUnavailable as exc:  # nothing of this attempt was sent
+                if done:
+                    return done, str(exc)
+                if attempt == MAX_REDIRECTS - 1:
                     raise
                 await self._wires.refresh("audit stream's node unreachable")
                 continue
-            retry: list[Output] = []
-            for out, reply in zip(pending, replies, strict=True):
-                if redirect(reply) is not None:
-                    retry.append(out)
-                elif isinstance(reply, RedisReplyError):
-                    refusal = refusal or f"{reply} [XADD]"
-                else:
-                    done.append(out)
-            if retry:
-                await self._follow(retry, replies, pending)
-                await self._wires.refresh("MOVED/ASK on the audit stream")
+            done += appended
+            refusal = refusal or refused
             pending = retry
             if not pending:
                 break
+            await self._wires.refresh("MOVED on the audit stream")
         else:
             refusal = refusal or "the audit stream's slot kept moving"
         return done, refusal
 
-    async def _follow(self, retry: list[Output], replies: list[Reply], sent: list[Output]) -> None:
-        """ASK on the stream: the slot is migrating: the XADDs go to the target now."""
-        for out, reply in zip(sent, replies, strict=True):
-            found = redirect(reply)
-            if found is not None and found[0] == "ASK" and out in retry:
-                _, answer = await self._wires.roundtrip(found[1], ASKING + self._xadd(out), 2)
-                if not isinstance(answer, RedisReplyError):
-                    retry.remove(out)
+    async def _append(self, outputs: list[Output]) -> tuple[list[Output], list[Output], str | None]:
+        """One attempt: (appended, to send again after MOVED, the first refusal). An ASK
+        (the stream's slot migrating) is followed at once, behind ASKING."""
+        address = self.slots.node_of(self.keys.stream)
+        calls = [self._xadd(o) for o in outputs]
+        replies = await self._wires.roundtrip(address, b"".join(calls), len(calls))
+        appended: list[Output] = []
+        retry: list[Output] = []
+        refusal: str | None = None
+        for out, first in zip(outputs, replies, strict=True):
+            reply, found = first, redirect(first)
+            if found is not None and found[0] == "ASK":
+                _, reply = await self._wires.roundtrip(found[1], ASKING + self._xadd(out), 2)
+                found = redirect(reply)
+            if found is not None:
+                retry.append(out)
+            elif isinstance(reply, RedisReplyError):
+                refusal = refusal or f"{reply} [XADD]"
+            else:
+                appended.append(out)
+        return appended, retry, refusal
 
     # -- step 2: the hashes ----------------------------------------------------------------
     def _script(self, out: Output) -> bytes:
@@ -229,8 +238,12 @@ class ClusterSink:
     async def _hashes(self, outputs: Sequence[Output]) -> tuple[list[Output], str | None]:
         """Write the hashes of `outputs`, per node in parallel: (written, first failure)."""
         by_node: dict[Address, list[Output]] = {}
-        for out in outputs:
-            by_node.setdefault(self.slots.node_of(self.keys.proposal(out.symbol)), []).append(out)
+        try:
+            for out in outputs:
+                node = self.slots.node_of(self.keys.proposal(out.symbol))
+                by_node.setdefault(node, []).append(out)
+        except RedisUnavailable as exc:  # a slot without a primary: nothing written
+            return [], str(exc)
         written: list[Output] = []
         failures: list[str] = []
 
