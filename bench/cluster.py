@@ -1,8 +1,10 @@
 """Redis Cluster benchmark: input change -> proposal written, per node and overall.
 
 Run: `.venv/bin/python bench/cluster.py [--rates 500,1000,2000,4000] [--seconds 4]
-[--symbols 1000] [--flavour redis|valkey] [--members 3]`. Prints numbers, asserts
-nothing. `--members N` (N > 1) runs N services as one publisher group (GROUP=bench).
+[--symbols 1000] [--flavour redis|valkey] [--members 3] [--primaries N] [--baseline]`.
+Prints numbers, asserts nothing. `--members N` (N > 1) runs N services as one publisher
+group (GROUP=bench). `--baseline`: one plain server (no cluster) on the same harness,
+for the one-server numbers on the same machine at the same time.
 
 A private 3-primary cluster (no replicas, `tests/support/cluster.py`), the service as
 its own process (`python -m harvest_async run`, REDIS_CLUSTER detected, SYMBOLS=*,
@@ -31,10 +33,40 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 
 from harvest_async.redis_io.cluster.topology import slot_of
+from harvest_async.tools.embedded_server import EmbeddedRedis
 from tests.support.cluster import ClusterTopology, cluster_flavours
 from tests.support.live import KEYS, market, position, risk
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class OneServer:
+    """The harness's view of one plain server, shaped as the cluster fixture (--baseline)."""
+
+    def __init__(self, binary: Any) -> None:
+        self.server = EmbeddedRedis(binary, port=0)
+
+    def __enter__(self) -> OneServer:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+    @staticmethod
+    def port_of(server: EmbeddedRedis) -> int:
+        assert server.port is not None
+        return server.port
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port_of(self.server)}/0"
+
+    def primaries(self) -> list[EmbeddedRedis]:
+        return [self.server]
+
+    def slot_owner(self, _slot: int) -> EmbeddedRedis:
+        return self.server
 
 
 def pct(values: list[float], q: float) -> float:
@@ -206,14 +238,29 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=1000)
     parser.add_argument("--flavour", choices=["redis", "valkey"])
     parser.add_argument("--members", type=int, default=1, help="> 1: a publisher group")
+    parser.add_argument("--primaries", type=int, default=3)
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="one plain server (no cluster), the same harness: the one-server numbers on "
+        "the same machine at the same time",
+    )
     args = parser.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     for binary in cluster_flavours():
         if args.flavour and binary.flavour != args.flavour:
             continue
-        print(f"{binary.id}: 3 primaries, {args.symbols} symbols, {args.members} member(s)")
-        with ClusterTopology(binary) as topology:
+        if args.baseline:
+            print(f"{binary.id}: one server (baseline), {args.symbols} symbols")
+            with OneServer(binary) as one:
+                asyncio.run(run(one, args))  # type: ignore[arg-type]
+            continue
+        print(
+            f"{binary.id}: {args.primaries} primaries, {args.symbols} symbols, "
+            f"{args.members} member(s)"
+        )
+        with ClusterTopology(binary, primaries=args.primaries) as topology:
             asyncio.run(run(topology, args))
 
 
