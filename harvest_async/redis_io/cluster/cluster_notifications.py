@@ -23,6 +23,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from harvest_async.backoff import RedisOutage
+from harvest_async.clock import monotonic
 from harvest_async.core.keys import Keys
 from harvest_async.core.ports import Event, Gap
 from harvest_async.errors import RedisUnavailable
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # a change of the slot map is acted on once it has been stable this long
 SETTLE_SEC = 0.3
+# how often the map is read while a node is known lost
+SUSPECT_EVERY = 0.25
 
 
 def node_url(url: str, address: Address) -> str:
@@ -126,14 +129,15 @@ class ClusterSource:
                 emit(Gap("cluster topology changed"))
 
     async def _wait_for_change(self, seen: int) -> None:
-        """Until the map's version moves: refreshed here periodically, or by the reader
-        or the sink after a MOVED or a lost node."""
-        waited = 0.0
+        """Until the map's version moves: refreshed here every `refresh_every` seconds,
+        every `SUSPECT_EVERY` while a node is known lost (a failover in progress), and by
+        the reader or the sink after a MOVED or a lost node."""
+        last = monotonic()
         while self.slots.version == seen:
             await anyio.sleep(0.1)
-            waited += 0.1
-            if waited >= self.refresh_every:
-                waited = 0.0
+            every = SUSPECT_EVERY if monotonic() < self.slots.suspect_until else self.refresh_every
+            if monotonic() - last >= every:
+                last = monotonic()
                 try:
                     await self.slots.refresh("periodic check")
                 except RedisUnavailable as exc:

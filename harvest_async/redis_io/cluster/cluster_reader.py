@@ -140,7 +140,7 @@ class ClusterInputReader:
                 return raw
             if lost and attempt == MAX_REDIRECTS - 1:
                 raise RedisUnavailable(f"reading inputs: {lost[0]}")
-            await self._wires.refresh("MOVED or a lost node while reading inputs")
+            await self._wires.refresh("MOVED or a lost node while reading inputs", lost=bool(lost))
             if lost:
                 await anyio.sleep(0.1 * (attempt + 1))  # a failover takes a few seconds
             pending = moved

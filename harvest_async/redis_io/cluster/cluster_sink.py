@@ -189,7 +189,7 @@ class ClusterSink:
                     return done, str(exc)
                 if attempt == MAX_REDIRECTS - 1:
                     raise
-                await self._wires.refresh("audit stream's node unreachable")
+                await self._wires.refresh("audit stream's node unreachable", lost=True)
                 continue
             done += appended
             refusal = refusal or refused
@@ -314,7 +314,7 @@ class ClusterSink:
                     raise
                 continue  # idempotent: the same hash contents again
             except RedisUnavailable:
-                await self._wires.refresh("a proposal hash's node unreachable")
+                await self._wires.refresh("a proposal hash's node unreachable", lost=True)
                 raise
             replies = raw[1:] if load else raw
             if any(isinstance(r, RedisReplyError) and r.code == "NOSCRIPT" for r in replies):

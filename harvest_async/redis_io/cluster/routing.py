@@ -69,9 +69,12 @@ class NodeWires:
         for address in [a for a in self._wires if a not in keep]:
             self._wires.pop(address).close()
 
-    async def refresh(self, why: str) -> None:
+    async def refresh(self, why: str, *, lost: bool = False) -> None:
         """Read the slot map again (MOVED, a lost connection); a failure to read it is
-        the caller's next attempt's problem."""
+        the caller's next attempt's problem. `lost`: a node could not be reached, so the
+        map is re-read often for a while (a failover in progress)."""
+        if lost:
+            self.slots.suspect()
         try:
             await self.slots.refresh(why)
         except RedisUnavailable:

@@ -16,6 +16,7 @@ import logging
 import anyio
 from redis.crc import key_slot
 
+from harvest_async.clock import monotonic
 from harvest_async.errors import RedisReplyError, RedisUnavailable
 from harvest_async.redis_io.wire import Endpoint, Reply, Wire, command
 
@@ -49,6 +50,9 @@ class SlotMap:
         self.timeout = timeout
         self.version = 0  # bumped by every refresh that changed the map
         self.moved_slots = 0  # slots whose owner changed, summed over the refreshes
+        # monotonic time until which the map is re-read often: a node was lost, and the
+        # cluster may be promoting its replica (node timeout + election: seconds)
+        self.suspect_until = 0.0
         self._owner: list[Address | None] = [None] * SLOTS
         self._primaries: tuple[Address, ...] = ()
         self._lock = anyio.Lock()
@@ -67,6 +71,10 @@ class SlotMap:
         if owner is None:
             raise RedisUnavailable(f"cluster: slot {slot_of(key)} ({key}) is not served")
         return owner
+
+    def suspect(self, seconds: float = 20.0) -> None:
+        """A node could not be reached: watch the map closely for a while."""
+        self.suspect_until = max(self.suspect_until, monotonic() + seconds)
 
     def endpoint(self, address: Address) -> Endpoint:
         """The URL's credentials and TLS, at another node's address."""
