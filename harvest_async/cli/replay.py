@@ -226,8 +226,10 @@ def _into(args: argparse.Namespace, settings: Any) -> int:
 
     async def main() -> Any:
         from harvest_async.redis_io.client import check_redis
+        from harvest_async.redis_io.cluster.setup import refuse_cluster
 
         await check_redis(settings)
+        await refuse_cluster(settings, "replay --into")
         client = client_for(
             settings.redis_url, settings.redis_password, name="harvest-async-replay"
         )

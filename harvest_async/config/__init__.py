@@ -98,6 +98,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     group: str | None = None
     partitions: int = 64
     lease_ttl_sec: float = 4.0
+    # Redis Cluster (INTERFACE §7): "auto" asks the server at start (cluster_enabled:1)
+    redis_cluster: Literal["true", "false", "auto"] = "auto"
 
 
 def settings_from_env(env: Mapping[str, str]) -> Settings:
@@ -178,7 +180,27 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         group=_group(env),
         partitions=env_int(env, "PARTITIONS", 64, lo=1, hi=4096) or 64,
         lease_ttl_sec=_lease_ttl(env),
+        redis_cluster=_cluster(env, url, db),  # type: ignore[arg-type]
     )
+
+
+def _cluster(env: Mapping[str, str], url: str, db: int) -> str:
+    """REDIS_CLUSTER=true|false|auto: a cluster is reached through a redis:// or
+    rediss:// URL of any of its nodes, and has only database 0."""
+    mode = env_choice(
+        env,
+        "REDIS_CLUSTER",
+        "auto",
+        {"true": "true", "false": "false", "auto": "auto", "1": "true", "0": "false"},
+    )
+    if mode == "true":
+        if not url.startswith(("redis://", "rediss://")):
+            raise ConfigError(
+                "REDIS_CLUSTER", "true needs REDIS_URL=redis://host:port (any node of the cluster)"
+            )
+        if db != 0:
+            raise ConfigError("REDIS_URL", f"a Redis Cluster has only database 0, got db {db}")
+    return mode
 
 
 def _group(env: Mapping[str, str]) -> str | None:

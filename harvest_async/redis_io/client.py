@@ -64,6 +64,10 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     rexc.AuthenticationError,
     rexc.BusyLoadingError,
     OSError,
+    # redis-py's cluster client (cluster mode): retries exhausted during a failover, or a
+    # slot its map has no node for yet
+    rexc.ClusterError,
+    rexc.SlotNotCoveredError,
 )
 # ... or an error reply: a refusal (NOPERM, OOM, WRONGTYPE, ...) to report, not a crash
 REDIS_OR_REPLY_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, rexc.ResponseError)

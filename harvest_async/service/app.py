@@ -20,7 +20,7 @@ from harvest_async.backoff import Backoff, DenialLog, RedisOutage
 from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.config import Settings, engine_config
 from harvest_async.core.engine import Engine
-from harvest_async.core.ports import Gap, Observer, RunnerHooks
+from harvest_async.core.ports import Gap, InputReader, Observer, RunnerHooks
 from harvest_async.errors import ConfigError, PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import (
     check_redis,
@@ -28,6 +28,12 @@ from harvest_async.redis_io.client import (
     describe_url,
     endpoint_for,
 )
+from harvest_async.redis_io.cluster.cluster_leases import ClusterLeases
+from harvest_async.redis_io.cluster.cluster_notifications import ClusterSource
+from harvest_async.redis_io.cluster.cluster_reader import ClusterInputReader
+from harvest_async.redis_io.cluster.cluster_sink import ClusterSink
+from harvest_async.redis_io.cluster.setup import cluster_client, cluster_slots
+from harvest_async.redis_io.cluster.topology import SlotMap
 from harvest_async.redis_io.inputs_io import InputLimits
 from harvest_async.redis_io.leases import Leases
 from harvest_async.redis_io.liveness import LivenessWriter, read_publishers
@@ -35,6 +41,7 @@ from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.redis_io.permissions import verify_permissions
 from harvest_async.redis_io.reader import RedisInputReader
 from harvest_async.redis_io.sink import RedisSink
+from harvest_async.redis_io.wire import Endpoint
 from harvest_async.service.fanout import fan_out
 from harvest_async.service.group import Beats, GroupMember
 from harvest_async.service.group_metrics import GroupCollector
@@ -77,7 +84,12 @@ async def serve(
             await check_redis(settings)  # one pass: Redis now or exit 3
         else:
             await wait_for_redis(settings, notifier)  # REDIS_STARTUP_TIMEOUT_SEC
-        await verify_permissions(settings, "once" if once else "run")
+        # Redis Cluster (INTERFACE §7): the slot map, or None on one server / Sentinel
+        slots = await cluster_slots(settings)
+        if slots is None:
+            await verify_permissions(settings, "once" if once else "run")
+        else:  # its probes assume one node (every key in reach); not run on a cluster
+            log.info("Redis Cluster: the startup ACL check is skipped")
     except BaseException:
         notifier.close()
         raise
@@ -92,11 +104,13 @@ async def serve(
     timeout = settings.redis_timeout_sec
     # the cold paths (discovery, proposals read back, liveness) on redis-py; the hot paths
     # (input reads, proposal writes, notifications) on connections of their own (wire)
-    client = client_for(
-        settings.redis_url, settings.redis_password, retries=0, socket_timeout=timeout
+    client = (
+        client_for(settings.redis_url, settings.redis_password, retries=0, socket_timeout=timeout)
+        if slots is None
+        else cluster_client(settings)
     )
     endpoint = endpoint_for(settings)
-    member = _group_member(settings, client, clock)
+    member = _group_member(settings, client, clock, cluster=slots is not None)
     if group_metrics is not None:
         group_metrics.member = member
     engine = build_engine(settings, observer)
@@ -104,18 +118,15 @@ async def serve(
     outage = RedisOutage(
         describe_url(settings.redis_url), log, remind_every=settings.outage_reminder_sec
     )
-    reader = RedisInputReader(
-        client, settings.keys, endpoint, timeout=timeout, limits=InputLimits.of(settings)
-    )
-    sink = RedisSink(
-        endpoint,
-        settings.keys,
-        enable_stream=settings.enable_stream,
-        stream_maxlen=settings.stream_maxlen,
-        proposal_ttl=settings.proposal_ttl_sec,
-        timeout=timeout,
-        fence=member.fence if member is not None else None,
-    )
+    reader: InputReader
+    sink: RedisSink | ClusterSink
+    if slots is not None:  # -- the cluster's hooks (redis_io/cluster) --
+        reader, sink = _cluster_io(settings, client, slots, member)
+    else:
+        reader = RedisInputReader(
+            client, settings.keys, endpoint, timeout=timeout, limits=InputLimits.of(settings)
+        )
+        sink = _sink(settings, endpoint, member)
     runner = Runner(
         engine,
         reader,
@@ -143,16 +154,28 @@ async def serve(
                 engine.adopted,
             )
             return 0
-        source = KeyspaceSource(
-            settings.redis_url,
-            settings.redis_password,
-            settings.keys,
-            instance=settings.instance,
-            input_streams=settings.input_streams,
-            poll_interval=settings.poll_interval_sec,
-            canary_timeout=settings.canary_timeout_sec,
-            outage=outage,
-        )
+        source: KeyspaceSource | ClusterSource
+        if slots is not None:
+            source = ClusterSource(
+                settings.redis_url,
+                settings.redis_password,
+                settings.keys,
+                slots,
+                instance=settings.instance,
+                poll_interval=settings.poll_interval_sec,
+                canary_timeout=settings.canary_timeout_sec,
+            )
+        else:
+            source = KeyspaceSource(
+                settings.redis_url,
+                settings.redis_password,
+                settings.keys,
+                instance=settings.instance,
+                input_streams=settings.input_streams,
+                poll_interval=settings.poll_interval_sec,
+                canary_timeout=settings.canary_timeout_sec,
+                outage=outage,
+            )
         liveness = LivenessWriter(
             client,
             settings.keys,
@@ -222,7 +245,41 @@ async def serve(
             )
 
 
-def _group_member(settings: Settings, client: Any, clock: Clock) -> GroupMember | None:
+def _sink(settings: Settings, endpoint: Endpoint, member: GroupMember | None) -> RedisSink:
+    return RedisSink(
+        endpoint,
+        settings.keys,
+        enable_stream=settings.enable_stream,
+        stream_maxlen=settings.stream_maxlen,
+        proposal_ttl=settings.proposal_ttl_sec,
+        timeout=settings.redis_timeout_sec,
+        fence=member.fence if member is not None else None,
+    )
+
+
+def _cluster_io(
+    settings: Settings, client: Any, slots: SlotMap, member: GroupMember | None
+) -> tuple[ClusterInputReader, ClusterSink]:
+    """The reader and sink of cluster mode (redis_io/cluster): per-slot routing."""
+    timeout = settings.redis_timeout_sec
+    reader = ClusterInputReader(
+        client, settings.keys, slots, timeout=timeout, limits=InputLimits.of(settings)
+    )
+    sink = ClusterSink(
+        slots,
+        settings.keys,
+        enable_stream=settings.enable_stream,
+        stream_maxlen=settings.stream_maxlen,
+        proposal_ttl=settings.proposal_ttl_sec,
+        timeout=timeout,
+        fence=member.fence if member is not None else None,
+    )
+    return reader, sink
+
+
+def _group_member(
+    settings: Settings, client: Any, clock: Clock, *, cluster: bool = False
+) -> GroupMember | None:
     """A publisher group's member (INTERFACE §6), or None without GROUP."""
     group = settings.group
     if group is None:
@@ -232,7 +289,8 @@ def _group_member(settings: Settings, client: Any, clock: Clock) -> GroupMember 
         found = await read_publishers(client, settings.keys)
         return {p.instance: (p.group, p.last_beat_epoch) for p in found}
 
-    leases = Leases(client, settings.keys, group, settings.instance, settings.lease_ttl_sec)
+    kind = ClusterLeases if cluster else Leases  # a cluster: no scripts in pipelines
+    leases = kind(client, settings.keys, group, settings.instance, settings.lease_ttl_sec)
     return GroupMember(
         leases, clock, beats, partitions=settings.partitions, ttl=settings.lease_ttl_sec
     )
@@ -286,7 +344,7 @@ def _on_signal(notifier: Notifier, signum: signal.Signals) -> None:
 async def _liveness_loop(
     *,
     liveness: LivenessWriter,
-    source: KeyspaceSource,
+    source: KeyspaceSource | ClusterSource,
     runner: Runner,
     clock: Clock,
     settings: Settings,

@@ -19,6 +19,7 @@ from harvest_async.redis_io.client import (
     sentinel_nodes,
     unneeded_password,
 )
+from harvest_async.redis_io.cluster.nodes import cluster_node_flags
 from harvest_async.redis_io.notifications import notify_flags_cover, read_notify_flags
 from harvest_async.redis_io.server_version import (
     SUPPORTED,
@@ -145,6 +146,9 @@ def _refused(where: str, exc: BaseException) -> Check:
 async def check_notifications(
     client: Client, settings: Settings, now: float, ctx: Context, instance: str | None
 ) -> Check:
+    nodes = await cluster_node_flags(settings)
+    if nodes is not None:  # Redis Cluster: every node's own flags
+        return _cluster_notifications(nodes)
     flags = await read_notify_flags(client)
     config_file = ""
     with contextlib.suppress(ResponseError):
@@ -204,6 +208,45 @@ async def check_notifications(
         message=f"notify-keyspace-events={flags!r} covers K, h, g and x{on}",
         details=details,
     )
+
+
+def _cluster_notifications(nodes: dict[str, str | None]) -> Check:
+    """Notifications are node-local on a cluster: every primary needs the flags, and
+    every replica (a failover promotes it)."""
+    details: dict[str, Any] = {"nodes": nodes}
+    unusable = [f"{at} ({f!r})" for at, f in nodes.items() if f is None or not _usable(f)]
+    partial = [f"{at} ({f!r})" for at, f in nodes.items() if f is not None and not _covers(f)]
+    hint = _CONFIG_HINT.replace("the server's", "every node's")
+    primaries = sum(1 for at in nodes if at.endswith("(primary)"))
+    if any("(primary)" in n for n in unusable):
+        return Check(
+            name="notifications",
+            status="FAIL",
+            message=f"Redis Cluster: node(s) {', '.join(unusable)} lack K and h (or cannot be "
+            "read): changes of the keys they serve are seen only by polling",
+            action=hint,
+            details=details,
+        )
+    if unusable or partial:
+        return Check(
+            name="notifications",
+            status="WARN",
+            message=f"Redis Cluster: node(s) {', '.join(unusable or partial)} lack K, h, g or "
+            "x (or cannot be read)",
+            action=hint,
+            details=details,
+        )
+    return Check(
+        name="notifications",
+        status="PASS",
+        message=f"Redis Cluster: notify-keyspace-events covers K, h, g and x on every node "
+        f"({primaries} primaries, {len(nodes) - primaries} replicas)",
+        details=details,
+    )
+
+
+def _usable(flags: str) -> bool:
+    return notify_flags_cover(flags)[0]
 
 
 def _covers(flags: str) -> bool:

@@ -16,8 +16,11 @@ from harvest_async.redis_io.client import (
     ResponseError,
     client_for,
     describe_url,
+    endpoint_for,
     redis_errors,
 )
+from harvest_async.redis_io.cluster.setup import cluster_client
+from harvest_async.redis_io.cluster.topology import is_cluster
 from harvest_async.tools.doctor.connection import check_notifications, check_redis
 from harvest_async.tools.doctor.group import GROUP_CHECK, check_group
 from harvest_async.tools.doctor.inputs import check_inputs
@@ -50,12 +53,16 @@ async def run_doctor(
     wanted = set(only) if only else set(CHECK_NAMES)
     report = Report(redis=describe_url(settings.redis_url), checks=[])
     # RESP2, as the service's connections: its AUTH refuses what the service's refuses
-    client = client_for(
-        settings.redis_url,
-        settings.redis_password,
-        socket_timeout=socket_timeout,
-        name="harvest-async-doctor",
-        protocol=2,
+    client = (
+        cluster_client(settings)  # a Redis Cluster: every key read on its own node
+        if await _on_cluster(settings, socket_timeout)
+        else client_for(
+            settings.redis_url,
+            settings.redis_password,
+            socket_timeout=socket_timeout,
+            name="harvest-async-doctor",
+            protocol=2,
+        )
     )
     try:
         redis_check = await check_redis(client, settings)
@@ -90,6 +97,17 @@ async def run_doctor(
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(*REDIS_ERRORS):
                 await client.aclose()
+
+
+async def _on_cluster(settings: Settings, limit: float) -> bool:
+    if settings.redis_cluster == "false" or not settings.redis_url.startswith(
+        ("redis://", "rediss://")
+    ):
+        return False
+    try:
+        return await is_cluster(endpoint_for(settings), limit=limit)
+    except RedisUnavailable:
+        return False  # the `redis` check reports it
 
 
 def _unreachable(name: str, exc: RedisUnavailable) -> Check:

@@ -1,0 +1,1 @@
+"""Redis Cluster support (INTERFACE §7): topology, reads, writes, notifications."""

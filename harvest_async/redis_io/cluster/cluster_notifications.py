@@ -1,0 +1,193 @@
+"""Keyspace notifications on a Redis Cluster: one listener per primary.
+
+Notifications are node-local (a write is notified only on the node that holds the key,
+and on its replicas), so `ClusterSource` runs one `KeyspaceSource` per primary, each
+with its own subscription, flags check, reconnects and gaps, and merges their events
+into the service's one stream. It re-reads the slot map every `refresh_every` seconds
+(and sees the refreshes the reader and sink make on MOVED or a lost node): a change of
+the map is a gap (the runner resyncs every symbol), a new primary gets a listener, a
+primary gone (failed over, removed) loses its own. The liveness canary is expected only
+from the listener of the node holding the liveness key.
+
+Input streams (INPUT_STREAMS) are not read on a cluster (the composition root refuses
+them): an XREAD over streams in several slots is a CROSSSLOT error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from harvest_async.backoff import RedisOutage
+from harvest_async.clock import monotonic
+from harvest_async.core.keys import Keys
+from harvest_async.core.ports import Event, Gap
+from harvest_async.errors import RedisUnavailable
+from harvest_async.redis_io.cluster.topology import Address, SlotMap
+from harvest_async.redis_io.notifications import KeyspaceSource
+
+__all__ = ["ClusterSource", "node_url"]
+
+log = logging.getLogger(__name__)
+
+# a change of the slot map is acted on once it has been stable this long
+SETTLE_SEC = 0.3
+# how often the map is read while a node is known lost
+SUSPECT_EVERY = 0.25
+
+
+def node_url(url: str, address: Address) -> str:
+    """`url` (credentials, TLS options kept) pointed at another node."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    netloc = (userinfo + "@" if userinfo else "") + f"{host}:{address[1]}"
+    return urlunsplit((parts.scheme, netloc, "/0", parts.query, ""))
+
+
+class ClusterSource:
+    """The ChangeSource on a cluster (see the module)."""
+
+    def __init__(
+        self,
+        url: str,
+        password: str | None,
+        keys: Keys,
+        slots: SlotMap,
+        *,
+        instance: str,
+        poll_interval: float = 2.0,
+        canary_timeout: float = 2.0,
+        refresh_every: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.password = password
+        self.keys = keys
+        self.slots = slots
+        self.instance = instance
+        self.poll_interval = poll_interval
+        self.canary_timeout = canary_timeout
+        self.refresh_every = refresh_every
+        self.sources: dict[Address, KeyspaceSource] = {}
+        self._scopes: dict[Address, anyio.CancelScope] = {}
+        self._emit: Callable[[Event], None] = lambda _e: None
+
+    # -- what the service asks of a source ----------------------------------------------
+    @property
+    def mode(self) -> str:
+        modes = {s.mode for s in self.sources.values()}
+        return "poll" if "poll" in modes else ("notify" if modes == {"notify"} else "starting")
+
+    @property
+    def subscriptions(self) -> int:
+        return sum(s.subscriptions for s in self.sources.values())
+
+    def _canary_source(self) -> KeyspaceSource | None:
+        try:
+            return self.sources.get(self.slots.node_of(self.keys.liveness(self.instance)))
+        except RedisUnavailable:
+            return None
+
+    def expect_canary(self) -> None:
+        source = self._canary_source()
+        if source is not None:
+            source.expect_canary()
+
+    def cancel_canary(self) -> None:
+        for source in self.sources.values():
+            source.cancel_canary()
+
+    # -- running ---------------------------------------------------------------------------
+    async def run(self, emit: Callable[[Event], None], *, task_status: TaskStatus[None]) -> None:
+        self._emit = emit
+        if not self.slots.ready:
+            await self.slots.refresh("start")
+        seen = self.slots.version
+        async with anyio.create_task_group() as tg:
+            for address in self.slots.primaries:
+                await tg.start(self._listen, address, True)
+            task_status.started()
+            moved = self.slots.moved_slots
+            while True:
+                await self._wait_for_change(seen)
+                # a reshard moves slots one by one: one gap for a burst of changes
+                while self.slots.version != seen:
+                    seen = self.slots.version
+                    await anyio.sleep(SETTLE_SEC)
+                log.info(
+                    "cluster topology changed: %d slots moved; primaries %s; resyncing",
+                    self.slots.moved_slots - moved,
+                    ", ".join(f"{h}:{p}" for h, p in self.slots.primaries),
+                    extra={"event": "cluster_topology"},
+                )
+                moved = self.slots.moved_slots
+                self._apply(tg)
+                emit(Gap("cluster topology changed"))
+
+    async def _wait_for_change(self, seen: int) -> None:
+        """Until the map's version moves: refreshed here every `refresh_every` seconds,
+        every `SUSPECT_EVERY` while a node is known lost (a failover in progress), and by
+        the reader or the sink after a MOVED or a lost node."""
+        last = monotonic()
+        while self.slots.version == seen:
+            await anyio.sleep(0.1)
+            every = SUSPECT_EVERY if monotonic() < self.slots.suspect_until else self.refresh_every
+            if monotonic() - last >= every:
+                last = monotonic()
+                try:
+                    await self.slots.refresh("periodic check")
+                except RedisUnavailable as exc:
+                    log.debug("cluster: reading the slot map failed: %s", exc)
+
+    def _apply(self, tg: TaskGroup) -> None:
+        current = set(self.slots.primaries)
+        for address in [a for a in self._scopes if a not in current]:
+            log.info("cluster: %s:%d is no longer a primary; its listener stops", *address)
+            self._scopes.pop(address).cancel()
+            self.sources.pop(address, None)
+        for address in sorted(current - set(self._scopes)):
+            log.info("cluster: new primary %s:%d; listening to it", *address)
+            tg.start_soon(self._listen, address, False)
+
+    async def _listen(
+        self,
+        address: Address,
+        first: bool,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """One primary's listener until it stops being a primary. At the service's start
+        its first subscription must succeed (as on one server); later a listener that
+        cannot subscribe retries until the topology drops its node."""
+        url = node_url(self.url, address)
+        with anyio.CancelScope() as scope:
+            self._scopes[address] = scope
+            while True:
+                source = KeyspaceSource(
+                    url,
+                    self.password,
+                    self.keys,
+                    instance=self.instance,
+                    poll_interval=self.poll_interval,
+                    canary_timeout=self.canary_timeout,
+                    # each node's reconnects reported as its own: one node down is not
+                    # "Redis unavailable" for the service
+                    outage=RedisOutage(f"{address[0]}:{address[1]}", log),
+                )
+                self.sources[address] = source
+                try:
+                    if first:
+                        await source.run(self._emit, task_status=task_status)
+                    else:
+                        async with anyio.create_task_group() as inner:
+                            await inner.start(source.run, self._emit)
+                            self._emit(Gap("listening to a new primary"))
+                except RedisUnavailable as exc:
+                    if first:
+                        raise
+                    log.debug("cluster: listener at %s:%d failed: %s", *address, exc)
+                    await anyio.sleep(1.0)
