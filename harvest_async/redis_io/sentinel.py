@@ -38,9 +38,9 @@ class _Conn:
     """One connection to a sentinel: commands in, replies out (error replies as values)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._parser = hiredis.Reader(replyError=RedisReplyError, encoding="utf-8")
+        self._stream_in = reader
+        self._stream_out = writer
+        self._replies = hiredis.Reader(replyError=RedisReplyError, encoding="utf-8")
 
     @classmethod
     async def open(cls, sentinels: Sentinels, host: str, port: int) -> _Conn:
@@ -55,21 +55,21 @@ class _Conn:
         return conn
 
     async def call(self, *args: str) -> Any:
-        self._writer.write(hiredis.pack_command(args))  # type: ignore[arg-type]
+        self._stream_out.write(hiredis.pack_command(args))  # type: ignore[arg-type]
         return await self.next()
 
     async def next(self) -> Any:
         while True:
-            reply = self._parser.gets()
+            reply = self._replies.gets()
             if reply is not False:
                 return reply
-            data = await self._reader.read(65536)
+            data = await self._stream_in.read(65536)
             if not data:
                 raise ConnectionResetError("connection closed by the sentinel")
-            self._parser.feed(data)
+            self._replies.feed(data)
 
     def close(self) -> None:
-        self._writer.close()
+        self._stream_out.close()
 
 
 def _order(sentinels: Sentinels) -> list[int]:
