@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[test,plot]'
 	@touch $@
 
+# TEST_JOBS pytest-xdist workers, each taking whole files (the container tiers share one
+# container per file and run in file order); TEST_JOBS=0 runs in this process
+TEST_JOBS ?= 3
 test: venv check ## lint + type-check, then the whole test suite
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
 
 # the support matrix beyond `make test`: the unit and component tiers on the other Pythons,
 # and the lowest allowed dependency versions (noxfile.py; plain `nox` runs the whole matrix)

@@ -83,7 +83,19 @@ _expose_pyenv_interpreters()
 
 def _pytest(session: nox.Session, *args: str, env: dict[str, str] | None = None) -> None:
     session.run(
-        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *session.posargs, env=env
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
+        *args,
+        *session.posargs,
+        env=env,
     )
 
 
