@@ -273,6 +273,9 @@ class FakeSentinel:
         self.asked: list[str] = []  # the commands received, upper-cased
         self.port = 0
         self._server: asyncio.Server | None = None
+        # the connection handlers: ended here, not left pending for a later test's loop
+        # (Python 3.11's wait_closed does not wait for them)
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -282,10 +285,16 @@ class FakeSentinel:
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
         await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         parser = hiredis.Reader(encoding="utf-8")
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         try:
             while data := await reader.read(65536):
                 parser.feed(data)
@@ -299,6 +308,7 @@ class FakeSentinel:
             pass
         finally:
             writer.close()
+            self._handlers.discard(task)
 
     def _answer(self, words: list[str]) -> bytes | None:
         asked = " ".join(words[:2]).upper()
