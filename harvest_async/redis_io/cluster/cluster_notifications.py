@@ -186,8 +186,13 @@ class ClusterSource:
                         async with anyio.create_task_group() as inner:
                             await inner.start(source.run, self._emit)
                             self._emit(Gap("listening to a new primary"))
-                except RedisUnavailable as exc:
-                    if first:
+                except (RedisUnavailable, BaseExceptionGroup) as exc:
+                    # anyio's task groups wrap the source's error: a group of nothing but
+                    # RedisUnavailable is a node in transition (a replica being promoted)
+                    if first or (
+                        isinstance(exc, BaseExceptionGroup)
+                        and exc.split(RedisUnavailable)[1] is not None
+                    ):
                         raise
                     log.debug("cluster: listener at %s:%d failed: %s", *address, exc)
                     await anyio.sleep(1.0)
