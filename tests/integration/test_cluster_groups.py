@@ -30,6 +30,7 @@ from tests.support.group import (
     Member,
     audit,
     epochs_never_decrease,
+    final_inputs_published,
     no_duplicate_seq,
     seed,
     symbols,
@@ -84,23 +85,6 @@ async def wait_owned(client: Any, names: list[str], limit: float = 30.0) -> list
         if time.monotonic() > deadline:
             raise AssertionError(f"partitions not owned by {names}: {set(owners)}")
         await anyio.sleep(0.1)
-
-
-async def final_inputs_published(client: Any, load: Load, limit: float = 15.0) -> None:
-    deadline = time.monotonic() + limit
-    while True:
-        async with client.pipeline(transaction=False) as pipe:
-            for sym in load.last:
-                pipe.hget(KEYS.proposal(sym), "position_unrealized_pnl")
-            got = await pipe.execute()
-        behind = [
-            s for s, v in zip(load.last, got, strict=True) if v is None or float(v) != load.last[s]
-        ]
-        if not behind:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{len(behind)} symbols' final inputs unpublished: {behind[:5]}")
-        await anyio.sleep(0.2)
 
 
 async def test_a_group_on_a_cluster_shares_and_takes_over(

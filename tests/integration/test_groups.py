@@ -24,6 +24,7 @@ from tests.support.group import (
     Member,
     audit,
     epochs_never_decrease,
+    final_inputs_published,
     holders,
     no_duplicate_seq,
     seed,
@@ -62,23 +63,6 @@ def members(redis_url: str, tmp_path: Path) -> Iterator[dict[str, Member]]:
 def spawn(members: dict[str, Member], url: str, logs: Path, name: str) -> Member:
     m = members[name] = Member(name, url, logs)
     return m.start()
-
-
-async def final_inputs_published(client: aioredis.Redis, load: Load, limit: float = 15.0) -> None:
-    deadline = time.monotonic() + limit
-    while True:
-        async with client.pipeline(transaction=False) as pipe:
-            for sym in load.last:
-                pipe.hget(KEYS.proposal(sym), "position_unrealized_pnl")
-            got = await pipe.execute()
-        behind = [
-            s for s, v in zip(load.last, got, strict=True) if v is None or float(v) != load.last[s]
-        ]
-        if not behind:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{len(behind)} symbols' final inputs unpublished: {behind[:5]}")
-        await anyio.sleep(0.2)
 
 
 async def test_three_members_share_the_symbols_and_a_kill_is_taken_over(

@@ -10,6 +10,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
@@ -182,3 +183,21 @@ def writers_by_symbol(entries: list[tuple[str, dict[str, str]]]) -> dict[str, se
 def stream_id(at: float) -> str:
     """A stream id at wall time `at` (entries from then on)."""
     return f"{int(at * 1000)}-0"
+
+
+async def final_inputs_published(client: Any, load: Load, limit: float = 15.0) -> None:
+    """Until every symbol's proposal shows the last position the load wrote."""
+    deadline = time.monotonic() + limit
+    while True:
+        async with client.pipeline(transaction=False) as pipe:
+            for sym in load.last:
+                pipe.hget(KEYS.proposal(sym), "position_unrealized_pnl")
+            got = await pipe.execute()
+        behind = [
+            s for s, v in zip(load.last, got, strict=True) if v is None or float(v) != load.last[s]
+        ]
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(behind)} symbols' final inputs unpublished: {behind[:5]}")
+        await anyio.sleep(0.2)
