@@ -5,7 +5,7 @@ DEMO_VENV ?= .venv-demo
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp
 PIP    := $(BIN)/python -m pip --disable-pip-version-check --quiet
-BENCH_SCRIPTS := $(sort $(wildcard bench/*.py))
+BENCH_SCRIPTS := $(sort $(filter-out bench/harness.py,$(wildcard bench/*.py)))
 
 .DEFAULT_GOAL := help
 .PHONY: help venv test test-matrix check fmt bench demo clean distclean lock wheelhouse images deploy-test

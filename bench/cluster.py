@@ -32,6 +32,8 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 
+from harness import pct
+
 from harvest_async.redis_io.cluster.topology import slot_of
 from harvest_async.tools.embedded_server import EmbeddedRedis
 from tests.support.cluster import ClusterTopology, cluster_flavours
@@ -67,11 +69,6 @@ class OneServer:
 
     def slot_owner(self, _slot: int) -> EmbeddedRedis:
         return self.server
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 class Load:

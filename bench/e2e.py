@@ -34,52 +34,26 @@ import os
 import platform
 import random
 import resource
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from harness import ServiceProcess, cpu_seconds, ms, pct, pick_binary, status_kib
 
 from harvest_async import __version__
 from harvest_async.core.keys import Keys
 from harvest_async.core.proposal import PROPOSAL_FIELDS
 from harvest_async.redis_io.wire import Wire, endpoint_from_url
-from harvest_async.tools.embedded_server import EmbeddedRedis, find_redis_servers
+from harvest_async.tools.embedded_server import EmbeddedRedis
 from harvest_async.tools.simulate import Simulator, symbols_for
 
 KEYS = Keys()
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f} ms"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def status_kib(pid: int, name: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    raise KeyError(name)
 
 
 def market_fields(now: float) -> dict[str, str]:
@@ -104,52 +78,6 @@ def position_fields(symbol: str, pnl: str, now: float) -> dict[str, str]:
         "created_at": str(int(now) - 600),
         "ts_epoch": repr(round(now, 3)),
     }
-
-
-class Service:
-    """`python -m harvest_async run` in its own process (uvloop, via the CLI)."""
-
-    def __init__(self, url: str, log_dir: Path, **env: str) -> None:
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "REDIS_URL": url,
-            "SYMBOLS": "*",
-            "PUBLISH_INTERVAL_SEC": "0",
-            "LOG_LEVEL": "WARNING",
-            "INSTANCE": "bench",
-            "STREAM_MAXLEN": "50000",
-            **env,
-        }
-        self.log_path = log_dir / f"service-{time.monotonic_ns()}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> int:
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "harvest_async", "run"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self.proc.pid
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-10:])
 
 
 async def wait_until(probe: Any, what: str, limit: float) -> float:
@@ -422,8 +350,8 @@ async def measure_service(  # noqa: PLR0917 - a benchmark's knobs
     rng = random.Random(1)
     await client.flushall()
     await preload(client, tracker)
-    service = Service(url, log_dir)
-    pid = service.start()
+    service = ServiceProcess(url, log_dir)
+    pid = service.start().pid
     pids = (pid, server_pid)
     stop = asyncio.Event()
     reader = asyncio.create_task(reader_task(url, tracker, stop))
@@ -466,8 +394,8 @@ async def measure_service(  # noqa: PLR0917 - a benchmark's knobs
 async def measure_memory(url: str, log_dir: Path, n_symbols: int) -> dict[str, float]:
     client = aioredis.Redis.from_url(url)
     await client.flushall()
-    service = Service(url, log_dir, ENABLE_STREAM="false")
-    pid = service.start()
+    service = ServiceProcess(url, log_dir, ENABLE_STREAM="false")
+    pid = service.start().pid
     try:
 
         async def started() -> bool:
@@ -515,8 +443,7 @@ async def measure_memory(url: str, log_dir: Path, n_symbols: int) -> dict[str, f
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    binaries = find_redis_servers()
-    binary = next((b for b in binaries if b.flavour == args.flavour), binaries[0])
+    binary = pick_binary(args.flavour)
     steps = [float(s) for s in args.steps.split(",") if s]
     with (
         tempfile.TemporaryDirectory(prefix="harvest-bench-") as tmp,

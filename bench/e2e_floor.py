@@ -39,19 +39,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 import e2e
 from e2e import (
     KEYS,
-    Service,
     Tracker,
     _pairs,
-    cpu_seconds,
-    ms,
-    pct,
     position_fields,
     wait_until,
 )
+from harness import ServiceProcess, cpu_seconds, ms, pct, pick_binary
 
 from harvest_async import __version__
 from harvest_async.redis_io.wire import Wire, endpoint_from_url
-from harvest_async.tools.embedded_server import EmbeddedRedis, find_redis_servers
+from harvest_async.tools.embedded_server import EmbeddedRedis
 from harvest_async.tools.simulate import Simulator, symbols_for
 
 FLOOR = 10.0
@@ -130,8 +127,8 @@ async def measure_production_floor(
     tracker = Tracker(busy + quiet)
     await client.flushall()
     await e2e.preload(client, tracker)
-    service = Service(url, log_dir, PUBLISH_INTERVAL_SEC=str(FLOOR))
-    pid = service.start()
+    service = ServiceProcess(url, log_dir, PUBLISH_INTERVAL_SEC=str(FLOOR))
+    pid = service.start().pid
     stop = asyncio.Event()
     reader = asyncio.create_task(e2e.reader_task(url, tracker, stop))
     out: list[dict[str, Any]] = []
@@ -198,7 +195,7 @@ async def measure_startup(url: str, log_dir: Path, n_symbols: int) -> dict[str, 
     client = aioredis.Redis.from_url(url)
 
     async def ready_after() -> float:
-        service = Service(url, log_dir, ENABLE_STREAM="false")
+        service = ServiceProcess(url, log_dir, ENABLE_STREAM="false")
         t0 = time.perf_counter()
         service.start()
         try:
@@ -232,8 +229,7 @@ async def measure_startup(url: str, log_dir: Path, n_symbols: int) -> dict[str, 
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    binaries = find_redis_servers()
-    binary = next((b for b in binaries if b.flavour == args.flavour), binaries[0])
+    binary = pick_binary(args.flavour)
     rates = [float(s) for s in args.rates.split(",") if s]
     with (
         tempfile.TemporaryDirectory(prefix="harvest-bench-") as tmp,

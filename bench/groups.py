@@ -26,20 +26,19 @@ import asyncio
 import os
 import platform
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from e2e import _pairs, cpu_seconds, market_fields, own_cpu, pct, position_fields
+from e2e import _pairs, market_fields, own_cpu, position_fields
+from harness import ServiceProcess, cpu_seconds, pct, pick_binary
 
 from harvest_async import __version__
 from harvest_async.core.keys import Keys
 from harvest_async.core.partition import partition_of
 from harvest_async.redis_io.wire import Wire, endpoint_from_url
-from harvest_async.tools.embedded_server import EmbeddedRedis, find_redis_servers
+from harvest_async.tools.embedded_server import EmbeddedRedis
 
 KEYS = Keys()
 GROUP = "bench"
@@ -47,50 +46,11 @@ PARTITIONS = 64
 TTL = 4.0
 
 
-class Member:
-    def __init__(self, url: str, logs: Path, name: str) -> None:
-        self.name = name
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "REDIS_URL": url,
-            "SYMBOLS": "*",
-            "GROUP": GROUP,
-            "INSTANCE": name,
-            "PARTITIONS": str(PARTITIONS),
-            "LEASE_TTL_SEC": str(TTL),
-            "PUBLISH_INTERVAL_SEC": "0",
-            "LOG_LEVEL": "WARNING",
-            "STREAM_MAXLEN": "50000",
-        }
-        self.log = logs / f"{name}-{time.monotonic_ns()}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Member:
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "harvest_async", "run"],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
+def member(url: str, logs: Path, name: str) -> ServiceProcess:
+    """One publisher-group member (INTERFACE §6), started."""
+    return ServiceProcess(
+        url, logs, name, GROUP=GROUP, PARTITIONS=str(PARTITIONS), LEASE_TTL_SEC=str(TTL)
+    ).start()
 
 
 async def holders(client: aioredis.Redis) -> list[str | None]:
@@ -184,7 +144,7 @@ async def rate_steps(  # noqa: PLR0917 - a benchmark's knobs
     client = aioredis.Redis.from_url(url, decode_responses=True)
     await client.flushall()
     await seed(client, symbols)
-    members = [Member(url, logs, f"m{i}").start() for i in range(n)]
+    members = [member(url, logs, f"m{i}") for i in range(n)]
     wire = Wire(endpoint_from_url(url), name="bench-load", timeout=30.0)
     lines = []
     try:
@@ -227,7 +187,7 @@ async def takeovers(url: str, logs: Path, kills: int) -> tuple[list[float], list
     symbols = [f"T{i:03d}USDT" for i in range(300)]
     await seed(client, symbols)
     names = ["k0", "k1", "k2"]
-    members = {n: Member(url, logs, n).start() for n in names}
+    members = {n: member(url, logs, n) for n in names}
     owned_t: list[float] = []
     published_t: list[float] = []
     inputs = Inputs()
@@ -270,7 +230,7 @@ async def takeovers(url: str, logs: Path, kills: int) -> tuple[list[float], list
                 f"owned again {owned:.2f} s, published again {published:.2f} s",
                 flush=True,
             )
-            members[victim] = Member(url, logs, victim).start()
+            members[victim] = member(url, logs, victim)
             await wait_spread(client, names)
     finally:
         for m in members.values():
@@ -319,8 +279,7 @@ def dist(values: list[float]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    binaries = find_redis_servers()
-    binary = next((b for b in binaries if b.flavour == args.flavour), binaries[0])
+    binary = pick_binary(args.flavour)
     steps = [float(s) for s in args.steps.split(",") if s]
     counts = [int(c) for c in args.members.split(",") if c]
     with (
