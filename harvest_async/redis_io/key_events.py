@@ -79,7 +79,7 @@ async def subscribed(
     yields: nothing written afterwards is missed); their pmessages merged. `also` runs
     beside the readers (a topology watch sending None). A lost connection raises."""
     send, receive = anyio.create_memory_object_stream[Message](BUFFER)
-    async with contextlib.AsyncExitStack() as stack:
+    async with send, receive, contextlib.AsyncExitStack() as stack:
         pubsubs = [
             await stack.enter_async_context(_pattern_subscription(url, password, patterns, name))
             for url in urls
