@@ -79,7 +79,7 @@ def cluster_client(settings: Settings) -> Any:
 
 async def refuse_cluster(settings: Settings, command: str) -> None:
     """Stop `command` (exit 2) on a Redis Cluster, which it does not support yet: its
-    transactions and subscription assume one server (record, watch, replay --into)."""
+    transactions assume one server (record, replay --into)."""
     if settings.redis_cluster == "false" or not settings.redis_url.startswith(
         ("redis://", "rediss://")
     ):
