@@ -63,9 +63,6 @@ def handle(args: argparse.Namespace) -> int:
     filters = [] if args.filter is None else args.filter.split(",")
 
     async def main() -> int:
-        from harvest_async.redis_io.cluster.setup import refuse_cluster
-
-        await refuse_cluster(settings, "watch")
         return await run_watch(
             settings, once=args.once, color=color, sort=args.sort, filters=filters
         )

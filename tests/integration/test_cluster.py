@@ -215,8 +215,8 @@ async def test_doctor_checks_every_node(cluster_topology: ClusterTopology) -> No
 async def test_run_once_and_the_commands_without_cluster_support(
     cluster_topology: ClusterTopology,
 ) -> None:
-    """`run --once` publishes every symbol on a cluster; `watch` and `record` refuse it
-    (exit 2, saying so) instead of half-working."""
+    """`run --once` publishes every symbol on a cluster; `record` refuses it (exit 2,
+    saying so) instead of half-working. (`watch` on a cluster: test_cluster_watch.py.)"""
     env = {**os.environ, "REDIS_URL": cluster_topology.url}
     async with producer(cluster_topology.url) as client:
         for symbol in SYMBOLS[:60]:
@@ -226,7 +226,7 @@ async def test_run_once_and_the_commands_without_cluster_support(
         )
         assert once.returncode == 0, once.stderr.decode()
         assert not await lagging(client, dict.fromkeys(SYMBOLS[:60], 5.0))
-    for args in (["watch", "--once"], ["record", "--duration", "1", "--out", os.devnull]):
+    for args in (["record", "--duration", "1", "--out", os.devnull],):
         done = await anyio.run_process(
             [sys.executable, "-m", "harvest_async", *args], env=env, check=False
         )

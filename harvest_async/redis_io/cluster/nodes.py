@@ -8,9 +8,9 @@ from harvest_async.config import Settings
 from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import endpoint_for
 from harvest_async.redis_io.cluster.topology import is_cluster
-from harvest_async.redis_io.wire import Wire, command
+from harvest_async.redis_io.wire import Endpoint, Wire, command
 
-__all__ = ["cluster_node_flags"]
+__all__ = ["cluster_node_flags", "node_flags"]
 
 
 async def cluster_node_flags(settings: Settings) -> dict[str, str | None] | None:
@@ -41,15 +41,21 @@ async def cluster_node_flags(settings: Settings) -> dict[str, str | None] | None
                 nodes.setdefault((host, node[1]), "primary" if i == 0 else "replica")
     flags: dict[str, str | None] = {}
     for (host, port), role in sorted(nodes.items()):
-        node_wire = Wire(endpoint.at(host, port), name="harvest-async-check", timeout=3.0)
         try:
-            (reply,) = await node_wire.roundtrip(
-                command("CONFIG", "GET", "notify-keyspace-events"), 1
-            )
+            value = await node_flags(endpoint.at(host, port))
         except RedisUnavailable:
-            reply = None
-        finally:
-            node_wire.close()
-        value = reply[1] if isinstance(reply, list) and len(reply) == 2 else None
-        flags[f"{host}:{port} ({role})"] = str(value) if value is not None else None
+            value = None
+        flags[f"{host}:{port} ({role})"] = value
     return flags
+
+
+async def node_flags(endpoint: Endpoint, *, limit: float = 3.0) -> str | None:
+    """One node's notify-keyspace-events (None: CONFIG GET refused); RedisUnavailable
+    when the node cannot be reached."""
+    wire = Wire(endpoint, name="harvest-async-check", timeout=limit)
+    try:
+        (reply,) = await wire.roundtrip(command("CONFIG", "GET", "notify-keyspace-events"), 1)
+    finally:
+        wire.close()
+    value = reply[1] if isinstance(reply, list) and len(reply) == 2 else None
+    return str(value) if value is not None else None

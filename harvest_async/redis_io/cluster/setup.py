@@ -13,7 +13,7 @@ from harvest_async.errors import ConfigError, RedisUnavailable
 from harvest_async.redis_io.client import describe_url, endpoint_for
 from harvest_async.redis_io.cluster.topology import SlotMap, is_cluster
 
-__all__ = ["cluster_client", "cluster_slots", "refuse_cluster"]
+__all__ = ["cluster_client", "cluster_slots", "refuse_cluster", "tool_slots"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,26 @@ async def cluster_slots(settings: Settings) -> SlotMap | None:
     `auto` asks the server (INFO cluster); `true` insists (a server not in cluster mode
     is a configuration error, exit 2). Settings a cluster cannot honour stop the start.
     """
+    slots = await tool_slots(settings)
+    if slots is None:
+        return None
+    if settings.input_streams:
+        raise ConfigError(
+            "INPUT_STREAMS", "input streams are not read on a Redis Cluster (keyspace only)"
+        )
+    await slots.refresh("start")
+    log.info(
+        "Redis Cluster: %d primaries (%s); one notification listener per primary",
+        len(slots.primaries),
+        ", ".join(f"{h}:{p}" for h, p in slots.primaries),
+        extra={"event": "cluster"},
+    )
+    return slots
+
+
+async def tool_slots(settings: Settings) -> SlotMap | None:
+    """The cluster's slot map (not read yet) when REDIS_URL names a cluster node, else
+    None: `auto` asks the server (INFO cluster), `true` insists (exit 2 otherwise)."""
     if settings.redis_cluster == "false" or settings.redis_url.startswith(
         ("unix://", "redis+sentinel://")
     ):
@@ -39,19 +59,7 @@ async def cluster_slots(settings: Settings) -> SlotMap | None:
         return None
     if endpoint.db != 0:
         raise ConfigError("REDIS_URL", f"a Redis Cluster has only database 0, got db {endpoint.db}")
-    if settings.input_streams:
-        raise ConfigError(
-            "INPUT_STREAMS", "input streams are not read on a Redis Cluster (keyspace only)"
-        )
-    slots = SlotMap(endpoint, timeout=settings.redis_timeout_sec)
-    await slots.refresh("start")
-    log.info(
-        "Redis Cluster: %d primaries (%s); one notification listener per primary",
-        len(slots.primaries),
-        ", ".join(f"{h}:{p}" for h, p in slots.primaries),
-        extra={"event": "cluster"},
-    )
-    return slots
+    return SlotMap(endpoint, timeout=settings.redis_timeout_sec)
 
 
 def cluster_client(settings: Settings) -> Any:
@@ -71,7 +79,7 @@ def cluster_client(settings: Settings) -> Any:
 
 async def refuse_cluster(settings: Settings, command: str) -> None:
     """Stop `command` (exit 2) on a Redis Cluster, which it does not support yet: its
-    transactions and subscription assume one server (record, watch, replay --into)."""
+    transactions assume one server (record, replay --into)."""
     if settings.redis_cluster == "false" or not settings.redis_url.startswith(
         ("redis://", "rediss://")
     ):

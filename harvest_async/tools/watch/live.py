@@ -8,7 +8,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TextIO
 
 import anyio
@@ -16,12 +16,15 @@ import anyio
 from harvest_async.config import Settings
 from harvest_async.errors import RedisUnavailable
 from harvest_async.redis_io.client import REDIS_ERRORS, check_redis, client_for, describe_url
+from harvest_async.redis_io.cluster.cluster_key_events import ClusterKeyEvents
+from harvest_async.redis_io.cluster.setup import cluster_client, tool_slots
+from harvest_async.redis_io.key_events import KeyEvents
 from harvest_async.signals import cancel_on_signal
 from harvest_async.tools.watch.model import Row, row_filter, use_color
 from harvest_async.tools.watch.render import Terminal, render
 from harvest_async.tools.watch.watcher import Watcher
 
-__all__ = ["live", "run_watch"]
+__all__ = ["live", "run_watch", "watcher_for"]
 
 
 async def live(
@@ -87,6 +90,37 @@ async def live(
             await anyio.sleep(0.1)  # at most ~10 redraws per second
 
 
+@contextlib.asynccontextmanager
+async def watcher_for(settings: Settings) -> AsyncIterator[Watcher]:
+    """The watcher of `settings`' Redis: one server, or every primary of a cluster (its
+    notifications) through redis-py's cluster client (its reads). Exit 3 when Redis
+    cannot be reached."""
+    await check_redis(settings)
+    slots = await tool_slots(settings)
+    events: KeyEvents | None = None
+    if slots is None:
+        client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-watch")
+    else:
+        client = cluster_client(settings)
+        events = ClusterKeyEvents(settings.redis_url, settings.redis_password, slots)
+    try:
+        yield Watcher(
+            client,
+            settings.keys,
+            symbols=settings.symbols,
+            kill_threshold=settings.theta.kill_threshold,
+            url=settings.redis_url,
+            password=settings.redis_password,
+            group=settings.group,
+            partitions=settings.partitions,
+            events=events,
+        )
+    finally:
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(*REDIS_ERRORS):
+                await client.aclose()
+
+
 async def run_watch(
     settings: Settings,
     *,
@@ -97,21 +131,11 @@ async def run_watch(
     filters: Sequence[str] = (),
 ) -> int:
     """What `harvest-async watch` runs."""
-    client = client_for(settings.redis_url, settings.redis_password, name="harvest-async-watch")
     keep = row_filter(filters) if filters else None
-    try:
-        await check_redis(settings)
-        watcher = Watcher(
-            client,
-            settings.keys,
-            symbols=settings.symbols,
-            kill_threshold=settings.theta.kill_threshold,
-            url=settings.redis_url,
-            password=settings.redis_password,
-            group=settings.group,
-            partitions=settings.partitions,
-        )
+    async with watcher_for(settings) as watcher:
         title = describe_url(settings.redis_url)
+        if isinstance(watcher.events, ClusterKeyEvents):
+            title += " (Redis Cluster)"
         if once:
             await watcher.load()
             try:
@@ -139,7 +163,3 @@ async def run_watch(
         with Terminal(out) as terminal:
             await live(watcher, terminal, color=colored, title=title, sort=sort, keep=keep)
         return 0
-    finally:
-        with anyio.CancelScope(shield=True):
-            with contextlib.suppress(*REDIS_ERRORS):
-                await client.aclose()

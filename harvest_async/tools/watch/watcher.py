@@ -12,11 +12,15 @@ What keeps the table honest:
   live publisher means the rows are not live advice, and the view says so.
 * while Redis is unreachable the rows are kept as last seen and marked; the session is
   retried with backoff.
+
+On a Redis Cluster the notifications come from every primary and the flags are every
+primary's (`ClusterKeyEvents`), the reads go through redis-py's cluster client (pipelines
+without transactions, SCAN over every primary); a change of the slot map ends the session,
+and the next one subscribes on the new primaries and re-reads everything.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,14 +34,14 @@ from harvest_async.redis_io.client import (
     REDIS_ERRORS,
     Client,
     ResponseError,
-    client_for,
     hgetall_many,
     redis_errors,
     scan_symbols,
 )
+from harvest_async.redis_io.key_events import KeyEvents, ServerKeyEvents
 from harvest_async.redis_io.leases import Leases
 from harvest_async.redis_io.liveness import read_publishers
-from harvest_async.redis_io.notifications import notify_flags_cover, read_notify_flags
+from harvest_async.redis_io.notifications import notify_flags_cover
 from harvest_async.tools.watch.model import (
     KEEP_RETRACTED_SEC,
     Row,
@@ -68,8 +72,11 @@ class Watcher:
         password: str | None = None,
         group: str | None = None,
         partitions: int = 64,
+        events: KeyEvents | None = None,
     ) -> None:
         self.client = client
+        # where notifications come from: the one server at `url`, or a cluster's primaries
+        self.events = events or ServerKeyEvents(client, url, password)
         self.keys = keys
         self.symbols = tuple(symbols) if symbols is not None else None
         self.clock = clock or SystemClock()
@@ -198,16 +205,21 @@ class Watcher:
             self.changed()
 
     async def _mode(self) -> tuple[str, str]:
-        """(mode, why): notify when the flags cover proposal changes and deletions."""
-        flags = await read_notify_flags(self.client)
-        if flags is None:
-            why = "CONFIG GET not allowed: notifications unknown"
-        else:
-            usable, missing = notify_flags_cover(flags)
-            if usable and "g" not in missing:
-                return "notify", ""
-            why = f"notify-keyspace-events={flags!r}"
-        return "poll", f"notifications off ({why}): everything re-read every {POLL_SEC:g} s"
+        """(mode, why): notify when the flags cover proposal changes and deletions (on
+        every node: a cluster's primary without them would leave its keys unwatched)."""
+        for node, flags in (await self.events.flags()).items():
+            if flags is None:
+                why = "CONFIG GET not allowed: notifications unknown"
+            else:
+                usable, missing = notify_flags_cover(flags)
+                if usable and "g" not in missing:
+                    continue
+                why = f"notify-keyspace-events={flags!r}"
+            where = f" at {node}" if node else ""
+            return "poll", (
+                f"notifications off ({why}{where}): everything re-read every {POLL_SEC:g} s"
+            )
+        return "notify", ""
 
     async def run(self) -> None:
         """Follow changes until cancelled; reconnects by itself, with backoff."""
@@ -223,22 +235,19 @@ class Watcher:
                 self.model.status = f"{type(exc).__name__}: {exc}"
                 self.changed()
                 await anyio.sleep(self._backoff.next_delay())
-            else:  # pragma: no cover - _session only ends by an error or cancellation
-                return
+            # else: a cluster's topology changed; subscribe again at once
 
     async def _session(self) -> None:
-        sub = client_for(
-            self.url, self.password, retries=0, socket_timeout=None, name="harvest-async-watch"
+        """Subscribe, read everything, follow the notifications; returns when they no
+        longer cover every key (a cluster's topology changed), raises on a Redis error."""
+        base = self.keys.keyspace_channel_prefix()
+        proposals = base + self.keys.harvest_prefix
+        liveness = base + self.keys.liveness_prefix
+        patterns = (
+            base + glob_escape(self.keys.harvest_prefix) + "*",
+            base + glob_escape(self.keys.liveness_prefix) + "*",
         )
-        pubsub = sub.pubsub()
-        try:
-            base = self.keys.keyspace_channel_prefix()
-            proposals = base + self.keys.harvest_prefix
-            liveness = base + self.keys.liveness_prefix
-            await pubsub.psubscribe(
-                base + glob_escape(self.keys.harvest_prefix) + "*",
-                base + glob_escape(self.keys.liveness_prefix) + "*",
-            )
+        async with self.events.subscribe(patterns) as messages:
             # after subscribing: nothing is missed in between
             self.model.mode, self.model.mode_detail = await self._mode()
             await self.load()
@@ -252,26 +261,21 @@ class Watcher:
                 tg.start_soon(self._poller)
                 tg.start_soon(self._flag_checker)
                 tg.start_soon(self._publisher_checker)
-                while True:
-                    msg = await pubsub.get_message(timeout=None)
-                    if msg is None or msg.get("type") != "pmessage":
-                        continue
-                    channel = str(msg["channel"])
+                async for message in messages:
+                    if message is None:  # a new topology: subscribe again, re-read all
+                        tg.cancel_scope.cancel()
+                        break
+                    channel, data = message
                     if channel.startswith(liveness):
                         self._known_publishers.add(channel[len(liveness) :])
                         self._publishers_wake.set()
                         continue
                     symbol = channel[len(proposals) :]
                     if symbol and self._wanted(symbol):
-                        if msg.get("data") == "expired":
+                        if data == "expired":
                             self._expired.add(symbol)
                         self._dirty.add(symbol)
                         self._wake.set()
-        finally:
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                    await sub.aclose()
 
     async def _refresher(self) -> None:
         while True:
