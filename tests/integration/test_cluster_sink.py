@@ -23,7 +23,7 @@ from harvest_async.redis_io.cluster.topology import SlotMap, slot_of
 from harvest_async.redis_io.leases import FenceToken
 from harvest_async.redis_io.wire import endpoint_from_url
 from harvest_async.tools.server_binaries import ServerBinary
-from tests.support.cluster import ClusterTopology, cluster_flavours
+from tests.support.cluster import ClusterTopology, cluster_lines
 from tests.support.live import KEYS, market, now, position
 
 _seq = itertools.count(int(now() * 1000))
@@ -47,11 +47,12 @@ def publish(symbol: str, pnl: float = 5.0) -> PublishOut:
     )
 
 
-@pytest.fixture(params=cluster_flavours() or [None], ids=lambda b: b.id if b else "none")
+# every release line: the write order rests on the scripts and MULTI each line runs
+@pytest.fixture(params=cluster_lines() or [None], ids=lambda b: b.id if b else "none")
 def bare_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
     binary: ServerBinary | None = request.param
     if binary is None:
-        pytest.skip("no redis-server >= 7.0 or valkey-server")
+        pytest.skip("no redis-server or valkey-server")
     with ClusterTopology(binary) as topology:
         yield topology
 

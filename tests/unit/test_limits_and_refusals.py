@@ -10,7 +10,7 @@ from harvest_async.core.input_hashes import OVERSIZED, USED_FIELDS, NoAdvice, tr
 from harvest_async.core.inputs import parse_market, parse_position, parse_risk
 from harvest_async.errors import AuthenticationFailed, PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import redis_errors, refused
-from harvest_async.redis_io.inputs_io import InputLimits, decode_reply
+from harvest_async.redis_io.inputs_io import InputLimits, decode_reply, unknown_command
 
 
 def test_limits_default_and_parse() -> None:
@@ -45,6 +45,15 @@ def test_an_oversized_hash_is_invalid_input_saying_why() -> None:
     assert position == NoAdvice("invalid_position", why[OVERSIZED])
     # a replay trims hashes like the live reader: the verdict survives, alone
     assert trim("position", {**why, "side": "LONG"}) == why
+
+
+def test_an_unknown_read_command_is_recognised_in_both_wordings() -> None:
+    """Redis 6.2 has no EVALSHA_RO: its error reply, and on a cluster redis-py's own
+    refusal to route it (raised before sending), both make the reader fall back."""
+    assert unknown_command(rexc.ResponseError("ERR unknown command `EVALSHA_RO`, with args"))
+    assert unknown_command(rexc.RedisError("EVALSHA_RO command doesn't exist in Redis commands"))
+    assert not unknown_command(rexc.ResponseError("NOPERM this user has no permissions"))
+    assert not unknown_command("unknown command")  # a value, not an error
 
 
 def test_decode_reply() -> None:

@@ -159,6 +159,8 @@ class ClusterInputReader:
         wire = self._wires.at(address)
         for attempt in (1, 2, 3):
             load = wire.fresh or attempt > 1
+            # the nodes are read in parallel: another may switch `self.command` meanwhile
+            sent = self.command
             body = b"".join(self._call(kind, key) for kind, key in items)
             try:
                 raw = await self._wires.roundtrip(
@@ -169,7 +171,7 @@ class ClusterInputReader:
                     raise
                 continue
             replies = raw[1:] if load else raw
-            if unknown_command(replies[0]) and self.command != READ_COMMANDS[-1]:
+            if unknown_command(replies[0]) and sent != READ_COMMANDS[-1]:
                 self.command = READ_COMMANDS[-1]  # no EVALSHA_RO (Redis 6.2)
                 continue
             if any(isinstance(r, RedisReplyError) and r.code == "NOSCRIPT" for r in replies):
