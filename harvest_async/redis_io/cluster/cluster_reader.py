@@ -28,6 +28,7 @@ from harvest_async.redis_io.inputs_io import (
     READ_SCRIPT,
     READ_SHA,
     InputLimits,
+    Mode,
     decode_reply,
     read_error,
     unknown_command,
@@ -52,8 +53,10 @@ class ClusterInputReader:
         *,
         limits: InputLimits | None = None,
         timeout: float = 5.0,
+        mode: Mode = "used",
     ) -> None:
         self.keys = keys
+        self.mode: Mode = mode  # "used": the fields the service reads; "all": whole hashes
         self.slots = slots
         self.limits = limits or InputLimits()
         self.command = READ_COMMANDS[0]
@@ -73,7 +76,7 @@ class ClusterInputReader:
 
     # -- the hot path ----------------------------------------------------------------------
     def _call(self, kind: str, key: str) -> bytes:
-        return command(self.command, READ_SHA, 1, key, *self.limits.args(kind, "used"))
+        return command(self.command, READ_SHA, 1, key, *self.limits.args(kind, self.mode))
 
     async def fetch(
         self, symbols: Sequence[str], kinds: Sequence[int] | None = None
@@ -104,7 +107,7 @@ class ClusterInputReader:
     def _hash(self, kind: str, key: str, reply: Reply) -> Hash | None:
         if reply is None:
             return None
-        fields = decode_reply(kind, key, reply, self.limits, "used")
+        fields = decode_reply(kind, key, reply, self.limits, self.mode)
         if isinstance(fields, Exception):
             return read_error(kind, fields, "reading inputs")
         return fields
