@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,6 +27,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS
 from harvest_async.redis_io.cluster.topology import slot_of
+from harvest_async.replay.recording_reader import read_all
 from harvest_async.tools.doctor.report import render_text
 from harvest_async.tools.doctor.run import run_doctor
 from tests.support.cluster import ClusterTopology, cluster_topology
@@ -212,11 +214,12 @@ async def test_doctor_checks_every_node(cluster_topology: ClusterTopology) -> No
         assert f":{topology.port_of(lacking)} (primary)" in check.message
 
 
-async def test_run_once_and_the_commands_without_cluster_support(
-    cluster_topology: ClusterTopology,
+async def test_run_once_record_and_the_commands_without_cluster_support(
+    cluster_topology: ClusterTopology, tmp_path: Path
 ) -> None:
-    """`run --once` publishes every symbol on a cluster; `watch` and `record` refuse it
-    (exit 2, saying so) instead of half-working."""
+    """`run --once` publishes every symbol on a cluster and `record` records it (the rest
+    in test_cluster_record.py); `watch` refuses it (exit 2, saying so) instead of
+    half-working."""
     env = {**os.environ, "REDIS_URL": cluster_topology.url}
     async with producer(cluster_topology.url) as client:
         for symbol in SYMBOLS[:60]:
@@ -226,9 +229,18 @@ async def test_run_once_and_the_commands_without_cluster_support(
         )
         assert once.returncode == 0, once.stderr.decode()
         assert not await lagging(client, dict.fromkeys(SYMBOLS[:60], 5.0))
-    for args in (["watch", "--once"], ["record", "--duration", "1", "--out", os.devnull]):
-        done = await anyio.run_process(
-            [sys.executable, "-m", "harvest_async", *args], env=env, check=False
-        )
-        assert done.returncode == 2, done.stderr.decode()
-        assert "does not support Redis Cluster yet" in done.stderr.decode()
+    out = tmp_path / "cluster.jsonl"
+    done = await anyio.run_process(
+        [sys.executable, "-m", "harvest_async", "record", "--duration", "1", "--out", str(out)],
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert "recorded 0 changes of 60 symbols" in done.stdout.decode()
+    header, _lines = read_all(out)
+    assert set(header.snapshot) == set(SYMBOLS[:60])
+    done = await anyio.run_process(
+        [sys.executable, "-m", "harvest_async", "watch", "--once"], env=env, check=False
+    )
+    assert done.returncode == 2, done.stderr.decode()
+    assert "does not support Redis Cluster yet" in done.stderr.decode()

@@ -21,7 +21,7 @@ import pytest
 from harvest_async.tools.embedded_server import EmbeddedRedis, RedisServerError, ServerBinary
 from tests.support.sentinel import _free_port, _text, flavours
 
-__all__ = ["SLOTS", "ClusterTopology", "cluster_flavours", "cluster_topology"]
+__all__ = ["SLOTS", "ClusterTopology", "bare_cluster", "cluster_flavours", "cluster_topology"]
 
 SLOTS = 16384
 # short timeouts: a killed primary is failed over in ~2 s on an idle machine
@@ -254,4 +254,14 @@ def cluster_topology(request: pytest.FixtureRequest) -> Iterator[ClusterTopology
     if binary is None:
         pytest.skip("no redis-server >= 7.0 or valkey-server: Redis 6.2 cannot build a cluster")
     with ClusterTopology(binary, replicas=1) as topology:
+        yield topology
+
+
+@pytest.fixture(params=cluster_flavours() or [None], ids=lambda b: b.id if b else "none")
+def bare_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
+    """A fresh 3-primary cluster without replicas (quicker), per flavour."""
+    binary: ServerBinary | None = request.param
+    if binary is None:
+        pytest.skip("no redis-server >= 7.0 or valkey-server")
+    with ClusterTopology(binary) as topology:
         yield topology
