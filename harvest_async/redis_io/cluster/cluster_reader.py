@@ -6,7 +6,8 @@ A symbol's three input keys carry no hash tag, so they usually live on three nod
 read script is loaded on a node whenever its connection is new and after a NOSCRIPT;
 MOVED and ASK are followed (`routing`). Discovery (SCAN over every primary) and the
 published proposals are cold paths on the redis-py cluster client, shared with the
-one-server reader's code (`RedisInputReader.discover`, `read_published`).
+one-server reader's code (`RedisInputReader.discover`, `read_published`). `mode` "all"
+reads whole hashes instead of the fields the service uses (`record`, `ClusterRows`).
 """
 
 from __future__ import annotations
