@@ -85,9 +85,6 @@ def handle(args: argparse.Namespace) -> int:
         raise CliError(f"record: {', '.join(stray)} need --from-streams", EXIT_USAGE)
 
     async def main() -> Any:
-        from harvest_async.redis_io.cluster.setup import refuse_cluster
-
-        await refuse_cluster(settings, "record")
         return await record(settings, args.out, duration=args.duration)
 
     stats = run_async(main)
@@ -112,9 +109,6 @@ def _from_streams(args: argparse.Namespace, settings: Any) -> int:
     until = None if args.until is None else parse_bound(args.until, option="--until")
 
     async def main() -> Any:
-        from harvest_async.redis_io.cluster.setup import refuse_cluster
-
-        await refuse_cluster(settings, "record --from-streams")
         return await record_from_streams(
             settings,
             args.out,

@@ -224,14 +224,22 @@ def _into(args: argparse.Namespace, settings: Any) -> int:
 
     url = args.into
 
+    cluster = False
+
     async def main() -> Any:
+        nonlocal cluster
         from harvest_async.redis_io.client import check_redis
-        from harvest_async.redis_io.cluster.setup import refuse_cluster
+        from harvest_async.redis_io.cluster.setup import cluster_client, cluster_mode
 
         await check_redis(settings)
-        await refuse_cluster(settings, "replay --into")
-        client = client_for(
-            settings.redis_url, settings.redis_password, name="harvest-async-replay"
+        # a Redis Cluster: each key written on its node, a group as per-node pipelines
+        cluster = await cluster_mode(settings)
+        client = (
+            cluster_client(settings, name="harvest-async-replay")
+            if cluster
+            else client_for(
+                settings.redis_url, settings.redis_password, name="harvest-async-replay"
+            )
         )
         try:
             return await replay_into(
@@ -240,6 +248,7 @@ def _into(args: argparse.Namespace, settings: Any) -> int:
                 settings.keys,
                 speed=args.speed,
                 retime=not args.keep_times,
+                transaction=not cluster,
             )
         finally:
             await client.aclose()
@@ -250,9 +259,10 @@ def _into(args: argparse.Namespace, settings: Any) -> int:
         if args.keep_times
         else f"timestamps shifted by {stats.offset:+.0f} s"
     )
+    groups = "per-node pipelined groups" if cluster else "transactions"
     print(
         f"wrote {stats.changes} changes ({stats.snapshots} snapshots, {stats.transactions} "
-        f"transactions, {len(stats.keys)} keys) into {describe_url(url)} in "
+        f"{groups}, {len(stats.keys)} keys) into {describe_url(url)} in "
         f"{stats.seconds:.1f} s ({stats.recorded_seconds:.1f} s recorded, speed "
         f"{args.speed:g}); {shifted}"
     )

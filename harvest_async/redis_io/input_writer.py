@@ -35,6 +35,11 @@ class InputWriter:
     the whole hash (or `op=delete`), the entry shape `record --from-streams` reads
     (docs/recording.md). The entries of one `write` share the ID's millisecond
     (`stream_at`, else the server's clock), so a conversion sees them as one change.
+
+    `transaction=False` (a Redis Cluster, `client` its redis-py cluster client): a batch's
+    keys usually span slots, which one MULTI/EXEC cannot (CROSSSLOT), so the batch goes as
+    one pipeline per node, in parallel; a key's own commands still go in order on one
+    connection, back to back, but the batch is not atomic.
     """
 
     def __init__(
@@ -45,8 +50,10 @@ class InputWriter:
         ttl: Mapping[str, int | None],
         label: str = "writing inputs",
         streams: Mapping[str, str] | None = None,
+        transaction: bool = True,
     ) -> None:
         self.label = label  # what a failure says it was doing
+        self.transaction = transaction
         self.client = client
         self.keys = keys
         self.ttl = ttl
@@ -67,10 +74,11 @@ class InputWriter:
         key_for = self.keys.input_key
         streams = self.streams
         entry_id = self._entry_id(stream_at) if streams else "*"
-        # one MULTI/EXEC per batch: a reader never sees a hash between DEL and HSET
+        # one MULTI/EXEC per batch: a reader never sees a hash between DEL and HSET (on a
+        # cluster per-node pipelines: see the class)
         async with (
             redis_errors(self.label, replies=False),
-            self.client.pipeline(transaction=True) as pipe,
+            self.client.pipeline(transaction=self.transaction) as pipe,
         ):
             for w in writes:
                 key = key_for(w.kind, w.symbol)

@@ -14,13 +14,16 @@ from typing import Any
 
 from redis import exceptions as rexc
 
+from harvest_async.config import Settings
 from harvest_async.errors import ConfigError, RedisUnavailable
 from harvest_async.redis_io.client import REDIS_ERRORS, Client, client_for
+from harvest_async.redis_io.cluster.setup import cluster_client
 
 __all__ = [
     "PAGE",
     "Entry",
     "StreamInfo",
+    "cluster_history_client",
     "history_client",
     "stream_info",
     "xrange_field",
@@ -86,6 +89,14 @@ def history_client(url: str, password: str | None = None, *, name: str) -> Clien
     lists), which `xrange_pages` turns into dicts at C speed (redis-py's own parser costs
     about as much as reading the reply)."""
     client = client_for(url, password, retries=3, name=name)
+    client.set_response_callback("XRANGE", _unparsed)
+    return client
+
+
+def cluster_history_client(settings: Settings, *, name: str) -> Any:
+    """`history_client` on a Redis Cluster: redis-py's cluster client, which sends each
+    stream's XINFO and XRANGE to the node serving its key."""
+    client = cluster_client(settings, name=name)
     client.set_response_callback("XRANGE", _unparsed)
     return client
 

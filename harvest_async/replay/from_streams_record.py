@@ -1,4 +1,10 @@
-"""`record --from-streams`: stream history read page by page, merged, and converted."""
+"""`record --from-streams`: stream history read page by page, merged, and converted.
+
+On a Redis Cluster (REDIS_CLUSTER, detected as the service does) each stream is one key,
+so XINFO and XRANGE go through redis-py's cluster client to the stream's node; the
+`--snapshot-from` hashes are read as the live `record` reads them there (`ClusterRows`:
+per node, no cross-slot transaction).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,20 @@ import heapq
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Sequence
 
+import msgspec
+
 from harvest_async import __version__
 from harvest_async.clock import Clock, SystemClock, monotonic
 from harvest_async.config import Settings
 from harvest_async.core.timefmt import iso_utc_ms
 from harvest_async.errors import ConfigError
-from harvest_async.redis_io.client import Client, client_for, describe_url
+from harvest_async.redis_io.client import Client, describe_url
+from harvest_async.redis_io.cluster.cluster_rows import input_rows_at
+from harvest_async.redis_io.cluster.setup import cluster_mode
 from harvest_async.redis_io.streams import (
     PAGE,
     StreamInfo,
+    cluster_history_client,
     history_client,
     stream_info,
     xrange_field,
@@ -203,8 +214,12 @@ async def record_from_streams(
     _check_window(since, until, snapshot_from)
     began = monotonic()
     end_at = until.time if until is not None else clock.now()  # without --until: now
-    client = history_client(
-        settings.redis_url, settings.redis_password, name="harvest-async-record"
+    client = (
+        cluster_history_client(settings, name="harvest-async-record")
+        if await cluster_mode(settings)
+        else history_client(
+            settings.redis_url, settings.redis_password, name="harvest-async-record"
+        )
     )
     try:
         infos = await _infos(client, specs)
@@ -306,15 +321,16 @@ async def _snapshot_and_last_entries(
     """The hashes at `url` now, and pass 1 over the streams up to their ends read after
     it (returned): an entry between the ends read before and after the snapshot may or may
     not show in it, so its key's change signals cannot be completed."""
-    snapshot_client = client_for(
-        url, settings.redis_password, retries=3, name="harvest-async-record"
+    # the live recorder's reader: the same keys, the same handling of other types, on one
+    # server or a cluster (REDIS_CLUSTER applies to this URL too)
+    rows = await input_rows_at(
+        msgspec.structs.replace(settings, redis_url=url), name="harvest-async-record"
     )
     try:
-        # the live recorder's reader: the same keys, the same handling of other types
-        recorder = Recorder(snapshot_client, settings.keys, clock, symbols=settings.symbols)
+        recorder = Recorder(rows, settings.keys, clock, symbols=settings.symbols)
         at, state = await recorder.snapshot()
     finally:
-        await snapshot_client.aclose()
+        await rows.aclose()
     snapshot = TakenSnapshot(at, state)
     after = await _infos(client, specs)
     await _learn_last_entries(

@@ -1,4 +1,11 @@
-"""Write a recording's changes into a Redis at the recorded pace (`replay --into`)."""
+"""Write a recording's changes into a Redis at the recorded pace (`replay --into`).
+
+On one server a group of changes (those with one timestamp) is one MULTI/EXEC. On a
+Redis Cluster (`transaction=False`, the client redis-py's cluster client) each key's
+commands go to the node serving its slot: a group whose keys span slots is written as
+one pipeline per node, in parallel, not atomically (a transaction cannot span slots), so
+a reader may briefly see part of a group. Pacing and retiming are the same.
+"""
 
 from __future__ import annotations
 
@@ -103,12 +110,14 @@ class _Into:
         speed: float,
         retime: bool,
         start: float,
+        transaction: bool = True,
     ) -> None:
         self.clock = clock
         self.stats = stats
         self.key_for = keys.input_key
         self.existing: set[tuple[str, str]] = set()
-        self.writer = InputWriter(client, keys, ttl={})  # recorded TTLs are not kept (README)
+        # recorded TTLs are not kept (README)
+        self.writer = InputWriter(client, keys, ttl={}, transaction=transaction)
         self.ops: list[tuple[str, str, Hash | None, float]] = []  # (kind, symbol, fields, at)
         self.speed = speed
         self.retime = retime
@@ -121,7 +130,8 @@ class _Into:
         return self.clock.now() - at
 
     async def flush(self, at: float) -> None:
-        """The waiting changes as one MULTI/EXEC, their times moved to now."""
+        """The waiting changes as one MULTI/EXEC (a cluster: per-node pipelines), their
+        times moved to now."""
         if not self.ops:
             return
         offset = self.offset_for(at)
@@ -184,18 +194,29 @@ async def replay_into(
     *,
     speed: float,
     retime: bool = True,
+    transaction: bool = True,
     clock: Clock | None = None,
     on_progress: Callable[[float, IntoStats], None] | None = None,
 ) -> IntoStats:
     """Write the recording's changes into Redis at the recorded pace / `speed`
     (0 = as fast as possible): each set as DEL + HSET of the whole hash, each delete as
-    DEL, changes with one timestamp in one MULTI/EXEC. With `retime`, the hashes' epoch
+    DEL, changes with one timestamp in one MULTI/EXEC (`transaction=False` on a cluster:
+    per-node pipelines, see the module). With `retime`, the hashes' epoch
     fields are moved to the time of writing, so a live service does not see them stale."""
     clock = clock or SystemClock()
     stats = IntoStats()
     with RecordingReader(path) as reader:
         header: Header = reader.header
-        into = _Into(client, keys, clock, stats, speed=speed, retime=retime, start=header.start)
+        into = _Into(
+            client,
+            keys,
+            clock,
+            stats,
+            speed=speed,
+            retime=retime,
+            start=header.start,
+            transaction=transaction,
+        )
         into.snapshot(header.snapshot, header.start)
         await into.flush(header.start)
         group_at = header.start

@@ -10,6 +10,13 @@ subscription was re-established, notifications may be lost) is recorded as a fre
 `snapshot` line, never skipped; without notifications (poll mode) every poll reads all
 symbols and records what changed.
 
+On a Redis Cluster (REDIS_CLUSTER, detected as the service does) the same `Recorder`
+reads through `ClusterRows` and listens with `ClusterSource` (one listener per primary).
+A symbol's three hashes usually live on three nodes, and a transaction cannot span slots
+(CROSSSLOT): they are read per node in one pipelined round trip each, the nodes in
+parallel, so at nearly but not exactly one instant. A change of the cluster's topology
+(a failover, a reshard) is a gap: it is recorded as a fresh `snapshot` line.
+
 Lines are flushed at least once a second and the end marker is written on exit
 (duration over, SIGINT/SIGTERM, cancellation).
 """
@@ -27,17 +34,15 @@ import anyio
 from harvest_async import __version__
 from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings
-from harvest_async.core.keys import Keys, glob_escape
+from harvest_async.core.keys import Keys
 from harvest_async.core.ports import Event, Gap
 from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.client import (
-    Client,
-    check_redis,
-    client_for,
-    describe_url,
-    redis_errors,
-)
-from harvest_async.redis_io.inputs_io import InputLimits, InputRow, read_input_rows
+from harvest_async.redis_io.client import check_redis, client_for, describe_url
+from harvest_async.redis_io.cluster.cluster_notifications import ClusterSource
+from harvest_async.redis_io.cluster.cluster_rows import ClusterRows
+from harvest_async.redis_io.cluster.setup import cluster_client, cluster_slots
+from harvest_async.redis_io.input_rows import InputRows, ServerRows
+from harvest_async.redis_io.inputs_io import InputLimits, InputRow
 from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.redis_io.permissions import verify_permissions
 from harvest_async.replay.format import (
@@ -77,22 +82,21 @@ class RecordStats:
 
 
 class Recorder:
-    """Reads inputs from Redis and writes what changed. Driven by `record()`."""
+    """Reads inputs from Redis (`rows`: one server or a cluster) and writes what
+    changed. Driven by `record()`."""
 
     def __init__(
         self,
-        client: Client,
+        rows: InputRows,
         keys: Keys,
         clock: Clock,
         *,
         symbols: tuple[str, ...] | None,
-        limits: InputLimits | None = None,
     ) -> None:
-        self.client = client
+        self.rows = rows
         self.keys = keys
         self.clock = clock
         self.symbols = symbols
-        self.limits = limits or InputLimits()
         self._allowed = frozenset(symbols) if symbols is not None else None
         self.known: dict[str, InputRow] = {}  # symbol -> last recorded hashes
         self._dirty: dict[str, None] = {}
@@ -116,22 +120,13 @@ class Recorder:
     async def _discover(self) -> list[str]:
         if self.symbols is not None:
             return list(self.symbols)
-        found: set[str] = set(self.known)
-        async with redis_errors("scanning input keys"):
-            for prefix in self.keys.input_prefixes().values():
-                async for key in self.client.scan_iter(match=glob_escape(prefix) + "*", count=1000):
-                    hit = self.keys.classify(key)
-                    if hit is not None:
-                        found.add(hit[1])
-        return sorted(found)
+        return sorted(set(self.known) | await self.rows.discover())
 
     async def _fetch(self, symbols: Sequence[str]) -> dict[str, InputRow]:
         # Whole hashes within the service's size limits (an oversized one is recorded as
-        # the service reads it: invalid input saying why; so is a key of another type),
-        # in transactions: a symbol's three hashes as they were at one instant
-        rows = await read_input_rows(
-            self.client, self.keys, symbols, self.limits, "all", transaction=True
-        )
+        # the service reads it: invalid input saying why; so is a key of another type);
+        # on one server a symbol's three hashes as they were at one instant (the module)
+        rows = await self.rows.read(symbols)
         return dict(zip(symbols, rows, strict=True))
 
     @staticmethod
@@ -227,23 +222,9 @@ async def record(
     cannot be reached at the start."""
     clock = clock or SystemClock()
     await check_redis(settings)
-    await verify_permissions(settings, "record")
-    client = client_for(
-        settings.redis_url, settings.redis_password, retries=3, name="harvest-async-record"
-    )
+    rows, source = await _reads_and_source(settings)
     keys = settings.keys
-    recorder = Recorder(
-        client, keys, clock, symbols=settings.symbols, limits=InputLimits.of(settings)
-    )
-    source = KeyspaceSource(
-        settings.redis_url,
-        settings.redis_password,
-        keys,
-        instance=f"{settings.instance}-recorder",
-        input_streams=settings.input_streams,
-        poll_interval=settings.poll_interval_sec,
-        canary_timeout=settings.canary_timeout_sec,
-    )
+    recorder = Recorder(rows, keys, clock, symbols=settings.symbols)
     stats = RecordStats(path=out, reason="cancelled")
     writer: RecordingWriter | None = None
     began = clock.now()
@@ -295,8 +276,50 @@ async def record(
                 stats.snapshots = writer.snapshots
                 stats.symbols = len(writer.symbols)
                 stats.seconds = max(0.0, end_at - began)
-            await client.aclose()
+            await rows.aclose()
     return stats
+
+
+async def _reads_and_source(
+    settings: Settings,
+) -> tuple[InputRows, KeyspaceSource | ClusterSource]:
+    """One server's reads and notifications, or a cluster's (per slot, per primary)."""
+    slots = await cluster_slots(settings)
+    limits = InputLimits.of(settings)
+    instance = f"{settings.instance}-recorder"
+    if slots is None:
+        await verify_permissions(settings, "record")
+        client = client_for(
+            settings.redis_url, settings.redis_password, retries=3, name="harvest-async-record"
+        )
+        source = KeyspaceSource(
+            settings.redis_url,
+            settings.redis_password,
+            settings.keys,
+            instance=instance,
+            input_streams=settings.input_streams,
+            poll_interval=settings.poll_interval_sec,
+            canary_timeout=settings.canary_timeout_sec,
+        )
+        return ServerRows(client, settings.keys, limits), source
+    # the startup ACL probes assume one node (every key in reach): skipped, as by `run`
+    rows = ClusterRows(
+        cluster_client(settings, name="harvest-async-record"),
+        settings.keys,
+        slots,
+        limits=limits,
+        timeout=settings.redis_timeout_sec,
+    )
+    cluster_source = ClusterSource(
+        settings.redis_url,
+        settings.redis_password,
+        settings.keys,
+        slots,
+        instance=instance,
+        poll_interval=settings.poll_interval_sec,
+        canary_timeout=settings.canary_timeout_sec,
+    )
+    return rows, cluster_source
 
 
 def _on_signal(stats: RecordStats, signum: signal.Signals) -> None:

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,6 +28,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS
 from harvest_async.redis_io.cluster.topology import slot_of
+from harvest_async.replay.recording_reader import read_all
 from harvest_async.tools.doctor.report import render_text
 from harvest_async.tools.doctor.run import run_doctor
 from tests.support.cluster import ClusterTopology, cluster_topology, every_line
@@ -216,11 +218,11 @@ async def test_doctor_checks_every_node(cluster_topology: ClusterTopology) -> No
 
 
 @every_line
-async def test_run_once_and_the_commands_without_cluster_support(
-    cluster_topology: ClusterTopology,
+async def test_run_once_and_record_on_a_cluster(
+    cluster_topology: ClusterTopology, tmp_path: Path
 ) -> None:
-    """`run --once` publishes every symbol on a cluster; `record` refuses it (exit 2,
-    saying so) instead of half-working. (`watch` on a cluster: test_cluster_watch.py.)"""
+    """`run --once` publishes every symbol on a cluster and `record` records it (the rest
+    in test_cluster_record.py; `watch` on a cluster: test_cluster_watch.py)."""
     env = {**os.environ, "REDIS_URL": cluster_topology.url}
     async with producer(cluster_topology.url) as client:
         for symbol in SYMBOLS[:60]:
@@ -230,9 +232,13 @@ async def test_run_once_and_the_commands_without_cluster_support(
         )
         assert once.returncode == 0, once.stderr.decode()
         assert not await lagging(client, dict.fromkeys(SYMBOLS[:60], 5.0))
-    for args in (["record", "--duration", "1", "--out", os.devnull],):
-        done = await anyio.run_process(
-            [sys.executable, "-m", "harvest_async", *args], env=env, check=False
-        )
-        assert done.returncode == 2, done.stderr.decode()
-        assert "does not support Redis Cluster yet" in done.stderr.decode()
+    out = tmp_path / "cluster.jsonl"
+    done = await anyio.run_process(
+        [sys.executable, "-m", "harvest_async", "record", "--duration", "1", "--out", str(out)],
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert "recorded 0 changes of 60 symbols" in done.stdout.decode()
+    header, _lines = read_all(out)
+    assert set(header.snapshot) == set(SYMBOLS[:60])

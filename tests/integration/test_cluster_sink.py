@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,9 +22,12 @@ from harvest_async.redis_io.cluster.cluster_sink import ClusterSink
 from harvest_async.redis_io.cluster.topology import SlotMap, slot_of
 from harvest_async.redis_io.leases import FenceToken
 from harvest_async.redis_io.wire import endpoint_from_url
-from harvest_async.tools.server_binaries import ServerBinary
-from tests.support.cluster import ClusterTopology, cluster_lines
+from tests.support.cluster import ClusterTopology, bare_cluster, every_line_bare
 from tests.support.live import KEYS, market, now, position
+
+__all__ = ["bare_cluster"]  # the fixture, used by name below
+# every release line: the write order rests on the scripts and MULTI each line runs
+pytestmark = every_line_bare
 
 _seq = itertools.count(int(now() * 1000))
 
@@ -45,16 +48,6 @@ def publish(symbol: str, pnl: float = 5.0) -> PublishOut:
         out.trigger,
         out.material,
     )
-
-
-# every release line: the write order rests on the scripts and MULTI each line runs
-@pytest.fixture(params=cluster_lines() or [None], ids=lambda b: b.id if b else "none")
-def bare_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
-    binary: ServerBinary | None = request.param
-    if binary is None:
-        pytest.skip("no redis-server or valkey-server")
-    with ClusterTopology(binary) as topology:
-        yield topology
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from harvest_async.config import Settings
 from harvest_async.core.input_hashes import OVERSIZED, NoAdvice
 from harvest_async.core.inputs import parse_position
 from harvest_async.redis_io.client import client_for
+from harvest_async.redis_io.input_rows import ServerRows
 from harvest_async.redis_io.inputs_io import InputLimits, read_hashes
 from harvest_async.redis_io.reader import RedisInputReader
 from harvest_async.redis_io.wire import endpoint_from_url
@@ -190,7 +191,10 @@ async def test_record_and_doctor_see_an_oversized_hash_as_the_service_does(
             f"{KEYS.position(BIG)} has {60 + len(position())} fields (limit MAX_INPUT_FIELDS=50)"
         )
         recorder = Recorder(
-            client, KEYS, SystemClock(), symbols=settings.symbols, limits=InputLimits(fields=50)
+            ServerRows(client, KEYS, InputLimits(fields=50)),
+            KEYS,
+            SystemClock(),
+            symbols=settings.symbols,
         )
         _at, state = await recorder.snapshot()
         assert state[BIG].position == {OVERSIZED: expected}

@@ -32,10 +32,12 @@ from tests.support.sentinel import _free_port, _text, flavours
 __all__ = [
     "SLOTS",
     "ClusterTopology",
+    "bare_cluster",
     "cluster_flavours",
     "cluster_lines",
     "cluster_topology",
     "every_line",
+    "every_line_bare",
 ]
 
 SLOTS = 16384
@@ -91,6 +93,10 @@ def _id(binary: ServerBinary | None) -> str:
 # for a test that runs on every release line: `@every_line` over `cluster_topology`
 every_line = pytest.mark.parametrize(
     "cluster_topology", cluster_lines() or [None], ids=_id, indirect=True
+)
+# the same over `bare_cluster`
+every_line_bare = pytest.mark.parametrize(
+    "bare_cluster", cluster_lines() or [None], ids=_id, indirect=True
 )
 
 
@@ -319,4 +325,25 @@ def cluster_topology(request: pytest.FixtureRequest) -> Iterator[ClusterTopology
     if binary is None:
         pytest.skip("no redis-server or valkey-server")
     with ClusterTopology(binary, replicas=1) as topology:
+        yield topology
+
+
+@pytest.fixture(params=cluster_flavours() or [None], ids=lambda b: b.id if b else "none")
+def bare_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
+    """A fresh 3-primary cluster without replicas (quicker), per flavour."""
+    binary: ServerBinary | None = request.param
+    if binary is None:
+        pytest.skip("no redis-server >= 7.0 or valkey-server")
+    with ClusterTopology(binary) as topology:
+        yield topology
+
+
+@pytest.fixture(params=cluster_flavours() or [None], ids=_id)
+def bare_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
+    """A fresh 3-primary cluster without replicas (quicker), per flavour (`every_line_bare`:
+    per release line)."""
+    binary: ServerBinary | None = request.param
+    if binary is None:
+        pytest.skip("no redis-server or valkey-server")
+    with ClusterTopology(binary) as topology:
         yield topology

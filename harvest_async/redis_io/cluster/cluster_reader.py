@@ -6,7 +6,8 @@ A symbol's three input keys carry no hash tag, so they usually live on three nod
 read script is loaded on a node whenever its connection is new and after a NOSCRIPT;
 MOVED and ASK are followed (`routing`). Discovery (SCAN over every primary) and the
 published proposals are cold paths on the redis-py cluster client, shared with the
-one-server reader's code (`RedisInputReader.discover`, `read_published`).
+one-server reader's code (`RedisInputReader.discover`, `read_published`). `mode` "all"
+reads whole hashes instead of the fields the service uses (`record`, `ClusterRows`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from harvest_async.redis_io.inputs_io import (
     READ_SCRIPT,
     READ_SHA,
     InputLimits,
+    Mode,
     decode_reply,
     read_error,
     unknown_command,
@@ -52,8 +54,10 @@ class ClusterInputReader:
         *,
         limits: InputLimits | None = None,
         timeout: float = 5.0,
+        mode: Mode = "used",
     ) -> None:
         self.keys = keys
+        self.mode: Mode = mode  # "used": the fields the service reads; "all": whole hashes
         self.slots = slots
         self.limits = limits or InputLimits()
         self.command = READ_COMMANDS[0]
@@ -73,7 +77,7 @@ class ClusterInputReader:
 
     # -- the hot path ----------------------------------------------------------------------
     def _call(self, kind: str, key: str) -> bytes:
-        return command(self.command, READ_SHA, 1, key, *self.limits.args(kind, "used"))
+        return command(self.command, READ_SHA, 1, key, *self.limits.args(kind, self.mode))
 
     async def fetch(
         self, symbols: Sequence[str], kinds: Sequence[int] | None = None
@@ -104,7 +108,7 @@ class ClusterInputReader:
     def _hash(self, kind: str, key: str, reply: Reply) -> Hash | None:
         if reply is None:
             return None
-        fields = decode_reply(kind, key, reply, self.limits, "used")
+        fields = decode_reply(kind, key, reply, self.limits, self.mode)
         if isinstance(fields, Exception):
             return read_error(kind, fields, "reading inputs")
         return fields

@@ -9,28 +9,47 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.config import Settings
-from harvest_async.errors import ConfigError, RedisUnavailable
+from harvest_async.errors import ConfigError
 from harvest_async.redis_io.client import describe_url, endpoint_for
 from harvest_async.redis_io.cluster.topology import SlotMap, is_cluster
 
-__all__ = ["cluster_client", "cluster_slots", "refuse_cluster", "tool_slots"]
+__all__ = ["cluster_client", "cluster_mode", "cluster_slots", "tool_slots"]
 
 log = logging.getLogger(__name__)
 
 
-async def cluster_slots(settings: Settings) -> SlotMap | None:
-    """The cluster's slot map when the service runs in cluster mode, else None.
+async def cluster_mode(settings: Settings) -> bool:
+    """Whether REDIS_URL is to be used as a Redis Cluster: `auto` asks the server (INFO
+    cluster); `true` insists (a server not in cluster mode is a configuration error, exit
+    2); a Unix socket or Sentinel URL never is."""
+    if settings.redis_cluster == "false" or settings.redis_url.startswith(
+        ("unix://", "redis+sentinel://")
+    ):
+        return False
+    endpoint = endpoint_for(settings)
+    detected = await is_cluster(endpoint, limit=settings.redis_timeout_sec)
+    if not detected:
+        if settings.redis_cluster == "true":
+            raise ConfigError(
+                "REDIS_CLUSTER",
+                f"true, but {describe_url(settings.redis_url)} is not in cluster mode",
+            )
+        return False
+    if endpoint.db != 0:
+        raise ConfigError("REDIS_URL", f"a Redis Cluster has only database 0, got db {endpoint.db}")
+    return True
 
-    `auto` asks the server (INFO cluster); `true` insists (a server not in cluster mode
-    is a configuration error, exit 2). Settings a cluster cannot honour stop the start.
-    """
-    slots = await tool_slots(settings)
-    if slots is None:
+
+async def cluster_slots(settings: Settings) -> SlotMap | None:
+    """The cluster's slot map when the service runs in cluster mode (`cluster_mode`), else
+    None. Settings a cluster cannot honour stop the start."""
+    if not await cluster_mode(settings):
         return None
     if settings.input_streams:
         raise ConfigError(
             "INPUT_STREAMS", "input streams are not read on a Redis Cluster (keyspace only)"
         )
+    slots = SlotMap(endpoint_for(settings), timeout=settings.redis_timeout_sec)
     await slots.refresh("start")
     log.info(
         "Redis Cluster: %d primaries (%s); one notification listener per primary",
@@ -42,55 +61,24 @@ async def cluster_slots(settings: Settings) -> SlotMap | None:
 
 
 async def tool_slots(settings: Settings) -> SlotMap | None:
-    """The cluster's slot map (not read yet) when REDIS_URL names a cluster node, else
-    None: `auto` asks the server (INFO cluster), `true` insists (exit 2 otherwise)."""
-    if settings.redis_cluster == "false" or settings.redis_url.startswith(
-        ("unix://", "redis+sentinel://")
-    ):
+    """The tools' view (watch): the slot map, not read yet, when REDIS_URL is used as a
+    Redis Cluster (`cluster_mode`), else None; none of the service's own refusals."""
+    if not await cluster_mode(settings):
         return None
-    endpoint = endpoint_for(settings)
-    detected = await is_cluster(endpoint, limit=settings.redis_timeout_sec)
-    if not detected:
-        if settings.redis_cluster == "true":
-            raise ConfigError(
-                "REDIS_CLUSTER",
-                f"true, but {describe_url(settings.redis_url)} is not in cluster mode",
-            )
-        return None
-    if endpoint.db != 0:
-        raise ConfigError("REDIS_URL", f"a Redis Cluster has only database 0, got db {endpoint.db}")
-    return SlotMap(endpoint, timeout=settings.redis_timeout_sec)
+    return SlotMap(endpoint_for(settings), timeout=settings.redis_timeout_sec)
 
 
-def cluster_client(settings: Settings) -> Any:
-    """redis-py's cluster client (cold paths: discovery, proposals read back, liveness).
-    Typed Any: it is not a `redis.asyncio.Redis`, but offers what those paths call."""
+def cluster_client(settings: Settings, *, name: str = "harvest-async") -> Any:
+    """redis-py's cluster client (cold paths: discovery, proposals read back, liveness;
+    the tools' reads and writes). Typed Any: it is not a `redis.asyncio.Redis`, but
+    offers what those paths call."""
     kwargs: dict[str, Any] = {
         "decode_responses": True,
         "encoding_errors": "replace",
         "socket_timeout": settings.redis_timeout_sec,
         "socket_connect_timeout": 5.0,
-        "client_name": "harvest-async",
+        "client_name": name,
     }
     if settings.redis_password is not None:
         kwargs["password"] = settings.redis_password
     return RedisCluster.from_url(settings.redis_url, **kwargs)
-
-
-async def refuse_cluster(settings: Settings, command: str) -> None:
-    """Stop `command` (exit 2) on a Redis Cluster, which it does not support yet: its
-    transactions assume one server (record, replay --into)."""
-    if settings.redis_cluster == "false" or not settings.redis_url.startswith(
-        ("redis://", "rediss://")
-    ):
-        return
-    try:
-        cluster = await is_cluster(endpoint_for(settings), limit=settings.redis_timeout_sec)
-    except RedisUnavailable:
-        return  # the command's own check says so, in its words
-    if cluster:
-        raise ConfigError(
-            "REDIS_URL",
-            f"{describe_url(settings.redis_url)} is a Redis Cluster node: `{command}` does not "
-            "support Redis Cluster yet (run it against one server, or a Sentinel deployment)",
-        )
