@@ -7,15 +7,17 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from harvest_async.config import Settings
-from harvest_async.config.sentinel_url import is_sentinel_url, mask_url
+from harvest_async.config.sentinel_url import is_sentinel_url, mask_url, parse_sentinel_url
 from harvest_async.core.keys import glob_escape
 from harvest_async.errors import (
     AuthenticationFailed,
@@ -155,6 +157,10 @@ def _primary_client(url: str, kwargs: dict[str, Any]) -> aioredis.Redis:
     if deployment.password is not None:
         sentinel_kwargs["password"] = deployment.password
         sentinel_kwargs["username"] = deployment.username
+    if deployment.tls is not None:
+        tls = _tls_kwargs(url)
+        sentinel_kwargs.update(tls)
+        kwargs.update(tls)
     if endpoint.password is not None:
         kwargs["password"] = endpoint.password  # the URL's wins, as with redis://
     if endpoint.username is not None:
@@ -173,6 +179,14 @@ def _primary_client(url: str, kwargs: dict[str, Any]) -> aioredis.Redis:
     client.connection_pool.seen = deployment.switches
     client.sentinels = sentinel
     return client
+
+
+def _tls_kwargs(url: str) -> dict[str, Any]:
+    """rediss+sentinel://: redis-py's TLS arguments from the URL's `ssl_*` options, read
+    by redis-py's own URL parser as for rediss:// (so both take the same values)."""
+    options = parse_sentinel_url(url).tls_options()
+    parsed = parse_url(f"rediss://localhost/?{urlencode(options)}")
+    return {"ssl": True} | {k: v for k, v in parsed.items() if k.startswith("ssl_")}
 
 
 # a password given to a server that has none: AUTH fails (Redis 6+, Valkey; Redis 5)
