@@ -198,19 +198,29 @@ def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
         options.get("ssl_check_hostname", "true").upper() not in _FALSE
     )
     context.verify_mode = verify
-    if "ssl_certfile" in options or "ssl_keyfile" in options:
-        context.load_cert_chain(
-            options.get("ssl_certfile", ""),
-            options.get("ssl_keyfile"),
-            options.get("ssl_password"),
-        )
-    if "ssl_ca_certs" in options or "ssl_ca_path" in options:
-        context.load_verify_locations(options.get("ssl_ca_certs"), options.get("ssl_ca_path"))
+    files = ""
+    try:  # a missing or unreadable file is a configuration error, not a crash
+        if "ssl_certfile" in options or "ssl_keyfile" in options:
+            files = _given(options, "ssl_certfile", "ssl_keyfile")
+            context.load_cert_chain(
+                options.get("ssl_certfile", ""),
+                options.get("ssl_keyfile"),
+                options.get("ssl_password"),
+            )
+        if "ssl_ca_certs" in options or "ssl_ca_path" in options:
+            files = _given(options, "ssl_ca_certs", "ssl_ca_path")
+            context.load_verify_locations(options.get("ssl_ca_certs"), options.get("ssl_ca_path"))
+    except OSError as exc:  # ssl.SSLError too: not a certificate, wrong key password
+        raise ValueError(f"cannot load {files}: {exc.strerror or exc}") from None
     if "ssl_min_version" in options:
         context.minimum_version = _tls_version(options["ssl_min_version"])
     if "ssl_ciphers" in options:
         context.set_ciphers(options["ssl_ciphers"])
     return context
+
+
+def _given(options: dict[str, str], *names: str) -> str:
+    return " ".join(f"{name}={options[name]}" for name in names if name in options)
 
 
 def _tls_version(raw: str) -> ssl.TLSVersion:
