@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -185,7 +186,13 @@ def _tls_kwargs(url: str) -> dict[str, Any]:
     """rediss+sentinel://: redis-py's TLS arguments from the URL's `ssl_*` options, read
     by redis-py's own URL parser as for rediss:// (so both take the same values)."""
     options = parse_sentinel_url(url).tls_options()
-    parsed = parse_url(f"rediss://localhost/?{urlencode(options)}")
+    version = options.get("ssl_min_version", "")
+    if version in ssl.TLSVersion.__members__:  # TLSv1_2: a name the wire takes, redis-py not
+        options["ssl_min_version"] = str(ssl.TLSVersion[version].value)
+    try:
+        parsed = parse_url(f"rediss://localhost/?{urlencode(options)}")
+    except ValueError as exc:  # "Invalid value for 'ssl_min_version' ..."
+        raise ConfigError("REDIS_URL", str(exc)) from None
     return {"ssl": True} | {k: v for k, v in parsed.items() if k.startswith("ssl_")}
 
 

@@ -143,6 +143,13 @@ async def test_redis_pys_sentinel_client_gets_the_same_tls_settings() -> None:
         assert to_sentinel.connection_kwargs["ssl_ca_certs"] == str(CA)
     finally:
         await client.aclose()
+    named = client_for(f"{url}&ssl_min_version=TLSv1_3", name="t")  # as the wire reads it
+    try:
+        assert named.connection_pool.connection_kwargs["ssl_min_version"] == ssl.TLSVersion.TLSv1_3
+    finally:
+        await named.aclose()
+    with pytest.raises(ConfigError, match="ssl_min_version"):
+        client_for(f"{url}&ssl_min_version=TLSv9", name="t")
     plain = client_for("redis+sentinel://s1:1/svc/0", name="t")
     try:
         assert plain.connection_pool.connection_class is not SentinelManagedSSLConnection
