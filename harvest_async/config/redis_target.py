@@ -127,8 +127,8 @@ def redis_url(env: Mapping[str, str]) -> tuple[str, int, str | None]:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             "REDIS_URL",
-            "must start with redis://, rediss://, unix:// or redis+sentinel://, "
-            f"got {mask_url(url)!r}",
+            "must start with redis://, rediss://, unix://, redis+sentinel:// or "
+            f"rediss+sentinel:// (Sentinel over TLS), got {mask_url(url)!r}",
         )
     db = 0
     if url.startswith("unix://"):
@@ -156,8 +156,9 @@ def redis_url(env: Mapping[str, str]) -> tuple[str, int, str | None]:
 def _sentinel_target(
     url: str, compat: _RedisTarget, given: dict[str, str]
 ) -> tuple[str, int, str | None]:
-    """A redis+sentinel:// URL (INTERFACE §7): the primary's address comes from the
-    sentinels, so REDIS_HOST/REDIS_PORT cannot apply; REDIS_DB must agree."""
+    """A redis+sentinel:// or rediss+sentinel:// URL (INTERFACE §7): the primary's
+    address comes from the sentinels, so REDIS_HOST/REDIS_PORT cannot apply; REDIS_DB
+    must agree."""
     try:
         parsed = parse_sentinel_url(url)
     except ValueError as exc:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from harvest_async.config import Settings
-from harvest_async.config.sentinel_url import is_sentinel_url, mask_url
+from harvest_async.config.sentinel_url import is_sentinel_url, mask_url, parse_sentinel_url
 from harvest_async.core.keys import glob_escape
 from harvest_async.errors import (
     AuthenticationFailed,
@@ -155,6 +158,10 @@ def _primary_client(url: str, kwargs: dict[str, Any]) -> aioredis.Redis:
     if deployment.password is not None:
         sentinel_kwargs["password"] = deployment.password
         sentinel_kwargs["username"] = deployment.username
+    if deployment.tls is not None:
+        tls = _tls_kwargs(url)
+        sentinel_kwargs.update(tls)
+        kwargs.update(tls)
     if endpoint.password is not None:
         kwargs["password"] = endpoint.password  # the URL's wins, as with redis://
     if endpoint.username is not None:
@@ -173,6 +180,20 @@ def _primary_client(url: str, kwargs: dict[str, Any]) -> aioredis.Redis:
     client.connection_pool.seen = deployment.switches
     client.sentinels = sentinel
     return client
+
+
+def _tls_kwargs(url: str) -> dict[str, Any]:
+    """rediss+sentinel://: redis-py's TLS arguments from the URL's `ssl_*` options, read
+    by redis-py's own URL parser as for rediss:// (so both take the same values)."""
+    options = parse_sentinel_url(url).tls_options()
+    version = options.get("ssl_min_version", "")
+    if version in ssl.TLSVersion.__members__:  # TLSv1_2: a name the wire takes, redis-py not
+        options["ssl_min_version"] = str(ssl.TLSVersion[version].value)
+    try:
+        parsed = parse_url(f"rediss://localhost/?{urlencode(options)}")
+    except ValueError as exc:  # "Invalid value for 'ssl_min_version' ..."
+        raise ConfigError("REDIS_URL", str(exc)) from None
+    return {"ssl": True} | {k: v for k, v in parsed.items() if k.startswith("ssl_")}
 
 
 # a password given to a server that has none: AUTH fails (Redis 6+, Valkey; Redis 5)

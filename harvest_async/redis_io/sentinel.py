@@ -44,7 +44,8 @@ class _Conn:
 
     @classmethod
     async def open(cls, sentinels: Sentinels, host: str, port: int) -> _Conn:
-        reader, writer = await asyncio.open_connection(host, port)
+        # rediss+sentinel://: the sentinels are verified as the data nodes are
+        reader, writer = await asyncio.open_connection(host, port, ssl=sentinels.tls)
         conn = cls(reader, writer)
         if sentinels.password is not None:
             user = (sentinels.username,) if sentinels.username is not None else ()

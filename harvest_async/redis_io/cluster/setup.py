@@ -9,6 +9,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.config import Settings
+from harvest_async.config.sentinel_url import is_sentinel_url
 from harvest_async.errors import ConfigError
 from harvest_async.redis_io.client import describe_url, endpoint_for
 from harvest_async.redis_io.cluster.topology import SlotMap, is_cluster
@@ -22,9 +23,8 @@ async def cluster_mode(settings: Settings) -> bool:
     """Whether REDIS_URL is to be used as a Redis Cluster: `auto` asks the server (INFO
     cluster); `true` insists (a server not in cluster mode is a configuration error, exit
     2); a Unix socket or Sentinel URL never is."""
-    if settings.redis_cluster == "false" or settings.redis_url.startswith(
-        ("unix://", "redis+sentinel://")
-    ):
+    url = settings.redis_url
+    if settings.redis_cluster == "false" or url.startswith("unix://") or is_sentinel_url(url):
         return False
     endpoint = endpoint_for(settings)
     detected = await is_cluster(endpoint, limit=settings.redis_timeout_sec)
