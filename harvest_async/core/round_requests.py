@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from harvest_async.core.input_hashes import SymbolInputs
 from harvest_async.core.ports import Output
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Request",
     "Step",
     "Write",
+    "merge_partial",
 ]
 
 # which input hashes a Fetch reads, one bit each; a notification names the hash that
@@ -57,3 +59,15 @@ class Write(msgspec.Struct, frozen=True, gc=False):
 
 Request = Discover | ReadPublished | Fetch | Write
 Step = Generator[Request, Any, None]
+
+
+def merge_partial(old: SymbolInputs | None, new: SymbolInputs, mask: int) -> SymbolInputs:
+    """The hashes read (`mask`) from `new`, the others as the engine holds them."""
+    if mask == ALL_KINDS or old is None:
+        return new
+    return SymbolInputs(
+        new.symbol,
+        new.marketstate if mask & 1 else old.marketstate,
+        new.risk if mask & 2 else old.risk,
+        new.position if mask & 4 else old.position,
+    )

@@ -28,6 +28,7 @@ from harvest_async.core.round_requests import (
     Request,
     Step,
     Write,
+    merge_partial,
 )
 from harvest_async.core.slots import touches
 
@@ -59,10 +60,11 @@ class _Pending:
     """A resync to do: why, of which cluster slots' symbols (None: of every symbol), and
     what happened (for its log line). Gaps met before it runs widen it."""
 
-    __slots__ = ("detail", "reason", "slots")
+    __slots__ = ("detail", "logged", "reason", "slots")
 
     def __init__(self, reason: str, slots: frozenset[int] | None = None, detail: str = "") -> None:
         self.reason, self.slots, self.detail = reason, slots, detail
+        self.logged = False  # its line is written once, by the attempt that gets that far
 
     def widen(self, slots: frozenset[int] | None) -> None:
         self.slots = None if slots is None or self.slots is None else self.slots | slots
@@ -104,6 +106,7 @@ class Rounds:
         self._urgent = False  # a dirty symbol may publish (the floor does not hold it)
         self._pending: _Pending | None = None  # the resync the next round does
         self._resync_retry = False  # the pending resync failed once: retried, not counted
+        self._startup = _Pending("startup")  # the same one through the startup's retries
         self.next_reconcile: float | None = None  # set by the first full pass
         self.passes = 0  # completed full passes (startup, resyncs, reconciles)
         self._takeover = False  # a publisher group's partitions gained, to adopt
@@ -182,7 +185,7 @@ class Rounds:
         for symbol, fields in published.items():
             self.engine.note_existing(symbol, fields)
         try:
-            yield from self._resync("startup")
+            yield from self._resync(self._startup)
         except BaseException:
             self._resync_retry = True
             raise
@@ -209,7 +212,7 @@ class Rounds:
         if pending is not None:
             self._pending = None
             try:
-                yield from self._resync(pending.reason, pending.slots, pending.detail)
+                yield from self._resync(pending)
             except BaseException:
                 self._restore(pending)
                 self._resync_retry = True
@@ -263,12 +266,12 @@ class Rounds:
         batch = {symbol: dirty.pop(symbol) for symbol in taken}
         return batch, {symbol: kinds.pop(symbol) for symbol in batch}
 
-    def _resync(self, reason: str, slots: frozenset[int] | None = None, detail: str = "") -> Step:
-        """Every symbol read, evaluated and written if it differs (a full pass); with
-        `slots` only those with a key there, and those dirty anyway (not a full pass: the
-        reconcile keeps its schedule)."""
-        retry = self._resync_retry  # the same resync again, after a failure: counted once
-        if retry:
+    def _resync(self, pending: _Pending) -> Step:
+        """Every symbol read and evaluated (a full pass); with `pending.slots` only those
+        with a key there, and those dirty anyway (not a full pass: the reconcile keeps its
+        schedule)."""
+        reason, slots = pending.reason, pending.slots
+        if self._resync_retry:  # the same resync again, after a failure: counted once
             log.debug("resync (%s) retried", reason)
         else:
             self.hooks.on_resync(reason)
@@ -286,8 +289,9 @@ class Rounds:
             # a symbol with no key in `slots` lost no notification: its listener stayed
             keys, dirty = self.keys, self._dirty
             symbols = [s for s in symbols if s in dirty or touches(keys, s, slots)]
-        if not retry and reason not in _QUIET:
-            _log_resync(reason, detail, len(symbols), total, scoped=slots is not None)
+        if not pending.logged and reason not in _QUIET:
+            pending.logged = True
+            _log_resync(pending, len(symbols), total)
         lost: list[str] = []
         if reason not in _NO_VERIFY:
             # after a gap the proposals may be gone too (a server restart loses them while
@@ -378,7 +382,7 @@ class Rounds:
                 ]
                 inputs = yield Fetch(chunk, masks)
                 inputs = [
-                    _merge(old, new, mask)
+                    merge_partial(old, new, mask)
                     for old, new, mask in zip(held, inputs, masks, strict=True)
                 ]
             changed = []
@@ -425,25 +429,14 @@ class Rounds:
             yield Write(outputs, seen)
 
 
-def _log_resync(reason: str, detail: str, count: int, total: int, *, scoped: bool) -> None:
+def _log_resync(pending: _Pending, count: int, total: int) -> None:
     """One line per resync; a gap that says what happened (e.g. a cluster's topology
     change) says it with the count of symbols it resyncs."""
+    reason, detail = pending.reason, pending.detail
     extra = {"event": "resync", "reason": reason, "resynced": count, "symbols": total}
     if detail:
         log.info("%s: %s; resyncing %d of %d symbols", reason, detail, count, total, extra=extra)
-    elif scoped:
+    elif pending.slots is not None:
         log.info("resync (%s): %d of %d symbols", reason, count, total, extra=extra)
     else:
         log.info("resync (%s)", reason, extra=extra)
-
-
-def _merge(old: SymbolInputs | None, new: SymbolInputs, mask: int) -> SymbolInputs:
-    """The hashes read (`mask`) from `new`, the others as the engine holds them."""
-    if mask == ALL_KINDS or old is None:
-        return new
-    return SymbolInputs(
-        new.symbol,
-        new.marketstate if mask & 1 else old.marketstate,
-        new.risk if mask & 2 else old.risk,
-        new.position if mask & 4 else old.position,
-    )

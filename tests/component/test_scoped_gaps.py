@@ -113,9 +113,17 @@ async def test_without_keys_a_scoped_gap_resyncs_everything() -> None:
 
 
 class FailingStore(MemoryStore):
-    """Fetches raise RedisUnavailable while `failing` is above zero (one each)."""
+    """Fetches raise RedisUnavailable while `failing` is above zero (one each), and
+    discoveries while `lost` is."""
 
     failing = 0
+    lost = 0
+
+    async def discover(self) -> list[str]:
+        if self.lost:
+            self.lost -= 1
+            raise RedisUnavailable("connection lost")
+        return await super().discover()
 
     async def fetch(
         self, symbols: Sequence[str], kinds: Sequence[int] | None = None
@@ -140,3 +148,25 @@ async def test_a_scoped_resync_that_fails_is_done_again_in_full() -> None:
         await until(lambda: h.runner.passes == 2, limit=5.0)
         assert h.store.fetches[fetched:] == [in_slots(MOVED), SYMBOLS]
         assert len(h.sink.publishes("S07", since=1)) == 1
+
+
+async def test_the_topology_line_is_written_once_when_its_resync_is_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    store = FailingStore(inp(s) for s in SYMBOLS)
+    h = harness(store)
+    async with running(h):
+        store.lost = 1  # the discovery fails: nothing was logged yet
+        h.source.gap(TOPOLOGY, MOVED, "2 slots moved")
+        await until(lambda: h.runner.passes == 2, limit=5.0)
+        store.failing = 1  # the next one fails after its line
+        h.source.gap(TOPOLOGY, MOVED, "2 slots moved again")
+        await until(lambda: h.runner.passes == 3, limit=5.0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(TOPOLOGY)]
+    # widened to every symbol by the failure's own gap ("redis error"), said once each
+    assert lines == [
+        f"{TOPOLOGY}: 2 slots moved; resyncing {len(SYMBOLS)} of {len(SYMBOLS)} symbols",
+        f"{TOPOLOGY}: 2 slots moved again; resyncing {len(in_slots(MOVED))} of "
+        f"{len(SYMBOLS)} symbols",
+    ]
