@@ -247,9 +247,12 @@ class ManualSource:
         for _ in range(times):
             self.emit(Changed(symbol, kind))
 
-    def gap(self, reason: str = "resubscribed") -> None:
-        """Notifications may have been lost (a reconnect, a resubscribe)."""
-        self.emit(Gap(reason))
+    def gap(
+        self, reason: str = "resubscribed", slots: frozenset[int] | None = None, detail: str = ""
+    ) -> None:
+        """Notifications may have been lost (a reconnect, a resubscribe); with `slots`,
+        only those of the keys in these cluster slots (a topology change)."""
+        self.emit(Gap(reason, slots, detail))
 
     def notify(self, key: str) -> bool:
         """A keyspace notification for `key` (e.g. `keys.risk("BTCUSDT")`); True if it

@@ -79,9 +79,14 @@ class Changed(msgspec.Struct, frozen=True, gc=False):
 
 
 class Gap(msgspec.Struct, frozen=True, gc=False):
-    """Notifications may have been lost: resync every symbol before trusting events."""
+    """Notifications may have been lost: resync before trusting events. `slots`: only
+    for the Redis Cluster slots named (the symbols with an input or proposal key in one
+    of them, `core.slots.touches`); None: every symbol. `detail`: what happened, for the
+    resync's log line."""
 
     reason: str
+    slots: frozenset[int] | None = None
+    detail: str = ""
 
 
 Event = Changed | Gap

@@ -3,23 +3,34 @@ engine calls and outputs. Written once; the live runner and the replayer both dr
 replay decides exactly as live does (docs/publish-rules.md, "Resync").
 
 Sans-I/O: a round is a generator that yields requests (`Discover`, `ReadPublished`,
-`Fetch`, `Write`) and receives their answers. The live runner answers them from Redis
-(and throws a failed write back in); the replayer answers them from a recording's
-in-memory state on a virtual clock. Neither decides anything itself.
+`Fetch`, `Write`: `core.round_requests`, re-exported here) and receives their answers.
+The live runner answers them from Redis (and throws a failed write back in); the replayer
+answers them from a recording's in-memory state on a virtual clock. Neither decides
+anything itself.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Generator, Iterator
-from typing import Any
-
-import msgspec
+from collections.abc import Callable, Iterator
 
 from harvest_async.core.engine import Engine
 from harvest_async.core.input_hashes import Hash, SymbolInputs
+from harvest_async.core.keys import Keys
 from harvest_async.core.ports import NullHooks, Output, RunnerHooks
+from harvest_async.core.round_requests import (
+    ALL_KINDS,
+    KIND_BITS,
+    Discover,
+    Fetch,
+    ReadPublished,
+    Request,
+    Step,
+    Write,
+    merge_partial,
+)
+from harvest_async.core.slots import touches
 
 __all__ = [
     "ALL_KINDS",
@@ -43,42 +54,20 @@ FETCH_CHUNK = 250
 # timers' reconciles follow no gap
 _NO_VERIFY = frozenset({"startup", "periodic reconcile", "poll"})
 _QUIET = frozenset({"periodic reconcile", "poll"})
-# which input hashes a Fetch reads, one bit each; a notification names the hash that
-# changed, so a symbol the engine holds needs only that one read again
-KIND_BITS = {"marketstate": 1, "risk": 2, "position": 4}
-ALL_KINDS = 7
 
 
-class Discover(msgspec.Struct, frozen=True, gc=False):
-    """Answer: the symbols with a position key or a proposal (list[str])."""
+class _Pending:
+    """A resync to do: why, of which cluster slots' symbols (None: of every symbol), and
+    what happened (for its log line). Gaps met before it runs widen it."""
 
+    __slots__ = ("detail", "logged", "reason", "slots")
 
-class ReadPublished(msgspec.Struct, frozen=True, gc=False):
-    """Answer: the proposal hashes in place (dict[str, Hash]); all of them for None."""
+    def __init__(self, reason: str, slots: frozenset[int] | None = None, detail: str = "") -> None:
+        self.reason, self.slots, self.detail = reason, slots, detail
+        self.logged = False  # its line is written once, by the attempt that gets that far
 
-    symbols: list[str] | None
-
-
-class Fetch(msgspec.Struct, frozen=True, gc=False):
-    """Answer: the input hashes of `symbols` (list[SymbolInputs], same order). `kinds`
-    (None: all three of every symbol): per symbol, the KIND_BITS of the hashes to read;
-    the others may be left None in the answer (the round keeps what the engine holds)."""
-
-    symbols: list[str]
-    kinds: list[int] | None = None
-
-
-class Write(msgspec.Struct, frozen=True, gc=False):
-    """Write `outputs` and confirm them to the engine (answer: None), or raise: a failed
-    write is thrown back into the round. `seen`: when each symbol was first seen dirty
-    (monotonic seconds), for latency."""
-
-    outputs: list[Output]
-    seen: dict[str, float]
-
-
-Request = Discover | ReadPublished | Fetch | Write
-Step = Generator[Request, Any, None]
+    def widen(self, slots: frozenset[int] | None) -> None:
+        self.slots = None if slots is None or self.slots is None else self.slots | slots
 
 
 class Rounds:
@@ -95,11 +84,13 @@ class Rounds:
         hooks: RunnerHooks | None = None,
         chunk: int = FETCH_CHUNK,
         round_cap: int | None = None,
+        keys: Keys | None = None,
     ) -> None:
         """`round_cap`: at most this many dirty symbols per round (those that may publish
         first; the rest stay dirty for the next round, so a change that can publish does
         not wait behind a backlog of floor-held ones). None: all of them (the replay: one
-        round per recorded instant)."""
+        round per recorded instant). `keys`: where a symbol's keys are, to scope a gap
+        that names cluster slots (None: every gap resyncs every symbol)."""
         self.engine = engine
         self.symbols = symbols  # None: every symbol that shows up (SYMBOLS='*')
         self.reconcile_every = reconcile_every
@@ -108,12 +99,14 @@ class Rounds:
         self.hooks: RunnerHooks = hooks or NullHooks()
         self.chunk = chunk
         self.round_cap = round_cap
+        self.keys = keys
         self._dirty: dict[str, float] = {}  # symbol -> when first seen dirty (monotonic)
         self._kinds: dict[str, int] = {}  # dirty symbol -> KIND_BITS of its changed hashes
         self._partial = False  # some dirty symbol needs only some of its hashes read
         self._urgent = False  # a dirty symbol may publish (the floor does not hold it)
-        self._resync_reason: str | None = None
+        self._pending: _Pending | None = None  # the resync the next round does
         self._resync_retry = False  # the pending resync failed once: retried, not counted
+        self._startup = _Pending("startup")  # the same one through the startup's retries
         self.next_reconcile: float | None = None  # set by the first full pass
         self.passes = 0  # completed full passes (startup, resyncs, reconciles)
         self._takeover = False  # a publisher group's partitions gained, to adopt
@@ -139,10 +132,15 @@ class Rounds:
             return True
         return False
 
-    def gap(self, reason: str) -> None:
-        """Changes may have been missed: the next round is a full resync."""
-        if self._resync_reason is None:
-            self._resync_reason = reason
+    def gap(self, reason: str, slots: frozenset[int] | None = None, detail: str = "") -> None:
+        """Changes may have been missed: the next round resyncs every symbol, or with
+        `slots` those with a key in one of them (`core.slots.touches`)."""
+        if self.keys is None:
+            slots = None
+        if self._pending is None:
+            self._pending = _Pending(reason, slots, detail)
+        else:
+            self._pending.widen(slots)
 
     def take_over(self) -> None:
         """Partitions were gained (a publisher group): the next round adopts the
@@ -157,18 +155,18 @@ class Rounds:
 
     def forget_gap(self) -> None:
         """A gap the coming full pass covers anyway (e.g. the startup's)."""
-        self._resync_reason = None
+        self._pending = None
 
     @property
     def urgent(self) -> bool:
         """Pending work that may publish: a resync, or a dirty symbol the floor does not
         hold. Without it, waiting a few ms for more changes changes no output (`Runner`)."""
-        return self._urgent or self._resync_reason is not None
+        return self._urgent or self._pending is not None
 
     @property
     def pending(self) -> bool:
         """Work that does not wait for a time: dirty symbols or a resync."""
-        return bool(self._dirty) or self._resync_reason is not None or self._takeover
+        return bool(self._dirty) or self._pending is not None or self._takeover
 
     def wake_at(self) -> float | None:
         """When the next round is due without new events (a timer or the reconcile)."""
@@ -187,7 +185,7 @@ class Rounds:
         for symbol, fields in published.items():
             self.engine.note_existing(symbol, fields)
         try:
-            yield from self._resync("startup")
+            yield from self._resync(self._startup)
         except BaseException:
             self._resync_retry = True
             raise
@@ -207,16 +205,16 @@ class Rounds:
                 self._takeover = True
                 raise
             return
-        reason = self._resync_reason
+        pending = self._pending
         reconcile = self.next_reconcile
-        if reason is None and reconcile is not None and self.now() >= reconcile:
-            reason = "periodic reconcile"
-        if reason is not None:
-            self._resync_reason = None
+        if pending is None and reconcile is not None and self.now() >= reconcile:
+            pending = _Pending("periodic reconcile")
+        if pending is not None:
+            self._pending = None
             try:
-                yield from self._resync(reason)
+                yield from self._resync(pending)
             except BaseException:
-                self._resync_reason = self._resync_reason or reason
+                self._restore(pending)
                 self._resync_retry = True
                 raise
             self._resync_retry = False
@@ -244,6 +242,12 @@ class Rounds:
             return
         yield from self._due()
 
+    def _restore(self, pending: _Pending) -> None:
+        """A resync that failed is pending again, widened by any gap met meanwhile."""
+        if self._pending is not None:
+            pending.widen(self._pending.slots)
+        self._pending = pending
+
     def _take(self, cap: int) -> tuple[dict[str, float], dict[str, int]]:
         """Dirty symbols out of the backlog: those the floor does not hold (a change of
         theirs may publish) alone, at most `cap`, in a round of their own that no backlog
@@ -262,13 +266,15 @@ class Rounds:
         batch = {symbol: dirty.pop(symbol) for symbol in taken}
         return batch, {symbol: kinds.pop(symbol) for symbol in batch}
 
-    def _resync(self, reason: str) -> Step:
+    def _resync(self, pending: _Pending) -> Step:
+        """Every symbol read and evaluated (a full pass); with `pending.slots` only those
+        with a key there, and those dirty anyway (not a full pass: the reconcile keeps its
+        schedule)."""
+        reason, slots = pending.reason, pending.slots
         if self._resync_retry:  # the same resync again, after a failure: counted once
             log.debug("resync (%s) retried", reason)
         else:
             self.hooks.on_resync(reason)
-            if reason not in _QUIET:
-                log.info("resync (%s)", reason)
         if self.symbols is not None:
             symbols = list(self.symbols)
         else:
@@ -278,6 +284,14 @@ class Rounds:
             # symbols notified while discovery ran (created after the scan passed their
             # slot) are in _dirty: include them, or they would wait for the next reconcile
             symbols = sorted(set(found) | set(self.engine.symbols()) | self._dirty.keys())
+        total = len(symbols)
+        if slots is not None and self.keys is not None:
+            # a symbol with no key in `slots` lost no notification: its listener stayed
+            keys, dirty = self.keys, self._dirty
+            symbols = [s for s in symbols if s in dirty or touches(keys, s, slots)]
+        if not pending.logged and reason not in _QUIET:
+            pending.logged = True
+            _log_resync(pending, len(symbols), total)
         lost: list[str] = []
         if reason not in _NO_VERIFY:
             # after a gap the proposals may be gone too (a server restart loses them while
@@ -293,8 +307,9 @@ class Rounds:
         yield from self.recompute(symbols, seen, force=True)
         if lost:
             self._report_lost(reason, lost)
-        self.passes += 1
-        self.next_reconcile = self.now() + self.reconcile_every
+        if slots is None:
+            self.passes += 1
+            self.next_reconcile = self.now() + self.reconcile_every
 
     def _report_lost(self, reason: str, lost: list[str]) -> None:
         """One line for the proposals a resync found gone or replaced: how many it wrote
@@ -367,7 +382,7 @@ class Rounds:
                 ]
                 inputs = yield Fetch(chunk, masks)
                 inputs = [
-                    _merge(old, new, mask)
+                    merge_partial(old, new, mask)
                     for old, new, mask in zip(held, inputs, masks, strict=True)
                 ]
             changed = []
@@ -414,13 +429,14 @@ class Rounds:
             yield Write(outputs, seen)
 
 
-def _merge(old: SymbolInputs | None, new: SymbolInputs, mask: int) -> SymbolInputs:
-    """The hashes read (`mask`) from `new`, the others as the engine holds them."""
-    if mask == ALL_KINDS or old is None:
-        return new
-    return SymbolInputs(
-        new.symbol,
-        new.marketstate if mask & 1 else old.marketstate,
-        new.risk if mask & 2 else old.risk,
-        new.position if mask & 4 else old.position,
-    )
+def _log_resync(pending: _Pending, count: int, total: int) -> None:
+    """One line per resync; a gap that says what happened (e.g. a cluster's topology
+    change) says it with the count of symbols it resyncs."""
+    reason, detail = pending.reason, pending.detail
+    extra = {"event": "resync", "reason": reason, "resynced": count, "symbols": total}
+    if detail:
+        log.info("%s: %s; resyncing %d of %d symbols", reason, detail, count, total, extra=extra)
+    elif pending.slots is not None:
+        log.info("resync (%s): %d of %d symbols", reason, count, total, extra=extra)
+    else:
+        log.info("resync (%s)", reason, extra=extra)

@@ -139,6 +139,7 @@ async def serve(
         outage=outage,
         on_fenced=member.fenced if member is not None else None,
         gather=GATHER_HELD_SEC,
+        keys=settings.keys,
     )
     if member is not None:
         member.bind(runner)

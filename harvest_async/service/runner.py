@@ -19,6 +19,7 @@ from anyio.abc import TaskStatus
 from harvest_async.backoff import Backoff, DenialLog, Outage, RedisOutage
 from harvest_async.clock import Clock, monotonic
 from harvest_async.core.engine import Engine
+from harvest_async.core.keys import Keys
 from harvest_async.core.ports import (
     ChangeSource,
     Event,
@@ -67,10 +68,12 @@ class Runner:
         outage: RedisOutage | None = None,
         on_fenced: Callable[[list[Output], str], None] | None = None,
         gather: float = 0.0,
+        keys: Keys | None = None,
     ) -> None:
         """`gather`: while every pending change is of a symbol the floor holds (it can at
         most be deferred), wait up to this many seconds for more before the round, so
-        that one round reads many (a change that may publish ends the wait at once)."""
+        that one round reads many (a change that may publish ends the wait at once).
+        `keys`: lets a gap that names cluster slots resync only their symbols."""
         self.engine = engine
         self.reader = reader
         self.sink = sink
@@ -84,6 +87,7 @@ class Runner:
             mark=monotonic,
             hooks=hooks,
             round_cap=FETCH_CHUNK,
+            keys=keys,
         )
         self.hooks = self.rounds.hooks
         self._wake = anyio.Event()
@@ -116,7 +120,7 @@ class Runner:
     def emit(self, event: Event) -> None:
         """Called by the source for every event; O(1), coalesces per symbol."""
         if isinstance(event, Gap):
-            self.rounds.gap(event.reason)
+            self.rounds.gap(event.reason, event.slots, event.detail)
         else:
             self.hooks.on_event(event.kind)
             urgent = self.rounds.changed(event.symbol, monotonic(), event.kind)

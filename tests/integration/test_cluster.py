@@ -8,12 +8,15 @@ redis-py's cluster client refuses to route it, CLUSTER SLOTS without metadata).
 2. A primary killed (its replica promoted by the cluster): every symbol converges to its
    latest inputs; no final state is lost.
 3. A slot range resharded to another primary while inputs change: no final state lost.
+4. A small reshard resyncs only the symbols with a key in the moved slots (issue 14).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -32,7 +35,7 @@ from harvest_async.replay.recording_reader import read_all
 from harvest_async.tools.doctor.report import render_text
 from harvest_async.tools.doctor.run import run_doctor
 from tests.support.cluster import ClusterTopology, cluster_topology, every_line
-from tests.support.live import KEYS, audit, make_settings, put_inputs, running
+from tests.support.live import KEYS, audit, make_settings, put_inputs, running, wait_for
 
 __all__ = ["cluster_topology"]  # the fixture, used by name below
 
@@ -190,6 +193,85 @@ async def test_reshard_while_inputs_change_loses_nothing(
                 await anyio.sleep(0.3)
                 stop.set()
             await converge(client, pnl, 20.0)
+        await no_duplicates(client)
+
+
+def keys_of(symbol: str) -> tuple[str, ...]:
+    return (
+        KEYS.marketstate(symbol),
+        KEYS.risk(symbol),
+        KEYS.position(symbol),
+        KEYS.proposal(symbol),
+    )
+
+
+async def test_small_reshard_resyncs_only_the_symbols_it_moved(
+    cluster_topology: ClusterTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 slots of the first primary's moved to the third: only the symbols with an
+    input or proposal key there are read again (by the scoped resync, and by the events
+    of their keys' MIGRATE), and the topology line says how many of all."""
+    caplog.set_level(logging.INFO, logger="harvest_async")
+    topology = cluster_topology
+    # no reconcile (a full pass) during the test
+    settings = make_settings(
+        topology.url, SYMBOLS="*", CANARY_TIMEOUT_SEC="2", MAX_PUBLISH_AGE_SEC="600"
+    )
+    # a range of the first primary's without the audit stream's and the liveness key's
+    # slots (a move of those resyncs every symbol)
+    shared = {slot_of(KEYS.stream), slot_of(KEYS.liveness(settings.instance))}
+    first = next(f for f in range(0, 5161, 300) if not shared & set(range(f, f + 300)))
+    moved = set(range(first, first + 300))
+    expected = {s for s in SYMBOLS if any(slot_of(k) in moved for k in keys_of(s))}
+    async with producer(topology.url) as client:
+        pnl = await seed(client)
+        async with running(settings) as runner:
+            await converge(client, pnl, 20.0)
+            fetched: set[str] = set()
+            fetch = runner.reader.fetch
+
+            async def counting(symbols: Any, kinds: Any = None) -> Any:
+                fetched.update(symbols)
+                return await fetch(symbols, kinds)
+
+            runner.reader.fetch = counting  # type: ignore[method-assign]
+            caplog.clear()
+            source = topology.slot_owner(first)
+            target = next(p for p in topology.primaries() if p is not source)
+            assert await anyio.to_thread.run_sync(topology.move_slots, first, first + 299, target)
+
+            def lines() -> list[logging.LogRecord]:
+                return [r for r in caplog.records if "cluster topology changed" in r.getMessage()]
+
+            def reported() -> int:  # slots moved, summed over the topology lines
+                found = (re.search(r"(\d+) slots moved", r.getMessage()) for r in lines())
+                return sum(int(m.group(1)) for m in found if m)
+
+            async def all_reported() -> bool:
+                return reported() >= len(moved)
+
+            # the service sees the map change on its own (a MOVED, or its 5 s check)
+            await wait_for(all_reported, "the topology lines for every moved slot", limit=15.0)
+            await anyio.sleep(1.0)  # the last resync done
+            # the latest inputs, inside and outside the moved slots, still published
+            for symbol in [*sorted(expected)[:5], *SYMBOLS[:5]]:
+                pnl[symbol] = round(pnl[symbol] + 0.5, 2)
+                await put_inputs(client, symbol, pnl=pnl[symbol])
+            await converge(client, pnl, 10.0)
+        resynced = [r.__dict__["resynced"] for r in lines()]
+        totals = {r.__dict__["symbols"] for r in lines()}
+        print(
+            f"slots {first}-{first + 299} moved: {len(expected)} of {COUNT} symbols have a key "
+            f"there; {len(lines())} topology line(s) resynced {resynced} of {totals}; "
+            f"{len(fetched)} symbols read in all; the first: {lines()[0].getMessage()}"
+        )
+        assert totals == {COUNT}
+        assert sum(resynced) >= len(expected)
+        assert all(k <= len(expected) + 10 for k in resynced)  # + symbols dirty anyway
+        assert expected <= fetched
+        # nothing else read but the few changed at the end (before: every symbol)
+        assert len(fetched - expected) <= 5
+        assert len(fetched) < COUNT // 5
         await no_duplicates(client)
 
 

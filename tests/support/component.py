@@ -20,6 +20,7 @@ from harvest_async.backoff import Backoff
 from harvest_async.core.engine import Engine, EngineConfig
 from harvest_async.core.gate import GateConfig
 from harvest_async.core.input_hashes import SymbolInputs
+from harvest_async.core.keys import Keys
 from harvest_async.service.runner import Runner
 from harvest_async.testing import FakeClock, ManualSource, MemorySink, MemoryStore
 
@@ -95,9 +96,11 @@ def build(
     *,
     reconcile_every: float = 3600.0,
     store: MemoryStore | None = None,
+    keys: Keys | None = None,
 ) -> Harness:
     """A runner over `symbols` (None: SYMBOLS='*'), each with NONE inputs (or `store`'s),
-    floor 10 s, heartbeat 60 s; refused writes retried after 1, 2, 4, 4 ... s."""
+    floor 10 s, heartbeat 60 s; refused writes retried after 1, 2, 4, 4 ... s. `keys`:
+    gaps that name cluster slots are scoped (None: every gap resyncs every symbol)."""
     clock = FakeClock(T0)
     if store is None:
         store = MemoryStore(inp(sym) for sym in symbols or ("A",))
@@ -111,6 +114,7 @@ def build(
         symbols=symbols,
         reconcile_every=reconcile_every,
         refusal_backoff=Backoff(first=1.0, cap=4.0, jitter=0.0),
+        keys=keys,
     )
     return Harness(clock, store, sink, ManualSource(), engine, runner)
 

@@ -1,15 +1,23 @@
 """Cluster mode's pure parts: REDIS_CLUSTER, key slots, CLUSTER SLOTS parsing, MOVED/ASK
-replies, a node's URL (INTERFACE §7)."""
+replies, a node's URL (INTERFACE §7), the slots a topology change moved and the symbols
+they touch (issue 14)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot as redis_key_slot
 
 from harvest_async.config import ConfigError, settings_from_env
+from harvest_async.core.keys import Keys
+from harvest_async.core.slots import SLOTS, describe_slots, key_slot, slot_ranges, touches
 from harvest_async.errors import RedisReplyError
 from harvest_async.redis_io.cluster.cluster_notifications import node_url
 from harvest_async.redis_io.cluster.routing import redirect
-from harvest_async.redis_io.cluster.topology import _parse, slot_of
+from harvest_async.redis_io.cluster.topology import Address, _parse, changed_slots, slot_of
 
 
 def test_redis_cluster_setting() -> None:
@@ -57,3 +65,71 @@ def test_node_url_keeps_credentials_and_options() -> None:
         node_url(url, ("10.0.0.2", 7001)) == "rediss://user:pw@10.0.0.2:7001/0?ssl_cert_reqs=none"
     )
     assert node_url("redis://seed:7000", ("::1", 7002)) == "redis://[::1]:7002/0"
+
+
+# keys with braces in every position: hash tags, empty tags, unclosed ones
+KEY_TEXT = st.text(alphabet=st.sampled_from("ab{}:é7"), max_size=12) | st.text(max_size=30)
+
+
+@given(KEY_TEXT)
+def test_key_slot_is_the_servers(key: str) -> None:
+    assert key_slot(key) == redis_key_slot(key.encode()) == slot_of(key)
+    assert 0 <= key_slot(key) < SLOTS
+
+
+OWNERS: list[Address | None] = [("10.0.0.1", 7000), ("10.0.0.2", 7000), None]
+
+
+@given(st.data())
+def test_changed_slots_are_those_with_another_owner(data: st.DataObject) -> None:
+    before = [OWNERS[0]] * SLOTS
+    after = list(before)
+    edits = data.draw(st.dictionaries(st.integers(0, SLOTS - 1), st.sampled_from(OWNERS)))
+    for slot, owner in edits.items():
+        after[slot] = owner
+    moved = changed_slots(before, after)
+    assert moved == {slot for slot, owner in edits.items() if owner != OWNERS[0]}
+    assert changed_slots(after, before) == moved
+    assert not changed_slots(after, after)
+
+
+def test_a_reshard_of_a_range_moves_that_range() -> None:
+    a, b = ("10.0.0.1", 7000), ("10.0.0.2", 7000)
+    before: list[Address | None] = [a] * 5461 + [b] * (SLOTS - 5461)
+    after = [b] * 300 + before[300:]
+    assert changed_slots(before, after) == frozenset(range(300))
+    assert describe_slots(changed_slots(before, after)) == "0-299"
+
+
+@given(st.frozensets(st.integers(0, SLOTS - 1), max_size=200))
+def test_slot_ranges_are_maximal_and_cover_the_set(slots: frozenset[int]) -> None:
+    ranges = slot_ranges(slots)
+    assert {s for a, b in ranges for s in range(a, b + 1)} == slots
+    assert all(a <= b for a, b in ranges)
+    # sorted, and apart by at least one slot not in the set (else they would be one)
+    assert all(b1 + 1 < a2 for (_, b1), (a2, _) in itertools.pairwise(ranges))
+
+
+def test_describe_slots() -> None:
+    assert describe_slots([5, 1, 2, 3, 9]) == "1-3, 5, 9"
+    assert describe_slots(range(0, 20, 2), most=2) == "0, 2, 8 more ranges"
+    assert describe_slots([]) == ""
+
+
+@given(st.text(min_size=1, max_size=10), st.frozensets(st.integers(0, SLOTS - 1), max_size=50))
+def test_a_symbol_is_touched_by_a_slot_of_any_of_its_four_keys(
+    symbol: str, slots: frozenset[int]
+) -> None:
+    keys = Keys()
+    mine = [
+        redis_key_slot(k.encode())
+        for k in (
+            keys.marketstate(symbol),
+            keys.risk(symbol),
+            keys.position(symbol),
+            keys.proposal(symbol),
+        )
+    ]
+    assert touches(keys, symbol, slots) == any(s in slots for s in mine)
+    for slot in mine:  # each key's slot alone touches it
+        assert touches(keys, symbol, {slot})

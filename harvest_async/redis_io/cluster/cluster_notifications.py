@@ -5,9 +5,11 @@ and on its replicas), so `ClusterSource` runs one `KeyspaceSource` per primary, 
 with its own subscription, flags check, reconnects and gaps, and merges their events
 into the service's one stream. It re-reads the slot map every `refresh_every` seconds
 (and sees the refreshes the reader and sink make on MOVED or a lost node): a change of
-the map is a gap (the runner resyncs every symbol), a new primary gets a listener, a
-primary gone (failed over, removed) loses its own. The liveness canary is expected only
-from the listener of the node holding the liveness key.
+the map is a gap for the slots that changed owner (the runner resyncs the symbols with
+an input or proposal key there, `_gap`), a new primary gets a listener (whose own gap,
+once it has subscribed, is for every symbol), a primary gone (failed over, removed) loses
+its own. The liveness canary is expected only from the listener of the node holding the
+liveness key.
 
 Input streams (INPUT_STREAMS) are not read on a cluster (the composition root refuses
 them): an XREAD over streams in several slots is a CROSSSLOT error.
@@ -26,8 +28,9 @@ from harvest_async.backoff import RedisOutage
 from harvest_async.clock import monotonic
 from harvest_async.core.keys import Keys
 from harvest_async.core.ports import Event, Gap
+from harvest_async.core.slots import describe_slots
 from harvest_async.errors import RedisUnavailable
-from harvest_async.redis_io.cluster.topology import Address, SlotMap
+from harvest_async.redis_io.cluster.topology import Address, SlotMap, slot_of
 from harvest_async.redis_io.notifications import KeyspaceSource
 
 __all__ = ["ClusterSource", "node_url"]
@@ -106,27 +109,39 @@ class ClusterSource:
         self._emit = emit
         if not self.slots.ready:
             await self.slots.refresh("start")
+        self.slots.take_moved()  # the map as first read: the startup pass covers it
         seen = self.slots.version
         async with anyio.create_task_group() as tg:
             for address in self.slots.primaries:
                 await tg.start(self._listen, address, True)
             task_status.started()
-            moved = self.slots.moved_slots
             while True:
                 await self._wait_for_change(seen)
                 # a reshard moves slots one by one: one gap for a burst of changes
                 while self.slots.version != seen:
                     seen = self.slots.version
                     await anyio.sleep(SETTLE_SEC)
-                log.info(
-                    "cluster topology changed: %d slots moved; primaries %s; resyncing",
-                    self.slots.moved_slots - moved,
-                    ", ".join(f"{h}:{p}" for h, p in self.slots.primaries),
-                    extra={"event": "cluster_topology"},
-                )
-                moved = self.slots.moved_slots
                 self._apply(tg)
-                emit(Gap("cluster topology changed"))
+                # logged by the resync, with how many symbols it reads again
+                emit(self._gap(self.slots.take_moved()))
+
+    def _gap(self, moved: frozenset[int]) -> Gap:
+        """The gap of a topology change: for the symbols with a key in a slot that changed
+        owner (its notifications may have gone to a node not listened to yet, or the old
+        primary's last acknowledged writes may be lost with it in a failover)."""
+        primaries = ", ".join(f"{h}:{p}" for h, p in self.slots.primaries)
+        detail = f"{len(moved)} slots moved ({describe_slots(moved)}); primaries {primaries}"
+        shared = {
+            "the audit stream's": self.keys.stream,
+            "the liveness key's": self.keys.liveness(self.instance),
+        }
+        for what, key in shared.items():
+            if slot_of(key) in moved:
+                # not a symbol's key, but one every symbol's publishing goes through (each
+                # write appends its audit entry there first; the canary proves the events
+                # arrive): which symbols a move of it touched cannot be told, so every one
+                return Gap("cluster topology changed", None, f"{detail}; {what} slot among them")
+        return Gap("cluster topology changed", moved, detail)
 
     async def _wait_for_change(self, seen: int) -> None:
         """Until the map's version moves: refreshed here every `refresh_every` seconds,

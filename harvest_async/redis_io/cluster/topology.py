@@ -3,33 +3,41 @@
 `SlotMap` is shared by the cluster's reader, sink and notification source. It is read
 from CLUSTER SLOTS (Redis 6.2+, Valkey) on the first node that answers (the URL's node
 first, then the primaries known so far) and refreshed on MOVED, on a lost connection and
-periodically (`ClusterSource`); every refresh that changes the map bumps `version`, which
-the source reports as a gap (a resync). A key's slot is CRC16 of its hash tag (the part
-inside the first non-empty `{...}`) or of the whole key, as the server computes it
-(redis-py's public `redis.crc.key_slot`).
+periodically (`ClusterSource`); every refresh that changes the map bumps `version` and
+adds the slots whose owner changed to those `take_moved` hands the source, which reports
+them as a gap for the symbols with a key there (a scoped resync). A key's slot is CRC16
+of its hash tag (the part inside the first non-empty `{...}`) or of the whole key, as the
+server computes it (`core.slots.key_slot`, the same as redis-py's `redis.crc.key_slot`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import anyio
-from redis.crc import key_slot
 
 from harvest_async.clock import monotonic
+from harvest_async.core.slots import SLOTS, key_slot
 from harvest_async.errors import RedisReplyError, RedisUnavailable
 from harvest_async.redis_io.wire import Endpoint, Reply, Wire, command
 
-__all__ = ["SLOTS", "Address", "SlotMap", "is_cluster", "slot_of"]
+__all__ = ["SLOTS", "Address", "SlotMap", "changed_slots", "is_cluster", "slot_of"]
 
 log = logging.getLogger(__name__)
 
-SLOTS = 16384
 Address = tuple[str, int]
 
 
 def slot_of(key: str) -> int:
-    return int(key_slot(key.encode()))
+    return key_slot(key)
+
+
+def changed_slots(
+    before: Sequence[Address | None], after: Sequence[Address | None]
+) -> frozenset[int]:
+    """The slots whose owner differs between two slot → primary maps (None: not served)."""
+    return frozenset(i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b)
 
 
 async def is_cluster(endpoint: Endpoint, *, limit: float = 5.0) -> bool:
@@ -50,6 +58,7 @@ class SlotMap:
         self.timeout = timeout
         self.version = 0  # bumped by every refresh that changed the map
         self.moved_slots = 0  # slots whose owner changed, summed over the refreshes
+        self._moved: set[int] = set()  # slots whose owner changed since `take_moved`
         # monotonic time until which the map is re-read often: a node was lost, and the
         # cluster may be promoting its replica (node timeout + election: seconds)
         self.suspect_until = 0.0
@@ -94,14 +103,22 @@ class SlotMap:
                 owner[first : last + 1] = [address] * (last - first + 1)
             if owner == self._owner:
                 return False
-            moved = sum(1 for a, b in zip(owner, self._owner, strict=True) if a != b)
-            self.moved_slots += moved
+            moved = changed_slots(self._owner, owner)
+            self.moved_slots += len(moved)
+            self._moved |= moved
             self._owner = owner
             self._primaries = tuple(sorted({a for a in owner if a is not None}))
             self.version += 1
             # one INFO line per change the service acts on: `ClusterSource` logs it
-            log.debug("cluster slot map read (%s): %d slots have a new owner", why, moved)
+            log.debug("cluster slot map read (%s): %d slots have a new owner", why, len(moved))
             return True
+
+    def take_moved(self) -> frozenset[int]:
+        """The slots whose owner changed since the last call (or since the first read),
+        including those that changed and changed back: a write may have landed on the
+        owner in between."""
+        moved, self._moved = frozenset(self._moved), set()
+        return moved
 
     async def _ask(self) -> list[tuple[int, int, Address]]:
         seed = (self.seed.host, self.seed.port) if self.seed.host else None
