@@ -62,10 +62,27 @@ Role = Literal["run", "once", "record"]
 
 
 async def verify_permissions(
-    settings: Settings, role: Role, *, instance: str | None = None
+    settings: Settings,
+    role: Role,
+    *,
+    instance: str | None = None,
+    nodes: Sequence[Endpoint] | None = None,
 ) -> None:
-    """Raise PermissionDenied naming the first thing `role` needs and may not do."""
-    probe = _Probe(endpoint_for(settings), describe_url(settings.redis_url))
+    """Raise PermissionDenied naming the first thing `role` needs and may not do.
+
+    On a cluster (`nodes`: its primaries) every node is probed in full: each has an ACL
+    of its own, and the server checks a command's ACL before redirecting it (MOVED,
+    CROSSSLOT), so a node refuses what its ACL lacks whichever node serves the key."""
+    if nodes is None:
+        probe = _Probe(endpoint_for(settings), describe_url(settings.redis_url))
+        await _verify(probe, settings, role, instance)
+        return
+    for node in nodes:
+        where = f"{node.host}:{node.port}"
+        await _verify(_Probe(node, where, node=where), settings, role, instance)
+
+
+async def _verify(probe: _Probe, settings: Settings, role: Role, instance: str | None) -> None:
     async with probe.connected():
         await _reads(probe, settings, "all" if role == "record" else "used", role)
         if role == "record":
@@ -203,9 +220,10 @@ async def _input_streams(probe: _Probe, streams: Sequence[str]) -> None:
 class _Probe:
     """One wire connection at a time; every reply checked for an ACL refusal."""
 
-    def __init__(self, endpoint: Endpoint, where: str) -> None:
+    def __init__(self, endpoint: Endpoint, where: str, *, node: str | None = None) -> None:
         self.endpoint = endpoint
         self.where = where
+        self.node = node  # a cluster node's host:port, named in a refusal
         self.wire: Wire | None = None
 
     @contextlib.asynccontextmanager
@@ -222,8 +240,14 @@ class _Probe:
         assert self.wire is not None, "ask() outside connected()"
         try:
             (reply,) = await self.wire.roundtrip(command(*args), 1)
-        except (PermissionDenied, AuthenticationFailed):
-            raise
+        except PermissionDenied as exc:  # in the handshake (CLIENT SETNAME)
+            if self.node is None:
+                raise
+            raise PermissionDenied(exc.what, f"on the cluster node {self.node}") from exc
+        except AuthenticationFailed as exc:
+            if self.node is None:
+                raise
+            raise AuthenticationFailed(f"{exc} (on the cluster node {self.node})") from exc
         except RedisUnavailable as exc:
             raise RedisUnavailable(f"checking permissions at {self.where}: {exc}") from exc
         return reply
@@ -241,4 +265,5 @@ class _Probe:
         if not is_permission_error(text):
             return
         command_name = denied_command(text)
-        raise PermissionDenied(f"command {command_name}" if command_name else what, text) from exc
+        detail = f"{text}; on the cluster node {self.node}" if self.node else text
+        raise PermissionDenied(f"command {command_name}" if command_name else what, detail) from exc

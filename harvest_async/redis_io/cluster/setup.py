@@ -39,10 +39,6 @@ async def cluster_slots(settings: Settings) -> SlotMap | None:
         return None
     if endpoint.db != 0:
         raise ConfigError("REDIS_URL", f"a Redis Cluster has only database 0, got db {endpoint.db}")
-    if settings.input_streams:
-        raise ConfigError(
-            "INPUT_STREAMS", "input streams are not read on a Redis Cluster (keyspace only)"
-        )
     slots = SlotMap(endpoint, timeout=settings.redis_timeout_sec)
     await slots.refresh("start")
     log.info(
