@@ -82,7 +82,8 @@ class StreamFollower:
                     backoff.reset()
                     self.outage.recovered("input streams")
                 while True:
-                    reply: Any = await client.xread(self.last, block=STREAM_BLOCK_MS, count=1000)  # type: ignore[arg-type]
+                    after = {stream: self.last[stream] for stream in self.streams}
+                    reply: Any = await client.xread(after, block=STREAM_BLOCK_MS, count=1000)  # type: ignore[arg-type]
                     for stream, entries in reply or []:
                         for entry_id, fields in entries:
                             self.last[stream] = entry_id
