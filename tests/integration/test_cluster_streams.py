@@ -23,7 +23,6 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS
-from harvest_async.redis_io.cluster.cluster_streams import by_slot
 from harvest_async.redis_io.cluster.topology import slot_of
 from harvest_async.tools.embedded_server import ServerBinary
 from tests.support.cluster import ClusterTopology, cluster_flavours
@@ -99,13 +98,6 @@ async def seed(client: Any) -> dict[str, float]:
     return pnl
 
 
-def test_streams_are_grouped_by_slot() -> None:
-    """One XREAD per slot: streams sharing a hash tag are read together, in order."""
-    groups = by_slot(["a{x}", "b", "c{x}", "b"])
-    assert groups == [("a{x}", "c{x}"), ("b",)] or groups == [("b",), ("a{x}", "c{x}")]
-    assert sorted(len(g) for g in groups) == [1, 2]
-
-
 async def test_entries_on_every_node_publish_their_symbols(quiet_cluster: ClusterTopology) -> None:
     topology = quiet_cluster
     streams = streams_on_every_primary(topology)
@@ -152,11 +144,12 @@ async def _while_writing(
     topology: ClusterTopology, stream: str, act: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Entries added before, during and after `act` (in a thread): every symbol ends at
-    its last input, and the stream's reader followed it to its new node."""
+    its last input; then changes are published from their entries alone (no resync:
+    the reader follows its stream to the new node rather than failing on the old)."""
     caplog.set_level("INFO", logger="harvest_async")
     async with producer(topology.url) as client:
         pnl = await seed(client)
-        async with running(settings_for(topology, [stream])):
+        async with running(settings_for(topology, [stream])) as runner:
             await wait_for(lambda: converged(client, pnl), "the startup pass")
             stop = anyio.Event()
             async with anyio.create_task_group() as tg:
@@ -167,6 +160,15 @@ async def _while_writing(
                 await anyio.sleep(1.5)
                 stop.set()
             await wait_for(lambda: converged(client, pnl), "every symbol's last input", limit=15)
+            # settled: further changes are published from their entries alone, no resync
+            await anyio.sleep(2.0)
+            passes = runner.passes
+            for symbol in SYMBOLS[::6]:
+                pnl[symbol] += 20.0
+                await put_inputs(client, symbol, pnl=pnl[symbol])
+                await client.xadd(stream, {"symbol": symbol})
+            await wait_for(lambda: converged(client, pnl), "the changes after the move")
+            assert runner.passes == passes
     moved = [r for r in caplog.records if "now served by" in r.getMessage()]
     assert moved, "the stream's reader did not follow its slot"
 

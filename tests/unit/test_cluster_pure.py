@@ -1,5 +1,5 @@
 """Cluster mode's pure parts: REDIS_CLUSTER, key slots, CLUSTER SLOTS parsing, MOVED/ASK
-replies, a node's URL (INTERFACE §7)."""
+replies, a node's URL, input streams grouped by slot (INTERFACE §7)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import pytest
 from harvest_async.config import ConfigError, settings_from_env
 from harvest_async.errors import RedisReplyError
 from harvest_async.redis_io.cluster.cluster_notifications import node_url
+from harvest_async.redis_io.cluster.cluster_streams import by_slot
 from harvest_async.redis_io.cluster.routing import redirect
 from harvest_async.redis_io.cluster.topology import _parse, slot_of
+from harvest_async.redis_io.input_streams import stream_id
 
 
 def test_redis_cluster_setting() -> None:
@@ -57,3 +59,18 @@ def test_node_url_keeps_credentials_and_options() -> None:
         node_url(url, ("10.0.0.2", 7001)) == "rediss://user:pw@10.0.0.2:7001/0?ssl_cert_reqs=none"
     )
     assert node_url("redis://seed:7000", ("::1", 7002)) == "redis://[::1]:7002/0"
+
+
+def test_input_streams_are_grouped_by_slot() -> None:
+    """One XREAD per slot (streams in several slots are CROSSSLOT even on one node):
+    streams sharing a hash tag are read together; a name given twice is read once."""
+    assert by_slot(["a{x}", "b", "c{x}", "b"]) == [("a{x}", "c{x}"), ("b",)]
+    names = ["quantum:stream:marketstate", "quantum:stream:risk.proposal"]
+    assert slot_of(names[0]) != slot_of(names[1])
+    assert by_slot(names) == [(names[0],), (names[1],)]
+
+
+def test_stream_ids_compare_as_numbers() -> None:
+    assert stream_id("1700000000000-10") > stream_id("1700000000000-9")
+    assert stream_id("999-0") < stream_id("1000-0")
+    assert stream_id("0-0") < stream_id("1-1")
