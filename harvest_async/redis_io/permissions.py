@@ -32,6 +32,7 @@ from harvest_async.config import Settings
 from harvest_async.core.keys import EPOCH_PREFIX, INPUT_KINDS, LEASE_PREFIX, glob_escape
 from harvest_async.errors import (
     AuthenticationFailed,
+    ConfigError,
     PermissionDenied,
     RedisReplyError,
     RedisUnavailable,
@@ -56,6 +57,8 @@ from harvest_async.redis_io.wire import Endpoint, Reply, Wire, command
 __all__ = ["PROBE_SYMBOL", "Role", "verify_permissions"]
 
 PROBE_SYMBOL = "harvest-async-acl-probe"
+# replies only a cluster node gives (a key served by another node, the cluster down)
+_CLUSTER_REPLIES = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 
 # run: the service; once: `run --once` (no liveness, no subscription); record: `record`
 Role = Literal["run", "once", "record"]
@@ -84,6 +87,9 @@ async def verify_permissions(
 
 async def _verify(probe: _Probe, settings: Settings, role: Role, instance: str | None) -> None:
     async with probe.connected():
+        if probe.node is not None:  # the slot map, and redis-py's cluster client
+            await probe.check("command cluster|slots", "CLUSTER", "SLOTS")
+            await probe.check("command command", "COMMAND")
         await _reads(probe, settings, "all" if role == "record" else "used", role)
         if role == "record":
             await _transaction(probe, [])  # the recorder reads in MULTI/EXEC
@@ -258,6 +264,14 @@ class _Probe:
         reply = await self.ask(*args)
         if isinstance(reply, RedisReplyError):
             self.refused(what, reply)
+            if self.node is None and str(reply).startswith(_CLUSTER_REPLIES):
+                # a cluster node taken for one server: its ACL user may not say (INFO)
+                raise ConfigError(
+                    "REDIS_CLUSTER",
+                    f"{self.where} is a Redis Cluster node (it replied {reply}), and this "
+                    "ACL user may run neither INFO nor CLUSTER SLOTS, which would tell: grant "
+                    "+cluster|slots (docs/operations.md lists what a cluster needs)",
+                )
         return reply
 
     def refused(self, what: str, exc: BaseException) -> None:

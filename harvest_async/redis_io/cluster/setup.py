@@ -9,9 +9,9 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.config import Settings
-from harvest_async.errors import ConfigError, RedisUnavailable
+from harvest_async.errors import ConfigError, PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import describe_url, endpoint_for
-from harvest_async.redis_io.cluster.topology import SlotMap, is_cluster
+from harvest_async.redis_io.cluster.topology import SlotMap, cluster_mode, is_cluster
 
 __all__ = ["cluster_client", "cluster_slots", "refuse_cluster"]
 
@@ -29,7 +29,16 @@ async def cluster_slots(settings: Settings) -> SlotMap | None:
     ):
         return None
     endpoint = endpoint_for(settings)
-    detected = await is_cluster(endpoint, limit=settings.redis_timeout_sec)
+    detected = await cluster_mode(endpoint, limit=settings.redis_timeout_sec)
+    if detected is None:
+        # the ACL allows neither INFO nor CLUSTER SLOTS (the documented one-server ACL):
+        # one server, unless REDIS_CLUSTER says otherwise; a cluster node's MOVED replies
+        # to the startup ACL check's probes would stop the start (verify_permissions)
+        if settings.redis_cluster == "true":
+            raise PermissionDenied(
+                "command cluster|slots", "a Redis Cluster's slot map is read with CLUSTER SLOTS"
+            )
+        return None
     if not detected:
         if settings.redis_cluster == "true":
             raise ConfigError(

@@ -17,10 +17,11 @@ import anyio
 from redis.crc import key_slot
 
 from harvest_async.clock import monotonic
-from harvest_async.errors import RedisReplyError, RedisUnavailable
+from harvest_async.errors import PermissionDenied, RedisReplyError, RedisUnavailable
+from harvest_async.redis_io.client import is_permission_error
 from harvest_async.redis_io.wire import Endpoint, Reply, Wire, command
 
-__all__ = ["SLOTS", "Address", "SlotMap", "is_cluster", "slot_of"]
+__all__ = ["SLOTS", "Address", "SlotMap", "cluster_mode", "is_cluster", "slot_of"]
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,25 @@ def slot_of(key: str) -> int:
 
 
 async def is_cluster(endpoint: Endpoint, *, limit: float = 5.0) -> bool:
-    """Whether the server at `endpoint` runs in cluster mode (INFO cluster)."""
+    """Whether the server at `endpoint` runs in cluster mode (False if it cannot tell)."""
+    return bool(await cluster_mode(endpoint, limit=limit))
+
+
+async def cluster_mode(endpoint: Endpoint, *, limit: float = 5.0) -> bool | None:
+    """Whether the server at `endpoint` runs in cluster mode: INFO cluster, else (an ACL
+    user without INFO) CLUSTER SLOTS, an error on one server; None when the ACL allows
+    neither."""
     wire = Wire(endpoint, name="harvest-async-check", timeout=limit)
     try:
         (info,) = await wire.roundtrip(command("INFO", "cluster"), 1)
+        if not (isinstance(info, RedisReplyError) and is_permission_error(str(info))):
+            return isinstance(info, str) and "cluster_enabled:1" in info
+        (slots,) = await wire.roundtrip(command("CLUSTER", "SLOTS"), 1)
     finally:
         wire.close()
-    return isinstance(info, str) and "cluster_enabled:1" in info
+    if isinstance(slots, RedisReplyError) and is_permission_error(str(slots)):
+        return None
+    return isinstance(slots, list)
 
 
 class SlotMap:
@@ -116,6 +129,8 @@ class SlotMap:
                 continue
             finally:
                 wire.close()
+            if isinstance(reply, RedisReplyError) and is_permission_error(str(reply)):
+                raise PermissionDenied("command cluster|slots", f"{reply} (the slot map)")
             if isinstance(reply, RedisReplyError) or not isinstance(reply, list):
                 failures.append(f"{address[0]}:{address[1]}: CLUSTER SLOTS: {reply}")
                 continue
