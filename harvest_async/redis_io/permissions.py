@@ -78,6 +78,7 @@ async def verify_permissions(
     CROSSSLOT), so a node refuses what its ACL lacks whichever node serves the key."""
     if nodes is None:
         probe = _Probe(endpoint_for(settings), describe_url(settings.redis_url))
+        probe.forced_single = settings.redis_cluster == "false"
         await _verify(probe, settings, role, instance)
         return
     for node in nodes:
@@ -230,6 +231,7 @@ class _Probe:
         self.endpoint = endpoint
         self.where = where
         self.node = node  # a cluster node's host:port, named in a refusal
+        self.forced_single = False  # REDIS_CLUSTER=false: said to be one server
         self.wire: Wire | None = None
 
     @contextlib.asynccontextmanager
@@ -265,12 +267,17 @@ class _Probe:
         if isinstance(reply, RedisReplyError):
             self.refused(what, reply)
             if self.node is None and str(reply).startswith(_CLUSTER_REPLIES):
-                # a cluster node taken for one server: its ACL user may not say (INFO)
+                # a cluster node taken for one server (REDIS_CLUSTER=false, or an ACL
+                # user that may run neither INFO nor CLUSTER SLOTS, which would tell)
+                fix = (
+                    "set REDIS_CLUSTER=auto or true"
+                    if self.forced_single
+                    else "this ACL user may run neither INFO nor CLUSTER SLOTS, which would "
+                    "tell: grant +cluster|slots (docs/operations.md lists what a cluster needs)"
+                )
                 raise ConfigError(
                     "REDIS_CLUSTER",
-                    f"{self.where} is a Redis Cluster node (it replied {reply}), and this "
-                    "ACL user may run neither INFO nor CLUSTER SLOTS, which would tell: grant "
-                    "+cluster|slots (docs/operations.md lists what a cluster needs)",
+                    f"{self.where} is a Redis Cluster node (it replied {reply}); {fix}",
                 )
         return reply
 

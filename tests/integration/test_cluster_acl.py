@@ -159,10 +159,18 @@ async def test_a_user_that_cannot_tell_a_cluster_is_stopped(acl_cluster: Cluster
         assert await nothing_written(admin)
 
 
-async def _run_cli(url: str) -> str:
+async def test_a_cluster_said_to_be_one_server_is_stopped(acl_cluster: ClusterTopology) -> None:
+    """REDIS_CLUSTER=false on a cluster node: the probes' MOVED replies stop the start."""
+    async with admin_of(acl_cluster) as admin:
+        line = await _run_cli(acl_cluster.url, REDIS_CLUSTER="false")
+        assert "REDIS_CLUSTER" in line and "set REDIS_CLUSTER=auto or true" in line, line
+        assert await nothing_written(admin)
+
+
+async def _run_cli(url: str, **extra: str) -> str:
     """`harvest-async run` as a subprocess: exit 2 and one line on stderr, returned."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("THETA_")}
-    env.update(env_for(url))
+    env.update(env_for(url), **extra)
     result = await anyio.run_process(
         [sys.executable, "-m", "harvest_async", "run"], env=env, check=False
     )
