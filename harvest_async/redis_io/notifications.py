@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
@@ -33,6 +32,7 @@ from harvest_async.redis_io.client import (
     is_permission_error,
     refused,
 )
+from harvest_async.redis_io.input_streams import StreamFollower
 from harvest_async.redis_io.sentinel import watch_switches
 from harvest_async.redis_io.wire import Subscriber, endpoint_from_url
 
@@ -40,7 +40,6 @@ __all__ = ["NOTIFY_CONNECTION", "KeyspaceSource", "notify_flags_cover", "read_no
 
 log = logging.getLogger(__name__)
 
-STREAM_BLOCK_MS = 5000
 # CLIENT SETNAME of the subscription's connection (CLIENT LIST shows it)
 NOTIFY_CONNECTION = "harvest-async-notify"
 
@@ -321,45 +320,16 @@ class KeyspaceSource:
             scope.cancel()
 
     async def _streams(self) -> None:
-        """XREAD BLOCK on a client of its own (socket timeout > block time)."""
-        backoff = Backoff(first=0.2, cap=10.0)
-        last: dict[str, str] = {}
-        while True:
-            client = client_for(
-                self.url,
-                self.password,
-                socket_timeout=STREAM_BLOCK_MS / 1000 + 5,
-                name="harvest-async-streams",
-            )
-            try:
-                for stream in self.input_streams:
-                    if stream not in last:
-                        newest: Any = await client.xrevrange(stream, count=1)
-                        last[stream] = newest[0][0] if newest else "0-0"
-                await client.ping()  # reachable again: no need to wait for an entry to say so
-                if backoff.attempts:
-                    backoff.reset()
-                    self.outage.recovered("input streams")
-                while True:
-                    reply: Any = await client.xread(last, block=STREAM_BLOCK_MS, count=1000)  # type: ignore[arg-type]
-                    for stream, entries in reply or []:
-                        for entry_id, fields in entries:
-                            last[stream] = entry_id
-                            symbol = fields.get("symbol")
-                            if symbol:
-                                self._emit(Changed(symbol, "stream"))
-            except REDIS_OR_REPLY_ERRORS as exc:
-                error = refused("reading input streams", exc)
-                if isinstance(error, PermissionDenied):
-                    self._denials.denied(error)
-                else:
-                    self.outage.failed("input streams", str(exc))
-                self._emit(Gap("stream reconnect"))
-                await self.outage.pause(backoff.next_delay())
-            finally:
-                with anyio.CancelScope(shield=True):
-                    with contextlib.suppress(*REDIS_ERRORS):
-                        await client.aclose()
+        """The input streams, followed from the last entry read (`input_streams`)."""
+        follower = StreamFollower(
+            self.url,
+            self.password,
+            self.input_streams,
+            last={},
+            outage=self.outage,
+            denials=self._denials,
+        )
+        await follower.run(self._emit)
 
 
 async def _first_wins(wait: Awaitable[object], scope: anyio.CancelScope) -> None:

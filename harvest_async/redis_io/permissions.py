@@ -32,6 +32,7 @@ from harvest_async.config import Settings
 from harvest_async.core.keys import EPOCH_PREFIX, INPUT_KINDS, LEASE_PREFIX, glob_escape
 from harvest_async.errors import (
     AuthenticationFailed,
+    ConfigError,
     PermissionDenied,
     RedisReplyError,
     RedisUnavailable,
@@ -56,17 +57,40 @@ from harvest_async.redis_io.wire import Endpoint, Reply, Wire, command
 __all__ = ["PROBE_SYMBOL", "Role", "verify_permissions"]
 
 PROBE_SYMBOL = "harvest-async-acl-probe"
+# replies only a cluster node gives (a key served by another node, the cluster down)
+_CLUSTER_REPLIES = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 
 # run: the service; once: `run --once` (no liveness, no subscription); record: `record`
 Role = Literal["run", "once", "record"]
 
 
 async def verify_permissions(
-    settings: Settings, role: Role, *, instance: str | None = None
+    settings: Settings,
+    role: Role,
+    *,
+    instance: str | None = None,
+    nodes: Sequence[Endpoint] | None = None,
 ) -> None:
-    """Raise PermissionDenied naming the first thing `role` needs and may not do."""
-    probe = _Probe(endpoint_for(settings), describe_url(settings.redis_url))
+    """Raise PermissionDenied naming the first thing `role` needs and may not do.
+
+    On a cluster (`nodes`: its primaries) every node is probed in full: each has an ACL
+    of its own, and the server checks a command's ACL before redirecting it (MOVED,
+    CROSSSLOT), so a node refuses what its ACL lacks whichever node serves the key."""
+    if nodes is None:
+        probe = _Probe(endpoint_for(settings), describe_url(settings.redis_url))
+        probe.forced_single = settings.redis_cluster == "false"
+        await _verify(probe, settings, role, instance)
+        return
+    for node in nodes:
+        where = f"{node.host}:{node.port}"
+        await _verify(_Probe(node, where, node=where), settings, role, instance)
+
+
+async def _verify(probe: _Probe, settings: Settings, role: Role, instance: str | None) -> None:
     async with probe.connected():
+        if probe.node is not None:  # the slot map, and redis-py's cluster client
+            await probe.check("command cluster|slots", "CLUSTER", "SLOTS")
+            await probe.check("command command", "COMMAND")
         await _reads(probe, settings, "all" if role == "record" else "used", role)
         if role == "record":
             await _transaction(probe, [])  # the recorder reads in MULTI/EXEC
@@ -203,9 +227,11 @@ async def _input_streams(probe: _Probe, streams: Sequence[str]) -> None:
 class _Probe:
     """One wire connection at a time; every reply checked for an ACL refusal."""
 
-    def __init__(self, endpoint: Endpoint, where: str) -> None:
+    def __init__(self, endpoint: Endpoint, where: str, *, node: str | None = None) -> None:
         self.endpoint = endpoint
         self.where = where
+        self.node = node  # a cluster node's host:port, named in a refusal
+        self.forced_single = False  # REDIS_CLUSTER=false: said to be one server
         self.wire: Wire | None = None
 
     @contextlib.asynccontextmanager
@@ -222,8 +248,14 @@ class _Probe:
         assert self.wire is not None, "ask() outside connected()"
         try:
             (reply,) = await self.wire.roundtrip(command(*args), 1)
-        except (PermissionDenied, AuthenticationFailed):
-            raise
+        except PermissionDenied as exc:  # in the handshake (CLIENT SETNAME)
+            if self.node is None:
+                raise
+            raise PermissionDenied(exc.what, f"on the cluster node {self.node}") from exc
+        except AuthenticationFailed as exc:
+            if self.node is None:
+                raise
+            raise AuthenticationFailed(f"{exc} (on the cluster node {self.node})") from exc
         except RedisUnavailable as exc:
             raise RedisUnavailable(f"checking permissions at {self.where}: {exc}") from exc
         return reply
@@ -234,6 +266,19 @@ class _Probe:
         reply = await self.ask(*args)
         if isinstance(reply, RedisReplyError):
             self.refused(what, reply)
+            if self.node is None and str(reply).startswith(_CLUSTER_REPLIES):
+                # a cluster node taken for one server (REDIS_CLUSTER=false, or an ACL
+                # user that may run neither INFO nor CLUSTER SLOTS, which would tell)
+                fix = (
+                    "set REDIS_CLUSTER=auto or true"
+                    if self.forced_single
+                    else "this ACL user may run neither INFO nor CLUSTER SLOTS, which would "
+                    "tell: grant +cluster|slots (docs/operations.md lists what a cluster needs)"
+                )
+                raise ConfigError(
+                    "REDIS_CLUSTER",
+                    f"{self.where} is a Redis Cluster node (it replied {reply}); {fix}",
+                )
         return reply
 
     def refused(self, what: str, exc: BaseException) -> None:
@@ -241,4 +286,5 @@ class _Probe:
         if not is_permission_error(text):
             return
         command_name = denied_command(text)
-        raise PermissionDenied(f"command {command_name}" if command_name else what, text) from exc
+        detail = f"{text}; on the cluster node {self.node}" if self.node else text
+        raise PermissionDenied(f"command {command_name}" if command_name else what, detail) from exc

@@ -86,10 +86,9 @@ async def serve(
             await wait_for_redis(settings, notifier)  # REDIS_STARTUP_TIMEOUT_SEC
         # Redis Cluster (INTERFACE §7): the slot map, or None on one server / Sentinel
         slots = await cluster_slots(settings)
-        if slots is None:
-            await verify_permissions(settings, "once" if once else "run")
-        else:  # its probes assume one node (every key in reach); not run on a cluster
-            log.info("Redis Cluster: the startup ACL check is skipped")
+        # on a cluster every primary has an ACL of its own: each is checked
+        nodes = None if slots is None else [slots.endpoint(a) for a in slots.primaries]
+        await verify_permissions(settings, "once" if once else "run", nodes=nodes)
     except BaseException:
         notifier.close()
         raise
@@ -163,6 +162,7 @@ async def serve(
                 settings.keys,
                 slots,
                 instance=settings.instance,
+                input_streams=settings.input_streams,
                 poll_interval=settings.poll_interval_sec,
                 canary_timeout=settings.canary_timeout_sec,
             )

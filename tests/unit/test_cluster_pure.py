@@ -1,6 +1,6 @@
 """Cluster mode's pure parts: REDIS_CLUSTER, key slots, CLUSTER SLOTS parsing, MOVED/ASK
-replies, a node's URL (INTERFACE §7), the slots a topology change moved and the symbols
-they touch (issue 14)."""
+replies, a node's URL, input streams grouped by slot (INTERFACE §7), the slots a topology
+change moved and the symbols they touch (issue 14)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from harvest_async.core.keys import Keys
 from harvest_async.core.slots import SLOTS, describe_slots, key_slot, slot_ranges, touches
 from harvest_async.errors import RedisReplyError
 from harvest_async.redis_io.cluster.cluster_notifications import node_url
+from harvest_async.redis_io.cluster.cluster_streams import by_slot
 from harvest_async.redis_io.cluster.routing import redirect
 from harvest_async.redis_io.cluster.topology import Address, _parse, changed_slots, slot_of
+from harvest_async.redis_io.input_streams import stream_id
 
 
 def test_redis_cluster_setting() -> None:
@@ -133,3 +135,18 @@ def test_a_symbol_is_touched_by_a_slot_of_any_of_its_four_keys(
     assert touches(keys, symbol, slots) == any(s in slots for s in mine)
     for slot in mine:  # each key's slot alone touches it
         assert touches(keys, symbol, {slot})
+
+
+def test_input_streams_are_grouped_by_slot() -> None:
+    """One XREAD per slot (streams in several slots are CROSSSLOT even on one node):
+    streams sharing a hash tag are read together; a name given twice is read once."""
+    assert by_slot(["a{x}", "b", "c{x}", "b"]) == [("a{x}", "c{x}"), ("b",)]
+    names = ["quantum:stream:marketstate", "quantum:stream:risk.proposal"]
+    assert slot_of(names[0]) != slot_of(names[1])
+    assert by_slot(names) == [(names[0],), (names[1],)]
+
+
+def test_stream_ids_compare_as_numbers() -> None:
+    assert stream_id("1700000000000-10") > stream_id("1700000000000-9")
+    assert stream_id("999-0") < stream_id("1000-0")
+    assert stream_id("0-0") < stream_id("1-1")

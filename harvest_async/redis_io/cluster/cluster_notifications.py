@@ -11,14 +11,15 @@ once it has subscribed, is for every symbol), a primary gone (failed over, remov
 its own. The liveness canary is expected only from the listener of the node holding the
 liveness key.
 
-Input streams (INPUT_STREAMS) are not read on a cluster (the composition root refuses
-them): an XREAD over streams in several slots is a CROSSSLOT error.
+Input streams (INPUT_STREAMS) are read apart from the listeners (`ClusterStreams`): each
+slot's streams on the primary serving that slot, following it when it moves.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -30,6 +31,7 @@ from harvest_async.core.keys import Keys
 from harvest_async.core.ports import Event, Gap
 from harvest_async.core.slots import describe_slots
 from harvest_async.errors import RedisUnavailable
+from harvest_async.redis_io.cluster.cluster_streams import ClusterStreams
 from harvest_async.redis_io.cluster.topology import Address, SlotMap, slot_of
 from harvest_async.redis_io.notifications import KeyspaceSource
 
@@ -63,6 +65,7 @@ class ClusterSource:
         slots: SlotMap,
         *,
         instance: str,
+        input_streams: Sequence[str] = (),
         poll_interval: float = 2.0,
         canary_timeout: float = 2.0,
         refresh_every: float = 5.0,
@@ -78,6 +81,11 @@ class ClusterSource:
         self.sources: dict[Address, KeyspaceSource] = {}
         self._scopes: dict[Address, anyio.CancelScope] = {}
         self._emit: Callable[[Event], None] = lambda _e: None
+        self.streams = (
+            ClusterStreams(password, input_streams, slots, url_of=partial(node_url, url))
+            if input_streams
+            else None
+        )
 
     # -- what the service asks of a source ----------------------------------------------
     @property
@@ -114,6 +122,8 @@ class ClusterSource:
         async with anyio.create_task_group() as tg:
             for address in self.slots.primaries:
                 await tg.start(self._listen, address, True)
+            if self.streams is not None:
+                tg.start_soon(self.streams.run, emit)
             task_status.started()
             while True:
                 await self._wait_for_change(seen)

@@ -10,9 +10,9 @@ from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.config import Settings
 from harvest_async.config.sentinel_url import is_sentinel_url
-from harvest_async.errors import ConfigError
+from harvest_async.errors import ConfigError, PermissionDenied
 from harvest_async.redis_io.client import describe_url, endpoint_for
-from harvest_async.redis_io.cluster.topology import SlotMap, is_cluster
+from harvest_async.redis_io.cluster.topology import SlotMap, cluster_state
 
 __all__ = ["cluster_client", "cluster_mode", "cluster_slots", "tool_slots"]
 
@@ -21,13 +21,22 @@ log = logging.getLogger(__name__)
 
 async def cluster_mode(settings: Settings) -> bool:
     """Whether REDIS_URL is to be used as a Redis Cluster: `auto` asks the server (INFO
-    cluster); `true` insists (a server not in cluster mode is a configuration error, exit
+    cluster, else CLUSTER SLOTS); `true` insists (a server not in cluster mode is a configuration error, exit
     2); a Unix socket or Sentinel URL never is."""
     url = settings.redis_url
     if settings.redis_cluster == "false" or url.startswith("unix://") or is_sentinel_url(url):
         return False
     endpoint = endpoint_for(settings)
-    detected = await is_cluster(endpoint, limit=settings.redis_timeout_sec)
+    detected = await cluster_state(endpoint, limit=settings.redis_timeout_sec)
+    if detected is None:
+        # the ACL allows neither INFO nor CLUSTER SLOTS (the documented one-server ACL):
+        # one server, unless REDIS_CLUSTER says otherwise; a cluster node's MOVED replies
+        # to the startup ACL check's probes would stop the start (verify_permissions)
+        if settings.redis_cluster == "true":
+            raise PermissionDenied(
+                "command cluster|slots", "a Redis Cluster's slot map is read with CLUSTER SLOTS"
+            )
+        return False
     if not detected:
         if settings.redis_cluster == "true":
             raise ConfigError(
@@ -45,10 +54,6 @@ async def cluster_slots(settings: Settings) -> SlotMap | None:
     None. Settings a cluster cannot honour stop the start."""
     if not await cluster_mode(settings):
         return None
-    if settings.input_streams:
-        raise ConfigError(
-            "INPUT_STREAMS", "input streams are not read on a Redis Cluster (keyspace only)"
-        )
     slots = SlotMap(endpoint_for(settings), timeout=settings.redis_timeout_sec)
     await slots.refresh("start")
     log.info(
@@ -62,7 +67,7 @@ async def cluster_slots(settings: Settings) -> SlotMap | None:
 
 async def tool_slots(settings: Settings) -> SlotMap | None:
     """The tools' view (watch): the slot map, not read yet, when REDIS_URL is used as a
-    Redis Cluster (`cluster_mode`), else None; none of the service's own refusals."""
+    Redis Cluster (`cluster_mode`), else None."""
     if not await cluster_mode(settings):
         return None
     return SlotMap(endpoint_for(settings), timeout=settings.redis_timeout_sec)

@@ -19,10 +19,19 @@ import anyio
 
 from harvest_async.clock import monotonic
 from harvest_async.core.slots import SLOTS, key_slot
-from harvest_async.errors import RedisReplyError, RedisUnavailable
+from harvest_async.errors import PermissionDenied, RedisReplyError, RedisUnavailable
+from harvest_async.redis_io.client import is_permission_error
 from harvest_async.redis_io.wire import Endpoint, Reply, Wire, command
 
-__all__ = ["SLOTS", "Address", "SlotMap", "changed_slots", "is_cluster", "slot_of"]
+__all__ = [
+    "SLOTS",
+    "Address",
+    "SlotMap",
+    "changed_slots",
+    "cluster_state",
+    "is_cluster",
+    "slot_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +50,25 @@ def changed_slots(
 
 
 async def is_cluster(endpoint: Endpoint, *, limit: float = 5.0) -> bool:
-    """Whether the server at `endpoint` runs in cluster mode (INFO cluster)."""
+    """Whether the server at `endpoint` runs in cluster mode (False if it cannot tell)."""
+    return bool(await cluster_state(endpoint, limit=limit))
+
+
+async def cluster_state(endpoint: Endpoint, *, limit: float = 5.0) -> bool | None:
+    """Whether the server at `endpoint` runs in cluster mode: INFO cluster, else (an ACL
+    user without INFO) CLUSTER SLOTS, an error on one server; None when the ACL allows
+    neither."""
     wire = Wire(endpoint, name="harvest-async-check", timeout=limit)
     try:
         (info,) = await wire.roundtrip(command("INFO", "cluster"), 1)
+        if not (isinstance(info, RedisReplyError) and is_permission_error(str(info))):
+            return isinstance(info, str) and "cluster_enabled:1" in info
+        (slots,) = await wire.roundtrip(command("CLUSTER", "SLOTS"), 1)
     finally:
         wire.close()
-    return isinstance(info, str) and "cluster_enabled:1" in info
+    if isinstance(slots, RedisReplyError) and is_permission_error(str(slots)):
+        return None
+    return isinstance(slots, list)
 
 
 class SlotMap:
@@ -133,6 +154,8 @@ class SlotMap:
                 continue
             finally:
                 wire.close()
+            if isinstance(reply, RedisReplyError) and is_permission_error(str(reply)):
+                raise PermissionDenied("command cluster|slots", f"{reply} (the slot map)")
             if isinstance(reply, RedisReplyError) or not isinstance(reply, list):
                 failures.append(f"{address[0]}:{address[1]}: CLUSTER SLOTS: {reply}")
                 continue
