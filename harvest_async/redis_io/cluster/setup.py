@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 async def cluster_mode(settings: Settings) -> bool:
     """Whether REDIS_URL is to be used as a Redis Cluster: `auto` asks the server (INFO
-    cluster, else CLUSTER SLOTS); `true` insists (a server not in cluster mode is a configuration error, exit
-    2); a Unix socket or Sentinel URL never is."""
+    cluster, else CLUSTER SLOTS); `true` insists (a server not in cluster mode is a
+    configuration error, exit 2); a Unix socket or Sentinel URL never is."""
     url = settings.redis_url
     if settings.redis_cluster == "false" or url.startswith("unix://") or is_sentinel_url(url):
         return False
