@@ -1,6 +1,8 @@
 """Composition of the live service: clients, engine, runner, source, liveness, signals.
 
-`serve` is what `harvest-async run` calls; the CLI maps its exceptions to exit codes.
+`serve` is what `harvest-async run` calls; the CLI maps its exceptions to exit codes. It
+reads top-down: connect (Redis, cluster or not, ACL), build (the deployment's I/O, the
+engine, the runner), run (one task group) and shut down, whichever step failed.
 """
 
 from __future__ import annotations
@@ -9,42 +11,33 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
 
 from harvest_async import __version__
-from harvest_async.backoff import Backoff, DenialLog, RedisOutage
-from harvest_async.clock import Clock, SystemClock, monotonic
+from harvest_async.backoff import RedisOutage
+from harvest_async.clock import Clock, SystemClock
 from harvest_async.config import Settings, engine_config
 from harvest_async.core.engine import Engine
-from harvest_async.core.ports import Gap, InputReader, Observer, RunnerHooks
-from harvest_async.errors import ConfigError, PermissionDenied, RedisUnavailable
-from harvest_async.redis_io.client import (
-    check_redis,
-    client_for,
-    describe_url,
-    endpoint_for,
-)
-from harvest_async.redis_io.cluster.cluster_leases import ClusterLeases
-from harvest_async.redis_io.cluster.cluster_notifications import ClusterSource
+from harvest_async.core.ports import Observer, RunnerHooks
+from harvest_async.errors import ConfigError, RedisUnavailable
+from harvest_async.redis_io.client import check_redis, describe_url
 from harvest_async.redis_io.cluster.cluster_reader import ClusterInputReader
 from harvest_async.redis_io.cluster.cluster_sink import ClusterSink
-from harvest_async.redis_io.cluster.setup import cluster_client, cluster_slots
-from harvest_async.redis_io.cluster.topology import SlotMap
-from harvest_async.redis_io.inputs_io import InputLimits
+from harvest_async.redis_io.cluster.setup import cluster_slots
 from harvest_async.redis_io.leases import Leases
 from harvest_async.redis_io.liveness import LivenessWriter, read_publishers
-from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.redis_io.permissions import verify_permissions
 from harvest_async.redis_io.reader import RedisInputReader
 from harvest_async.redis_io.sink import RedisSink
-from harvest_async.redis_io.wire import Endpoint
+from harvest_async.service.deployments import Deployment, deployment_for
 from harvest_async.service.fanout import fan_out
 from harvest_async.service.group import Beats, GroupMember
 from harvest_async.service.group_metrics import GroupCollector
+from harvest_async.service.heartbeat import Heartbeat
 from harvest_async.service.metrics_server import start_for as start_metrics
 from harvest_async.service.publish_log import PublishLog
 from harvest_async.service.runner import Runner
@@ -79,6 +72,23 @@ async def serve(
     if settings.group is not None and once:
         raise ConfigError("GROUP", "run --once computes every symbol: it cannot share a group")
     notifier = Notifier()
+    deployment = await _connect(settings, notifier, once=once)
+    svc = _build(settings, deployment, clock, observer, hooks, once=once)
+    try:
+        if svc.member is not None:
+            await _check_partitions(svc.client, settings, clock)
+        if once:
+            await _one_pass(svc)
+        else:
+            await _run(svc, notifier, on_ready, handle_signals=handle_signals)
+        return 0
+    finally:
+        await _shutdown(svc, notifier, once=once)
+
+
+async def _connect(settings: Settings, notifier: Notifier, *, once: bool) -> Deployment:
+    """Redis answering (`run` waits for it), one server or a cluster, the ACL checked.
+    Nothing else exists yet: a failure here has only the notifier to close."""
     try:
         if once:
             await check_redis(settings)  # one pass: Redis now or exit 3
@@ -92,6 +102,37 @@ async def serve(
     except BaseException:
         notifier.close()
         raise
+    return deployment_for(settings, slots)
+
+
+@dataclass(frozen=True)
+class _Service:
+    """What `_build` made: what the run uses and the shutdown closes."""
+
+    settings: Settings
+    deployment: Deployment
+    clock: Clock
+    publish_log: PublishLog
+    stop_metrics: Callable[[], None] | None
+    client: Any
+    member: GroupMember | None
+    engine: Engine
+    outage: RedisOutage
+    reader: RedisInputReader | ClusterInputReader
+    sink: RedisSink | ClusterSink
+    runner: Runner
+
+
+def _build(
+    settings: Settings,
+    deployment: Deployment,
+    clock: Clock,
+    observer: Observer | None,
+    hooks: RunnerHooks | None,
+    *,
+    once: bool,
+) -> _Service:
+    """Everything `serve` runs and closes, on the deployment `_connect` found."""
     publish_log = PublishLog(settings.log_publish_detail_max_per_sec)
     observer = fan_out(publish_log, observer)
     stop_metrics: Callable[[], None] | None = None
@@ -100,16 +141,8 @@ async def serve(
     if settings.metrics_port is not None and not once:
         collectors = [group_metrics] if group_metrics is not None else []
         observer, hooks, stop_metrics = start_metrics(settings, observer, hooks, collectors)
-    timeout = settings.redis_timeout_sec
-    # the cold paths (discovery, proposals read back, liveness) on redis-py; the hot paths
-    # (input reads, proposal writes, notifications) on connections of their own (wire)
-    client = (
-        client_for(settings.redis_url, settings.redis_password, retries=0, socket_timeout=timeout)
-        if slots is None
-        else cluster_client(settings)
-    )
-    endpoint = endpoint_for(settings)
-    member = _group_member(settings, client, clock, cluster=slots is not None)
+    client = deployment.client()
+    member = _group_member(settings, client, clock, deployment.leases)
     if group_metrics is not None:
         group_metrics.member = member
     engine = build_engine(settings, observer)
@@ -117,16 +150,40 @@ async def serve(
     outage = RedisOutage(
         describe_url(settings.redis_url), log, remind_every=settings.outage_reminder_sec
     )
-    reader: InputReader
-    sink: RedisSink | ClusterSink
-    if slots is not None:  # -- the cluster's hooks (redis_io/cluster) --
-        reader, sink = _cluster_io(settings, client, slots, member)
-    else:
-        reader = RedisInputReader(
-            client, settings.keys, endpoint, timeout=timeout, limits=InputLimits.of(settings)
-        )
-        sink = _sink(settings, endpoint, member)
-    runner = Runner(
+    reader, sink = deployment.reader_and_sink(client, member)
+    runner = _runner(
+        settings, engine, reader, sink, clock, hooks=hooks, outage=outage, member=member
+    )
+    if member is not None:
+        member.bind(runner)
+    return _Service(
+        settings=settings,
+        deployment=deployment,
+        clock=clock,
+        publish_log=publish_log,
+        stop_metrics=stop_metrics,
+        client=client,
+        member=member,
+        engine=engine,
+        outage=outage,
+        reader=reader,
+        sink=sink,
+        runner=runner,
+    )
+
+
+def _runner(
+    settings: Settings,
+    engine: Engine,
+    reader: RedisInputReader | ClusterInputReader,
+    sink: RedisSink | ClusterSink,
+    clock: Clock,
+    *,
+    hooks: RunnerHooks | None,
+    outage: RedisOutage,
+    member: GroupMember | None,
+) -> Runner:
+    return Runner(
         engine,
         reader,
         sink,
@@ -140,148 +197,98 @@ async def serve(
         gather=GATHER_HELD_SEC,
         keys=settings.keys,
     )
-    if member is not None:
-        member.bind(runner)
-    try:
-        if member is not None:
-            await _check_partitions(client, settings, clock)
-        if once:
-            await runner.startup()
-            log.info(
-                "one pass done: %d symbols, %d writes, %d proposals adopted",
-                len(engine),
-                runner.writes,
-                engine.adopted,
-            )
-            return 0
-        source: KeyspaceSource | ClusterSource
-        if slots is not None:
-            source = ClusterSource(
-                settings.redis_url,
-                settings.redis_password,
-                settings.keys,
-                slots,
-                instance=settings.instance,
-                input_streams=settings.input_streams,
-                poll_interval=settings.poll_interval_sec,
-                canary_timeout=settings.canary_timeout_sec,
-            )
-        else:
-            source = KeyspaceSource(
-                settings.redis_url,
-                settings.redis_password,
-                settings.keys,
-                instance=settings.instance,
-                input_streams=settings.input_streams,
-                poll_interval=settings.poll_interval_sec,
-                canary_timeout=settings.canary_timeout_sec,
-                outage=outage,
-            )
-        liveness = LivenessWriter(
-            client,
-            settings.keys,
-            settings.instance,
-            settings.liveness_ttl_sec,
-            group=settings.group,
-            partitions=settings.partitions,
+
+
+async def _one_pass(svc: _Service) -> None:
+    """`run --once`: every symbol computed and written once, then the shutdown."""
+    await svc.runner.startup()
+    log.info(
+        "one pass done: %d symbols, %d writes, %d proposals adopted",
+        len(svc.engine),
+        svc.runner.writes,
+        svc.engine.adopted,
+    )
+
+
+async def _run(
+    svc: _Service,
+    notifier: Notifier,
+    on_ready: Callable[[Runner], Awaitable[None]] | None,
+    *,
+    handle_signals: bool,
+) -> None:
+    """`run`: one task group for every task, ready once each has started; a signal (or
+    the caller) cancels it."""
+    settings, runner, engine = svc.settings, svc.runner, svc.engine
+    source = svc.deployment.source(svc.outage)
+    liveness = LivenessWriter(
+        svc.client,
+        settings.keys,
+        settings.instance,
+        settings.liveness_ttl_sec,
+        group=settings.group,
+        partitions=settings.partitions,
+    )
+    heartbeat = Heartbeat(liveness, source, runner, svc.clock, settings, notifier, svc.outage, log)
+    _log_startup(settings, engine.theta_id)
+    async with anyio.create_task_group() as tg:
+        if handle_signals:
+            tg.start_soon(cancel_on_signal, tg.cancel_scope, partial(_on_signal, notifier))
+        tg.start_soon(svc.publish_log.run, svc.clock)
+        await tg.start(runner.run, source)
+        # started after its first refresh: ready means announced
+        await tg.start(heartbeat.run)
+        if svc.member is not None:
+            await tg.start(svc.member.run)
+        notifier.ready(f"publishing {len(engine)} symbols")
+        log.info(
+            "ready: %d symbols, %d writes at startup, %d proposals adopted",
+            len(engine),
+            runner.writes,
+            engine.adopted,
         )
-        _log_startup(settings, engine.theta_id)
-        async with anyio.create_task_group() as tg:
-            if handle_signals:
-                tg.start_soon(cancel_on_signal, tg.cancel_scope, partial(_on_signal, notifier))
-            tg.start_soon(publish_log.run, clock)
-            await tg.start(runner.run, source)
-            # started after its first refresh: ready means announced
-            await tg.start(
-                partial(
-                    _liveness_loop,
-                    liveness=liveness,
-                    source=source,
-                    runner=runner,
-                    clock=clock,
-                    settings=settings,
-                    notifier=notifier,
-                    outage=outage,
-                )
-            )
-            if member is not None:
-                await tg.start(member.run)
-            notifier.ready(f"publishing {len(engine)} symbols")
-            log.info(
-                "ready: %d symbols, %d writes at startup, %d proposals adopted",
-                len(engine),
-                runner.writes,
-                engine.adopted,
-            )
-            if on_ready is not None:
-                await on_ready(runner)
-        return 0
-    finally:
-        cleared = False
-        with anyio.CancelScope(shield=True):
-            if member is not None:
-                # after the last write: the next owners take over at once
-                with contextlib.suppress(RedisUnavailable), anyio.move_on_after(2.0):
-                    await member.release()
-            if not once:
-                with contextlib.suppress(RedisUnavailable):
-                    await LivenessWriter(
-                        client, settings.keys, settings.instance, settings.liveness_ttl_sec
-                    ).clear()
-                    cleared = True
-            await client.aclose()
-        reader.close()
-        sink.close()
-        notifier.close()
-        if stop_metrics is not None:
-            stop_metrics()
-        publish_log.roll(clock.now(), final=True)
+        if on_ready is not None:
+            await on_ready(runner)
+
+
+async def _shutdown(svc: _Service, notifier: Notifier, *, once: bool) -> None:
+    """Whatever stopped the service (a signal, an error at any step after `_build`): the
+    group and liveness released while Redis may still answer, then every close."""
+    settings, runner = svc.settings, svc.runner
+    cleared = False
+    with anyio.CancelScope(shield=True):
+        if svc.member is not None:
+            # after the last write: the next owners take over at once
+            with contextlib.suppress(RedisUnavailable), anyio.move_on_after(2.0):
+                await svc.member.release()
         if not once:
-            log.info(
-                "stopped after %d writes (%d symbols tracked); liveness key %s",
-                runner.writes,
-                len(engine),
-                "deleted" if cleared else "NOT deleted (Redis unavailable): it expires by its TTL",
-                extra={"event": "shutdown", "writes": runner.writes},
-            )
-
-
-def _sink(settings: Settings, endpoint: Endpoint, member: GroupMember | None) -> RedisSink:
-    return RedisSink(
-        endpoint,
-        settings.keys,
-        enable_stream=settings.enable_stream,
-        stream_maxlen=settings.stream_maxlen,
-        proposal_ttl=settings.proposal_ttl_sec,
-        timeout=settings.redis_timeout_sec,
-        fence=member.fence if member is not None else None,
-    )
-
-
-def _cluster_io(
-    settings: Settings, client: Any, slots: SlotMap, member: GroupMember | None
-) -> tuple[ClusterInputReader, ClusterSink]:
-    """The reader and sink of cluster mode (redis_io/cluster): per-slot routing."""
-    timeout = settings.redis_timeout_sec
-    reader = ClusterInputReader(
-        client, settings.keys, slots, timeout=timeout, limits=InputLimits.of(settings)
-    )
-    sink = ClusterSink(
-        slots,
-        settings.keys,
-        enable_stream=settings.enable_stream,
-        stream_maxlen=settings.stream_maxlen,
-        proposal_ttl=settings.proposal_ttl_sec,
-        timeout=timeout,
-        fence=member.fence if member is not None else None,
-    )
-    return reader, sink
+            with contextlib.suppress(RedisUnavailable):
+                await LivenessWriter(
+                    svc.client, settings.keys, settings.instance, settings.liveness_ttl_sec
+                ).clear()
+                cleared = True
+        await svc.client.aclose()
+    svc.reader.close()
+    svc.sink.close()
+    notifier.close()
+    if svc.stop_metrics is not None:
+        svc.stop_metrics()
+    svc.publish_log.roll(svc.clock.now(), final=True)
+    if not once:
+        log.info(
+            "stopped after %d writes (%d symbols tracked); liveness key %s",
+            runner.writes,
+            len(svc.engine),
+            "deleted" if cleared else "NOT deleted (Redis unavailable): it expires by its TTL",
+            extra={"event": "shutdown", "writes": runner.writes},
+        )
 
 
 def _group_member(
-    settings: Settings, client: Any, clock: Clock, *, cluster: bool = False
+    settings: Settings, client: Any, clock: Clock, kind: type[Leases]
 ) -> GroupMember | None:
-    """A publisher group's member (INTERFACE §6), or None without GROUP."""
+    """A publisher group's member (INTERFACE §6), or None without GROUP. `kind`: the
+    deployment's leases."""
     group = settings.group
     if group is None:
         return None
@@ -290,7 +297,6 @@ def _group_member(
         found = await read_publishers(client, settings.keys)
         return {p.instance: (p.group, p.last_beat_epoch) for p in found}
 
-    kind = ClusterLeases if cluster else Leases  # a cluster: no scripts in pipelines
     leases = kind(client, settings.keys, group, settings.instance, settings.lease_ttl_sec)
     return GroupMember(
         leases, clock, beats, partitions=settings.partitions, ttl=settings.lease_ttl_sec
@@ -340,74 +346,3 @@ def _log_startup(settings: Settings, theta_id: str) -> None:
 def _on_signal(notifier: Notifier, signum: signal.Signals) -> None:
     log.info("%s received: finishing the in-flight write and stopping", signum.name)
     notifier.stopping()
-
-
-async def _liveness_loop(
-    *,
-    liveness: LivenessWriter,
-    source: KeyspaceSource | ClusterSource,
-    runner: Runner,
-    clock: Clock,
-    settings: Settings,
-    notifier: Notifier,
-    outage: RedisOutage,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    interval = min(settings.liveness_ttl_sec / 3, 5.0)
-    if settings.group is not None:
-        interval = min(interval, settings.lease_ttl_sec / 4)  # the group's membership
-    if notifier.watchdog_sec is not None:
-        interval = min(interval, notifier.watchdog_sec / 3)
-    denials = DenialLog(log)
-    # while Redis is down the beats back off (the watchdog pings keep their pace)
-    backoff = Backoff(first=interval, cap=max(interval, 10.0))
-    next_beat = 0.0
-    while True:
-        # the watchdog ping comes from this loop: a stuck event loop stops it
-        notifier.watchdog()
-        if monotonic() >= next_beat:
-            try:
-                # arm the canary before writing: the notification can be consumed before
-                # beat() returns, and arming afterwards would then wait for one never coming
-                source.expect_canary()
-                gone = await _beat(liveness, runner, clock, settings.shutdown_grace_sec)
-                if gone and not backoff.attempts:
-                    # our own key vanished: so may have the proposals, with no notification
-                    # or reconnect to say so (FLUSHALL): check them all. (After an outage
-                    # of our own, the reconnect's resync checks them already.)
-                    runner.emit(Gap("liveness key lost"))
-                notifier.status(
-                    f"{len(runner.engine)} symbols, {runner.writes} writes, mode={source.mode}"
-                )
-                denials.allowed()
-                if backoff.attempts:
-                    backoff.reset()
-                    outage.recovered("liveness")
-            except PermissionDenied as exc:
-                source.cancel_canary()  # nothing was written, so nothing will be notified
-                denials.denied(exc)
-                notifier.status(str(exc))
-            except RedisUnavailable as exc:
-                source.cancel_canary()  # the write failed: its notification is not missing
-                outage.failed("liveness", str(exc))
-                notifier.status(f"Redis unavailable at {outage.where}; retrying")
-                next_beat = monotonic() + backoff.next_delay()
-        task_status.started()
-        task_status = anyio.TASK_STATUS_IGNORED
-        if not backoff.attempts:
-            await anyio.sleep(interval)
-        elif await outage.pause(interval):
-            next_beat = 0.0  # another loop found Redis back: announce ourselves at once
-
-
-async def _beat(liveness: LivenessWriter, runner: Runner, clock: Clock, grace: float) -> bool:
-    """One refresh, finished (within `grace`) even when the service is stopping: cut off
-    on the wire, it could reach Redis after the shutdown's DEL and revive the key. True:
-    the key was gone (see `LivenessWriter.beat`)."""
-    gone = False
-    with anyio.CancelScope(shield=True):
-        with anyio.move_on_after(grace) as limit:
-            gone = await liveness.beat(clock.now(), len(runner.engine))
-    if limit.cancelled_caught:
-        raise RedisUnavailable(f"liveness write did not finish within {grace:g} s")
-    return gone

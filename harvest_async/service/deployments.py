@@ -1,0 +1,131 @@
+"""What differs between the two deployments `serve` composes: one server (or the primary
+Sentinel names) and a Redis Cluster (INTERFACE §7). Each builds its clients, its reader and
+sink, its change source and names its lease kind; everything else is shared (service/app.py).
+
+The cold paths (discovery, proposals read back, liveness) run on redis-py; the hot paths
+(input reads, proposal writes, notifications) on connections of their own (the wire).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from harvest_async.backoff import RedisOutage
+from harvest_async.config import Settings
+from harvest_async.redis_io.client import client_for, endpoint_for
+from harvest_async.redis_io.cluster.cluster_leases import ClusterLeases
+from harvest_async.redis_io.cluster.cluster_notifications import ClusterSource
+from harvest_async.redis_io.cluster.cluster_reader import ClusterInputReader
+from harvest_async.redis_io.cluster.cluster_sink import ClusterSink
+from harvest_async.redis_io.cluster.setup import cluster_client
+from harvest_async.redis_io.cluster.topology import SlotMap
+from harvest_async.redis_io.inputs_io import InputLimits
+from harvest_async.redis_io.leases import Leases
+from harvest_async.redis_io.notifications import KeyspaceSource
+from harvest_async.redis_io.reader import RedisInputReader
+from harvest_async.redis_io.sink import RedisSink
+from harvest_async.service.group import GroupMember
+
+__all__ = ["Cluster", "Deployment", "OneServer", "deployment_for"]
+
+
+@dataclass(frozen=True)
+class OneServer:
+    """One server, or the primary Sentinel names."""
+
+    settings: Settings
+    leases: ClassVar[type[Leases]] = Leases
+
+    def client(self) -> Any:
+        settings = self.settings
+        timeout = settings.redis_timeout_sec
+        return client_for(
+            settings.redis_url, settings.redis_password, retries=0, socket_timeout=timeout
+        )
+
+    def reader_and_sink(
+        self, client: Any, member: GroupMember | None
+    ) -> tuple[RedisInputReader, RedisSink]:
+        settings = self.settings
+        timeout = settings.redis_timeout_sec
+        endpoint = endpoint_for(settings)
+        reader = RedisInputReader(
+            client, settings.keys, endpoint, timeout=timeout, limits=InputLimits.of(settings)
+        )
+        sink = RedisSink(
+            endpoint,
+            settings.keys,
+            enable_stream=settings.enable_stream,
+            stream_maxlen=settings.stream_maxlen,
+            proposal_ttl=settings.proposal_ttl_sec,
+            timeout=timeout,
+            fence=member.fence if member is not None else None,
+        )
+        return reader, sink
+
+    def source(self, outage: RedisOutage) -> KeyspaceSource:
+        settings = self.settings
+        return KeyspaceSource(
+            settings.redis_url,
+            settings.redis_password,
+            settings.keys,
+            instance=settings.instance,
+            input_streams=settings.input_streams,
+            poll_interval=settings.poll_interval_sec,
+            canary_timeout=settings.canary_timeout_sec,
+            outage=outage,
+        )
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A Redis Cluster: reads, writes and notifications routed by slot (redis_io/cluster)."""
+
+    settings: Settings
+    slots: SlotMap
+    leases: ClassVar[type[Leases]] = ClusterLeases  # no scripts in pipelines on a cluster
+
+    def client(self) -> Any:
+        return cluster_client(self.settings)
+
+    def reader_and_sink(
+        self, client: Any, member: GroupMember | None
+    ) -> tuple[ClusterInputReader, ClusterSink]:
+        settings, slots = self.settings, self.slots
+        timeout = settings.redis_timeout_sec
+        reader = ClusterInputReader(
+            client, settings.keys, slots, timeout=timeout, limits=InputLimits.of(settings)
+        )
+        sink = ClusterSink(
+            slots,
+            settings.keys,
+            enable_stream=settings.enable_stream,
+            stream_maxlen=settings.stream_maxlen,
+            proposal_ttl=settings.proposal_ttl_sec,
+            timeout=timeout,
+            fence=member.fence if member is not None else None,
+        )
+        return reader, sink
+
+    def source(self, outage: RedisOutage) -> ClusterSource:
+        # not `outage`: each node's feed logs an outage of its own (per address)
+        settings, slots = self.settings, self.slots
+        return ClusterSource(
+            settings.redis_url,
+            settings.redis_password,
+            settings.keys,
+            slots,
+            instance=settings.instance,
+            input_streams=settings.input_streams,
+            poll_interval=settings.poll_interval_sec,
+            canary_timeout=settings.canary_timeout_sec,
+        )
+
+
+Deployment = OneServer | Cluster
+
+
+def deployment_for(settings: Settings, slots: SlotMap | None) -> Deployment:
+    """`slots`: the cluster's slot map, None on one server or via Sentinel."""
+    return OneServer(settings) if slots is None else Cluster(settings, slots)
