@@ -73,7 +73,11 @@ async def serve(
         raise ConfigError("GROUP", "run --once computes every symbol: it cannot share a group")
     notifier = Notifier()
     deployment = await _connect(settings, notifier, once=once)
-    svc = _build(settings, deployment, clock, observer, hooks, once=once)
+    try:
+        svc = _build(settings, deployment, clock, observer, hooks, once=once)
+    except BaseException:  # e.g. a TLS file the client cannot load
+        notifier.close()
+        raise
     try:
         if svc.member is not None:
             await _check_partitions(svc.client, settings, clock)
@@ -141,6 +145,26 @@ def _build(
     if settings.metrics_port is not None and not once:
         collectors = [group_metrics] if group_metrics is not None else []
         observer, hooks, stop_metrics = start_metrics(settings, observer, hooks, collectors)
+    try:
+        return _assemble(
+            settings, deployment, clock, observer, hooks, publish_log, stop_metrics, group_metrics
+        )
+    except BaseException:  # the metrics server is the only thing running yet
+        if stop_metrics is not None:
+            stop_metrics()
+        raise
+
+
+def _assemble(  # noqa: PLR0917 - the parts _build made, passed on once
+    settings: Settings,
+    deployment: Deployment,
+    clock: Clock,
+    observer: Observer | None,
+    hooks: RunnerHooks | None,
+    publish_log: PublishLog,
+    stop_metrics: Callable[[], None] | None,
+    group_metrics: GroupCollector | None,
+) -> _Service:
     client = deployment.client()
     member = _group_member(settings, client, clock, deployment.leases)
     if group_metrics is not None:
