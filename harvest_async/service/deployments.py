@@ -9,7 +9,7 @@ The cold paths (discovery, proposals read back, liveness) run on redis-py; the h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 from harvest_async.backoff import RedisOutage
 from harvest_async.config import Settings
@@ -21,7 +21,7 @@ from harvest_async.redis_io.cluster.cluster_sink import ClusterSink
 from harvest_async.redis_io.cluster.setup import cluster_client
 from harvest_async.redis_io.cluster.topology import SlotMap
 from harvest_async.redis_io.inputs_io import InputLimits
-from harvest_async.redis_io.leases import Leases
+from harvest_async.redis_io.leases import FenceFor, Leases
 from harvest_async.redis_io.notifications import KeyspaceSource
 from harvest_async.redis_io.reader import RedisInputReader
 from harvest_async.redis_io.sink import RedisSink
@@ -53,15 +53,7 @@ class OneServer:
         reader = RedisInputReader(
             client, settings.keys, endpoint, timeout=timeout, limits=InputLimits.of(settings)
         )
-        sink = RedisSink(
-            endpoint,
-            settings.keys,
-            enable_stream=settings.enable_stream,
-            stream_maxlen=settings.stream_maxlen,
-            proposal_ttl=settings.proposal_ttl_sec,
-            timeout=timeout,
-            fence=member.fence if member is not None else None,
-        )
+        sink = RedisSink(endpoint, settings.keys, **_sink_options(settings, member))
         return reader, sink
 
     def source(self, outage: RedisOutage) -> KeyspaceSource:
@@ -97,15 +89,7 @@ class Cluster:
         reader = ClusterInputReader(
             client, settings.keys, slots, timeout=timeout, limits=InputLimits.of(settings)
         )
-        sink = ClusterSink(
-            slots,
-            settings.keys,
-            enable_stream=settings.enable_stream,
-            stream_maxlen=settings.stream_maxlen,
-            proposal_ttl=settings.proposal_ttl_sec,
-            timeout=timeout,
-            fence=member.fence if member is not None else None,
-        )
+        sink = ClusterSink(slots, settings.keys, **_sink_options(settings, member))
         return reader, sink
 
     def source(self, outage: RedisOutage) -> ClusterSource:
@@ -129,3 +113,22 @@ Deployment = OneServer | Cluster
 def deployment_for(settings: Settings, slots: SlotMap | None) -> Deployment:
     """`slots`: the cluster's slot map, None on one server or via Sentinel."""
     return OneServer(settings) if slots is None else Cluster(settings, slots)
+
+
+class _SinkOptions(TypedDict):
+    enable_stream: bool
+    stream_maxlen: int
+    proposal_ttl: float
+    timeout: float
+    fence: FenceFor | None
+
+
+def _sink_options(settings: Settings, member: GroupMember | None) -> _SinkOptions:
+    """What both sinks take from the settings (and the group member's fence)."""
+    return {
+        "enable_stream": settings.enable_stream,
+        "stream_maxlen": settings.stream_maxlen,
+        "proposal_ttl": settings.proposal_ttl_sec,
+        "timeout": settings.redis_timeout_sec,
+        "fence": member.fence if member is not None else None,
+    }

@@ -20,21 +20,18 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS
 from harvest_async.redis_io.cluster.topology import slot_of
 from harvest_async.replay.recording_reader import read_all
 from harvest_async.tools.doctor.report import render_text
 from harvest_async.tools.doctor.run import run_doctor
-from tests.support.cluster import ClusterTopology, cluster_topology, every_line
+from tests.support.cluster import ClusterTopology, cluster_topology, every_line, producer
 from tests.support.live import KEYS, audit, make_settings, put_inputs, running, wait_for
 
 __all__ = ["cluster_topology"]  # the fixture, used by name below
@@ -43,15 +40,6 @@ pytestmark = pytest.mark.slow
 
 COUNT = 1000
 SYMBOLS = [f"C{i:04d}USDT" for i in range(COUNT)]
-
-
-@asynccontextmanager
-async def producer(url: str) -> AsyncIterator[Any]:
-    client = RedisCluster.from_url(url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def lagging(client: Any, pnl: dict[str, float]) -> list[str]:

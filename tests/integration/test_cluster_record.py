@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,6 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.clock import SystemClock
 from harvest_async.redis_io.cluster.topology import slot_of
@@ -43,7 +40,7 @@ from harvest_async.replay.from_streams_record import record_from_streams
 from harvest_async.replay.recorder import Recorder, record
 from harvest_async.replay.recording_reader import read_all
 from harvest_async.replay.recording_writer import RecordingWriter
-from tests.support.cluster import ClusterTopology, bare_cluster
+from tests.support.cluster import ClusterTopology, bare_cluster, producer
 from tests.support.live import (
     KEYS,
     make_settings,
@@ -61,15 +58,6 @@ pytestmark = pytest.mark.slow
 
 SYMBOLS = [f"R{i:03d}USDT" for i in range(30)]
 State = dict[str, dict[str, dict[str, str]]]  # symbol -> kind -> fields
-
-
-@asynccontextmanager
-async def producer(url: str) -> AsyncIterator[Any]:
-    client = RedisCluster.from_url(url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def owners(topology: ClusterTopology, keys: list[str]) -> set[int]:

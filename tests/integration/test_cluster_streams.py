@@ -14,18 +14,16 @@ can tell it that an input changed:
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
-from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.redis_io.client import REDIS_OR_REPLY_ERRORS
 from harvest_async.redis_io.cluster.topology import slot_of
 from harvest_async.tools.embedded_server import ServerBinary
-from tests.support.cluster import ClusterTopology, cluster_flavours
+from tests.support.cluster import ClusterTopology, cluster_flavours, producer
 from tests.support.live import KEYS, make_settings, put_inputs, running, wait_for
 
 pytestmark = pytest.mark.slow
@@ -41,15 +39,6 @@ def quiet_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
         pytest.skip("no redis-server >= 7.0 or valkey-server: Redis 6.2 cannot build a cluster")
     with ClusterTopology(binary, replicas=1, notify="") as topology:
         yield topology
-
-
-@asynccontextmanager
-async def producer(url: str) -> AsyncIterator[Any]:
-    client = RedisCluster.from_url(url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def streams_on_every_primary(topology: ClusterTopology) -> list[str]:

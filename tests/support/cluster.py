@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any, Self
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.tools.embedded_server import (
     EmbeddedRedis,
@@ -38,6 +40,7 @@ __all__ = [
     "cluster_topology",
     "every_line",
     "every_line_bare",
+    "producer",
 ]
 
 SLOTS = 16384
@@ -337,3 +340,13 @@ def bare_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
         pytest.skip("no redis-server or valkey-server")
     with ClusterTopology(binary) as topology:
         yield topology
+
+
+@asynccontextmanager
+async def producer(url: str) -> AsyncIterator[Any]:
+    """redis-py's cluster client: the tests' writer of inputs and reader of outputs."""
+    client = RedisCluster.from_url(url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
