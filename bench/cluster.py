@@ -9,8 +9,9 @@ for the one-server numbers on the same machine at the same time.
 A private 3-primary cluster (no replicas, `tests/support/cluster.py`), the service as
 its own process (`python -m harvest_async run`, REDIS_CLUSTER detected, SYMBOLS=*,
 PUBLISH_INTERVAL_SEC=0, LOG_LEVEL=WARNING), 1,000 symbols seeded. Then per rate step:
-the load generator rewrites one position hash at a time on the primary serving it, with
-a unique `unrealized_pnl` (a material change) that the proposal echoes, and reads the
+the load generator rewrites position hashes on the primaries serving them (what is due
+every millisecond in one pipeline per node, the nodes in parallel), each with a unique
+`unrealized_pnl` (a material change) that the proposal echoes, and reads the
 audit stream (XREAD BLOCK on the stream's node), pairing each entry with the HSET that
 caused it: latency = HSET sent -> audit entry read, reported overall and per node (the
 node holding the position key, i.e. the listener that heard it). A step passes when p99 <
@@ -102,16 +103,29 @@ class Load:
             ):
                 await self.client_for(key).hset(key, mapping=fields)  # type: ignore[arg-type]
 
-    async def change(self, symbol: str) -> None:
-        self.n += 1
-        pnl = repr(1.0 + 0.5 * self.n)
-        port = self.node_of[symbol]
-        self.sent[(symbol, pnl)] = (time.perf_counter(), port)
-        self.last[symbol] = pnl
-        await self.clients[port].hset(
-            KEYS.position(symbol),
-            mapping={"unrealized_pnl": pnl, "current_price": repr(100.0 + float(pnl))},
-        )
+    async def change_many(self, symbols: list[str]) -> None:
+        """What is due goes out together, one pipeline per node (the nodes in parallel):
+        a generator awaiting each HSET in turn, not the service, was the limit at high
+        rates. Each change is stamped when its pipeline is sent."""
+        by_node: dict[int, list[str]] = {}
+        for symbol in symbols:
+            by_node.setdefault(self.node_of[symbol], []).append(symbol)
+
+        async def send(port: int, batch: list[str]) -> None:
+            async with self.clients[port].pipeline(transaction=False) as pipe:
+                sent = time.perf_counter()
+                for symbol in batch:
+                    self.n += 1
+                    pnl = repr(1.0 + 0.5 * self.n)
+                    self.sent[(symbol, pnl)] = (sent, port)
+                    self.last[symbol] = pnl
+                    pipe.hset(
+                        KEYS.position(symbol),
+                        mapping={"unrealized_pnl": pnl, "current_price": repr(100.0 + float(pnl))},
+                    )
+                await pipe.execute()
+
+        await asyncio.gather(*(send(port, batch) for port, batch in by_node.items()))
 
     async def read_stream(self, stop: asyncio.Event) -> None:
         client = self.client_for(KEYS.stream)
@@ -153,10 +167,12 @@ async def step(load: Load, rate: int, seconds: float) -> dict[str, Any]:
     i = 0
     while (elapsed := time.perf_counter() - started) < seconds:
         due = int(elapsed * rate)
+        batch = []
         while done < due:
-            await load.change(load.symbols[i % len(load.symbols)])
+            batch.append(load.symbols[i % len(load.symbols)])
             i += 7
             done += 1
+        await load.change_many(batch)
         await asyncio.sleep(0.001)
     converged = await load.converged(3.0)
     await asyncio.sleep(0.3)
