@@ -30,6 +30,7 @@ from harvest_async.redis_io.client import (
 )
 from harvest_async.redis_io.cluster.cluster_leases import ClusterLeases
 from harvest_async.redis_io.cluster.cluster_notifications import ClusterSource
+from harvest_async.redis_io.cluster.cluster_outage import ClusterOutage
 from harvest_async.redis_io.cluster.cluster_reader import ClusterInputReader
 from harvest_async.redis_io.cluster.cluster_sink import ClusterSink
 from harvest_async.redis_io.cluster.setup import cluster_client, cluster_slots
@@ -114,8 +115,12 @@ async def serve(
         group_metrics.member = member
     engine = build_engine(settings, observer)
     # one outage for every reconnect loop: a WARNING when it starts, reminders, one INFO
-    outage = RedisOutage(
-        describe_url(settings.redis_url), log, remind_every=settings.outage_reminder_sec
+    # (on a cluster, node by node: one WARNING per lost node)
+    where, remind = describe_url(settings.redis_url), settings.outage_reminder_sec
+    outage = (
+        RedisOutage(where, log, remind_every=remind)
+        if slots is None
+        else ClusterOutage(where, log, slots, remind_every=remind)
     )
     reader: InputReader
     sink: RedisSink | ClusterSink
@@ -165,6 +170,7 @@ async def serve(
                 input_streams=settings.input_streams,
                 poll_interval=settings.poll_interval_sec,
                 canary_timeout=settings.canary_timeout_sec,
+                outage=outage if isinstance(outage, ClusterOutage) else None,
             )
         else:
             source = KeyspaceSource(
