@@ -63,7 +63,10 @@ class KernelInputError(HarvestError, ValueError):
 
 
 class RedisUnavailable(HarvestError):
-    """Redis cannot be reached or refused us (connection, timeout, auth) (exit 3)."""
+    """Redis cannot be reached or refused us (connection, timeout, auth) (exit 3).
+    `node`: on a cluster, the node (host, port) that could not be reached, when known."""
+
+    node: tuple[str, int] | None = None
 
 
 class NodeUnavailable(RedisUnavailable):
@@ -72,7 +75,7 @@ class NodeUnavailable(RedisUnavailable):
 
     def __init__(self, message: str, node: tuple[str, int], slots: frozenset[int]) -> None:
         super().__init__(message)
-        self.node = node
+        self.node: tuple[str, int] | None = node
         self.slots = slots
 
 

@@ -191,8 +191,7 @@ class Runner:
     async def _redis_failed(self, exc: RedisUnavailable) -> None:
         """Report to the shared outage and wait for the next attempt: the backoff's delay,
         or less if another loop (a resubscription, a liveness write) finds Redis back."""
-        node = exc.node if isinstance(exc, NodeUnavailable) else None
-        self.outage.failed("processing", str(exc), node=node)
+        self.outage.failed("processing", str(exc), node=exc.node)
         await self.outage.pause(self._backoff.next_delay())
 
     def _redis_ok(self) -> None:

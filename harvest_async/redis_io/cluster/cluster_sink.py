@@ -185,7 +185,9 @@ class ClusterSink:
                 except RedisUnavailable as check:
                     if done:  # the rest is settled by the runner's next write
                         return done, f"audit entries: {exc}; check failed: {check}"
-                    raise WriteUncertain(f"audit entries: {exc}; check failed: {check}") from exc
+                    uncertain = WriteUncertain(f"audit entries: {exc}; check failed: {check}")
+                    uncertain.node = exc.node
+                    raise uncertain from exc
                 done += found
                 pending = [o for o in pending if all(o is not f for f in found)]
                 if not pending:
@@ -213,7 +215,11 @@ class ClusterSink:
         (the stream's slot migrating) is followed at once, behind ASKING."""
         address = self.slots.node_of(self.keys.stream)
         calls = [self._xadd(o) for o in outputs]
-        replies = await self._wires.roundtrip(address, b"".join(calls), len(calls))
+        try:
+            replies = await self._wires.roundtrip(address, b"".join(calls), len(calls))
+        except RedisUnavailable as exc:
+            exc.node = address  # the outage names it
+            raise
         appended: list[Output] = []
         retry: list[Output] = []
         refusal: str | None = None
