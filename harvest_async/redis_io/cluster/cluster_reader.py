@@ -75,10 +75,26 @@ class ClusterInputReader:
         self._cold.close()
 
     async def discover(self) -> list[str]:
-        return await self._cold.discover()
+        try:
+            return await self._cold.discover()
+        except RedisUnavailable as exc:
+            raise self._at_node(exc) from exc
 
     async def read_published(self, symbols: Sequence[str] | None) -> dict[str, Hash]:
-        return await self._cold.read_published(symbols)
+        try:
+            return await self._cold.read_published(symbols)
+        except RedisUnavailable as exc:
+            raise self._at_node(exc) from exc
+
+    def _at_node(self, exc: RedisUnavailable) -> RedisUnavailable:
+        """A cold path's failure as the failure of the primary it names (redis-py's
+        connection errors say "connecting to host:port"), so that it costs a resync of
+        that node's slots only; as it was when it names none."""
+        text = str(exc)
+        for node in self.slots.primaries:
+            if f"{node[0]}:{node[1]}" in text:
+                return NodeUnavailable(text, node, self.slots.served(node))
+        return exc
 
     # -- the hot path ----------------------------------------------------------------------
     def _call(self, kind: str, key: str) -> bytes:
