@@ -2,7 +2,8 @@
 
 A notification only says "look again"; the hashes are the truth. Every (re)subscription
 is a gap: the source checks that `notify-keyspace-events` still covers what we need and
-emits `Gap`, and the runner resyncs every symbol before trusting further events. A
+emits `Gap`, and the runner resyncs every symbol (a cluster node's listener: those with a
+key in the slots it serves, `scope`) before trusting further events. A
 self-canary (the service's own liveness write must come back as a notification) catches
 a subscription that silently stopped delivering. Without notifications the source says
 so once and asks for a reconcile every `poll_interval` instead.

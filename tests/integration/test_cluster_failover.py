@@ -76,11 +76,13 @@ async def test_failover_resyncs_only_the_lost_nodes_symbols_and_logs_it_once(
             # the symbols resynced: a resync after a gap checks their proposals (the
             # changes' rounds do not)
             checked: set[str] = set()
+            passes: list[int] = []
             read_published = runner.reader.read_published
 
             async def counting(symbols: Any) -> Any:
                 assert symbols is not None  # not a full read
                 checked.update(symbols)
+                passes.append(len(symbols))
                 return await read_published(symbols)
 
             runner.reader.read_published = counting  # type: ignore[method-assign]
@@ -114,7 +116,7 @@ async def test_failover_resyncs_only_the_lost_nodes_symbols_and_logs_it_once(
     resynced = [r.getMessage() for r in records if r.__dict__.get("event") == "resync"]
     print(
         f"victim :{port} ({len(lost_slots)} slots): {len(expected)} of {COUNT} symbols have a key "
-        f"there; {len(checked)} resynced; lines:\n  "
+        f"there; {len(checked)} resynced (passes: {passes}); lines:\n  "
         + "\n  ".join([*warnings, *resynced, *recovered])
     )
     assert len(warnings) == 1 and f"127.0.0.1:{port} lost" in warnings[0], warnings

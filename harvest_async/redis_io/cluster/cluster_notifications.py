@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 SETTLE_SEC = 0.3
 # how often the map is read while a node is known lost
 SUSPECT_EVERY = 0.25
+# how long a topology change's gap waits for the new primaries' listeners to subscribe
+LISTEN_WAIT = 1.0
 
 
 def node_url(url: str, address: Address) -> str:
@@ -88,6 +90,8 @@ class ClusterSource:
         self.refresh_every = refresh_every
         self.sources: dict[Address, KeyspaceSource] = {}
         self._scopes: dict[Address, anyio.CancelScope] = {}
+        # new primaries whose first subscription the coming topology gap will cover
+        self._covered: dict[Address, anyio.Event] = {}
         self._emit: Callable[[Event], None] = lambda _e: None
         self.streams = (
             ClusterStreams(
@@ -151,7 +155,7 @@ class ClusterSource:
                 moves = _moves(before, owners, moved)
                 # said by the resync's line, with how many symbols it reads again
                 gap = self._gap(moved, moves)
-                self._apply(tg, moves)
+                await self._apply(tg, moves)
                 emit(gap)
 
     def _gap(self, moved: frozenset[int], moves: dict[Address | None, set[str]]) -> Gap:
@@ -196,17 +200,28 @@ class ClusterSource:
                 except RedisUnavailable as exc:
                     log.debug("cluster: reading the slot map failed: %s", exc)
 
-    def _apply(self, tg: TaskGroup, moves: dict[Address | None, set[str]]) -> None:
-        """Listeners follow the primaries (at DEBUG: the topology line says it)."""
+    async def _apply(self, tg: TaskGroup, moves: dict[Address | None, set[str]]) -> None:
+        """Listeners follow the primaries (at DEBUG: the topology line says it). A new
+        primary's slots all changed owner (it served none before), so the topology gap
+        emitted after its listener subscribed covers what was written there before: it
+        is waited for (`LISTEN_WAIT` at most), and a listener subscribed by then emits
+        no gap of its own (a second resync of the same symbols)."""
         current = set(self.slots.primaries)
         for address in [a for a in self._scopes if a not in current]:
             log.debug("cluster: %s:%d is no longer a primary; its listener stops", *address)
             self._scopes.pop(address).cancel()
             self.sources.pop(address, None)
-        for address in sorted(current - set(self._scopes)):
+        new = {address: anyio.Event() for address in sorted(current - set(self._scopes))}
+        self._covered.update(new)
+        for address in new:
             log.debug("cluster: new primary %s:%d; listening to it", *address)
             tg.start_soon(self._listen, address, False)
-        replaced = {old: ", ".join(sorted(new)) for old, new in moves.items() if old is not None}
+        with anyio.move_on_after(LISTEN_WAIT):
+            for subscribed in new.values():
+                await subscribed.wait()
+        for address in new:  # one not subscribed yet emits its gap once it is
+            self._covered.pop(address, None)
+        replaced = {old: ", ".join(sorted(by)) for old, by in moves.items() if old is not None}
         self.outage.primaries_changed(self.slots.primaries, replaced)
 
     def _served(self, address: Address) -> frozenset[int] | None:
@@ -254,9 +269,12 @@ class ClusterSource:
                     else:
                         async with anyio.create_task_group() as inner:
                             await inner.start(source.run, self._emit)
-                            # writes on it before it was subscribed: of its slots
+                            covered = self._covered.pop(address, None)
                             served = self._served(address)
-                            if served is None or served:
+                            if covered is not None:
+                                covered.set()  # the topology gap comes after: it covers it
+                            elif served is None or served:
+                                # writes on it before it was subscribed: of its slots
                                 self._emit(Gap("listening to a new primary", served))
                 except (RedisUnavailable, BaseExceptionGroup) as exc:
                     # anyio's task groups wrap the source's error: a group of nothing but
