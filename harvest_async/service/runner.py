@@ -227,9 +227,12 @@ class Runner:
             return
         except RedisUnavailable as exc:
             # what was missed meanwhile is recovered by a resync (retried, counted once);
-            # a cluster node lost: of the slots it served (the others' listeners stayed)
-            if isinstance(exc, NodeUnavailable):
-                self.rounds.gap("node lost", exc.slots)
+            # a cluster node lost: of the slots it served (the others' listeners stayed),
+            # of every symbol for the audit stream's node; said by the outage's line
+            if exc.node is not None:
+                self.rounds.gap(
+                    "node lost", exc.slots if isinstance(exc, NodeUnavailable) else None
+                )
             else:
                 self.rounds.gap("redis error")
             await self._redis_failed(exc)

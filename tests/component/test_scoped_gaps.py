@@ -239,6 +239,38 @@ async def test_a_lost_nodes_read_failure_resyncs_only_its_slots(
     assert not [r for r in caplog.records if r.getMessage().startswith("resync (node lost")]
 
 
+class StreamNodeStore(MemoryStore):
+    """The next `failing` fetches fail as the audit stream's node's writes do when it is
+    lost: RedisUnavailable naming the node, no slots (every symbol publishes through it)."""
+
+    failing = 0
+
+    async def fetch(
+        self, symbols: Sequence[str], kinds: Sequence[int] | None = None
+    ) -> list[SymbolInputs]:
+        if self.failing:
+            self.failing -= 1
+            self.fetches.append(list(symbols))
+            exc = RedisUnavailable("audit entries: node down (test)")
+            exc.node = ("10.0.0.9", 7001)
+            raise exc
+        return await super().fetch(symbols, kinds)
+
+
+async def test_the_audit_stream_nodes_loss_resyncs_every_symbol_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    store = StreamNodeStore(inp(s) for s in SYMBOLS)
+    h = harness(store)
+    async with running(h):
+        store.failing = 1
+        h.source.changed("S07")
+        await until(lambda: h.runner.passes == 2, limit=5.0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resync (")]
+    assert lines == ["resync (startup)"]
+
+
 async def test_a_topology_gap_gives_a_pending_resync_its_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
