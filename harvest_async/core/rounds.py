@@ -53,9 +53,7 @@ FETCH_CHUNK = 250
 # resyncs that need not re-read the proposal hashes: startup adopts them itself, and the
 # timers' reconciles follow no gap
 _NO_VERIFY = frozenset({"startup", "periodic reconcile", "poll"})
-# and resyncs that follow an event said elsewhere: a cluster node lost (the outage's line,
-# then the topology change's, which takes over a resync still pending) and the gap of a
-# new primary's listener (after the topology change's line)
+# and those of a cluster node's loss or new primary: said by the outage's and topology's lines
 _QUIET = frozenset({"periodic reconcile", "poll", "node lost", "listening to a new primary"})
 
 
@@ -72,9 +70,7 @@ class _Pending:
     def widen(self, other: _Pending) -> None:
         slots = other.slots
         self.slots = None if slots is None or self.slots is None else self.slots | slots
-        if other.detail and other.detail != self.detail:
-            # a gap that says what happened (a topology change) gives the line its words,
-            # with the count of the widened resync
+        if other.detail and other.detail != self.detail:  # its words, the widened count
             self.reason, self.detail, self.logged = other.reason, other.detail, False
 
 
