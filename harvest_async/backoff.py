@@ -146,8 +146,9 @@ class RedisOutage:
     def active(self) -> bool:
         return self.since is not None
 
-    def failed(self, member: str, detail: str) -> None:
-        """`member`'s attempt failed with `detail` (it waits `pause(its delay)` next)."""
+    def failed(self, member: str, detail: str, *, node: tuple[str, int] | None = None) -> None:
+        """`member`'s attempt failed with `detail` (it waits `pause(its delay)` next).
+        `node`: the cluster node whose loss it was (`ClusterOutage`; one server: unused)."""
         now = self._now()
         if self.since is None:
             self.since = self._reminded = now
@@ -183,8 +184,12 @@ class RedisOutage:
             extra={"event": "outage_end", "duration_sec": round(self._now() - self.since, 3)},
         )
         self.since = None
+        self.wake()
+
+    def wake(self) -> None:
+        """Cut every `pause` short: the others retry at once, and report again if they fail."""
         if self._back is not None:
-            self._back.set()  # the others retry at once, and report again if they fail
+            self._back.set()
             self._back = None
 
     async def pause(self, delay: float) -> bool:

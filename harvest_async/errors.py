@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "HarvestError",
     "KernelInputError",
+    "NodeUnavailable",
     "PermissionDenied",
     "PlotUnavailable",
     "RecordingError",
@@ -62,7 +63,20 @@ class KernelInputError(HarvestError, ValueError):
 
 
 class RedisUnavailable(HarvestError):
-    """Redis cannot be reached or refused us (connection, timeout, auth) (exit 3)."""
+    """Redis cannot be reached or refused us (connection, timeout, auth) (exit 3).
+    `node`: on a cluster, the node (host, port) that could not be reached, when known."""
+
+    node: tuple[str, int] | None = None
+
+
+class NodeUnavailable(RedisUnavailable):
+    """One node of a Redis Cluster cannot be reached: `node` (host, port), `slots` the
+    slots it served (what a resync after it must cover; the rest of the cluster is up)."""
+
+    def __init__(self, message: str, node: tuple[str, int], slots: frozenset[int]) -> None:
+        super().__init__(message)
+        self.node: tuple[str, int] | None = node
+        self.slots = slots
 
 
 class WriteUncertain(RedisUnavailable):
@@ -99,6 +113,8 @@ class WriteRefused(RedisUnavailable):
     in part (e.g. the hash replaced but its audit entry refused), so the proposal hash no
     longer says what was last confirmed; `collateral`: outputs Redis had accepted, not
     applied only because another one aborted the transaction. The rest were refused.
+    `unreachable`: on a cluster, the node (host, port) whose part could not be sent at all
+    (lost, not refusing: the outage reports it, not the refusals).
     """
 
     def __init__(
@@ -108,12 +124,14 @@ class WriteRefused(RedisUnavailable):
         landed: Sequence[Output] = (),
         touched: Sequence[Output] = (),
         collateral: Sequence[Output] = (),
+        unreachable: tuple[str, int] | None = None,
     ) -> None:
         super().__init__(f"Redis refused the proposal write: {reply}")
         self.reply = reply  # the server's words
         self.landed = tuple(landed)
         self.touched = tuple(touched)
         self.collateral = tuple(collateral)
+        self.unreachable = unreachable
 
 
 class RecordingError(HarvestError, ValueError):

@@ -53,7 +53,8 @@ FETCH_CHUNK = 250
 # resyncs that need not re-read the proposal hashes: startup adopts them itself, and the
 # timers' reconciles follow no gap
 _NO_VERIFY = frozenset({"startup", "periodic reconcile", "poll"})
-_QUIET = frozenset({"periodic reconcile", "poll"})
+# and those of a cluster node's loss or new primary: said by the outage's and topology's lines
+_QUIET = frozenset({"periodic reconcile", "poll", "node lost", "listening to a new primary"})
 
 
 class _Pending:
@@ -66,8 +67,11 @@ class _Pending:
         self.reason, self.slots, self.detail = reason, slots, detail
         self.logged = False  # its line is written once, by the attempt that gets that far
 
-    def widen(self, slots: frozenset[int] | None) -> None:
+    def widen(self, other: _Pending) -> None:
+        slots = other.slots
         self.slots = None if slots is None or self.slots is None else self.slots | slots
+        if other.detail and other.detail != self.detail:  # its words, the widened count
+            self.reason, self.detail, self.logged = other.reason, other.detail, False
 
 
 class Rounds:
@@ -140,7 +144,7 @@ class Rounds:
         if self._pending is None:
             self._pending = _Pending(reason, slots, detail)
         else:
-            self._pending.widen(slots)
+            self._pending.widen(_Pending(reason, slots, detail))
 
     def take_over(self) -> None:
         """Partitions were gained (a publisher group): the next round adopts the
@@ -245,7 +249,7 @@ class Rounds:
     def _restore(self, pending: _Pending) -> None:
         """A resync that failed is pending again, widened by any gap met meanwhile."""
         if self._pending is not None:
-            pending.widen(self._pending.slots)
+            pending.widen(self._pending)
         self._pending = pending
 
     def _take(self, cap: int) -> tuple[dict[str, float], dict[str, int]]:

@@ -2,7 +2,8 @@
 
 A notification only says "look again"; the hashes are the truth. Every (re)subscription
 is a gap: the source checks that `notify-keyspace-events` still covers what we need and
-emits `Gap`, and the runner resyncs every symbol before trusting further events. A
+emits `Gap`, and the runner resyncs every symbol (a cluster node's listener: those with a
+key in the slots it serves, `scope`) before trusting further events. A
 self-canary (the service's own liveness write must come back as a notification) catches
 a subscription that silently stopped delivering. Without notifications the source says
 so once and asks for a reconcile every `poll_interval` instead.
@@ -75,7 +76,13 @@ class KeyspaceSource:
         poll_interval: float = 2.0,
         canary_timeout: float = 2.0,
         outage: RedisOutage | None = None,
+        scope: Callable[[], frozenset[int] | None] | None = None,
+        announce: bool = True,
     ) -> None:
+        """`scope`: the cluster slots this server's notifications concern, asked when a gap
+        is emitted (a cluster node's: the slots it serves); None: every symbol's (one
+        server). `announce`: log the first mode at INFO (a cluster's new primary: DEBUG,
+        the topology line says it; a poll mode is a WARNING either way)."""
         self.url = url
         self.password = password
         self.keys = keys
@@ -98,6 +105,8 @@ class KeyspaceSource:
         self._backoff = Backoff(first=0.2, cap=10.0)
         self._moved = anyio.Event()  # via Sentinel: the primary moved since the last attempt
         self._switches = 0  # via Sentinel: `Sentinels.switches` when this session began
+        self._scope = scope or _every_symbol
+        self._announce = announce
 
     # -- canary --------------------------------------------------------------------------
     def expect_canary(self) -> None:
@@ -115,9 +124,17 @@ class KeyspaceSource:
         if self.mode == "poll":
             self._set_mode("notify", "keyspace notifications are arriving again")
 
+    def _gap(self, reason: str) -> None:
+        """A gap for what this server's notifications concern (`scope`); none when it
+        serves no slot any more (what it served then has moved: a topology gap each)."""
+        slots = self._scope()
+        if slots is None or slots:
+            self._emit(Gap(reason, slots))
+
     def _set_mode(self, mode: str, why: str) -> None:
         if mode != self.mode:
-            level = logging.WARNING if mode == "poll" else logging.INFO
+            quiet = self.mode == "starting" and not self._announce
+            level = logging.WARNING if mode == "poll" else logging.DEBUG if quiet else logging.INFO
             log.log(level, "change detection: %s (%s)", mode, why)
             self.mode = mode
 
@@ -218,7 +235,7 @@ class KeyspaceSource:
             if task_status is not None:
                 task_status.started()
             else:
-                self._emit(Gap("resubscribed"))
+                self._gap("resubscribed")
             await self._consume(subscriber)
         finally:
             subscriber.close()
@@ -288,7 +305,7 @@ class KeyspaceSource:
         while True:
             await anyio.sleep(min(0.25, self.poll_interval))
             if self.mode == "poll":
-                self._emit(Gap("poll"))
+                self._gap("poll")  # a reconcile of what this server holds
                 await anyio.sleep(max(0.0, self.poll_interval - 0.25))
             sentinels = self._endpoint.sentinel
             if sentinels is not None and sentinels.switches != self._switches:
@@ -330,6 +347,10 @@ class KeyspaceSource:
             denials=self._denials,
         )
         await follower.run(self._emit)
+
+
+def _every_symbol() -> None:
+    return None
 
 
 async def _first_wins(wait: Awaitable[object], scope: anyio.CancelScope) -> None:

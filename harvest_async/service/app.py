@@ -171,9 +171,8 @@ def _assemble(  # noqa: PLR0917 - the parts _build made, passed on once
         group_metrics.member = member
     engine = build_engine(settings, observer)
     # one outage for every reconnect loop: a WARNING when it starts, reminders, one INFO
-    outage = RedisOutage(
-        describe_url(settings.redis_url), log, remind_every=settings.outage_reminder_sec
-    )
+    # (on a cluster, node by node: one WARNING per lost node)
+    outage = deployment.outage(log)
     reader, sink = deployment.reader_and_sink(client, member)
     runner = _runner(
         settings, engine, reader, sink, clock, hooks=hooks, outage=outage, member=member

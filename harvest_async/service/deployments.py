@@ -8,14 +8,16 @@ The cold paths (discovery, proposals read back, liveness) run on redis-py; the h
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypedDict
 
 from harvest_async.backoff import RedisOutage
 from harvest_async.config import Settings
-from harvest_async.redis_io.client import client_for, endpoint_for
+from harvest_async.redis_io.client import client_for, describe_url, endpoint_for
 from harvest_async.redis_io.cluster.cluster_leases import ClusterLeases
 from harvest_async.redis_io.cluster.cluster_notifications import ClusterSource
+from harvest_async.redis_io.cluster.cluster_outage import ClusterOutage
 from harvest_async.redis_io.cluster.cluster_reader import ClusterInputReader
 from harvest_async.redis_io.cluster.cluster_sink import ClusterSink
 from harvest_async.redis_io.cluster.setup import cluster_client
@@ -56,6 +58,13 @@ class OneServer:
         sink = RedisSink(endpoint, settings.keys, **_sink_options(settings, member))
         return reader, sink
 
+    def outage(self, log: logging.Logger) -> RedisOutage:
+        """One outage for every reconnect loop: a WARNING, reminders, one INFO."""
+        settings = self.settings
+        return RedisOutage(
+            describe_url(settings.redis_url), log, remind_every=settings.outage_reminder_sec
+        )
+
     def source(self, outage: RedisOutage) -> KeyspaceSource:
         settings = self.settings
         return KeyspaceSource(
@@ -92,8 +101,17 @@ class Cluster:
         sink = ClusterSink(slots, settings.keys, **_sink_options(settings, member))
         return reader, sink
 
+    def outage(self, log: logging.Logger) -> ClusterOutage:
+        """Node by node: one WARNING per lost node, one INFO once every slot is served."""
+        settings = self.settings
+        return ClusterOutage(
+            describe_url(settings.redis_url),
+            log,
+            self.slots,
+            remind_every=settings.outage_reminder_sec,
+        )
+
     def source(self, outage: RedisOutage) -> ClusterSource:
-        # not `outage`: each node's feed logs an outage of its own (per address)
         settings, slots = self.settings, self.slots
         return ClusterSource(
             settings.redis_url,
@@ -104,6 +122,7 @@ class Cluster:
             input_streams=settings.input_streams,
             poll_interval=settings.poll_interval_sec,
             canary_timeout=settings.canary_timeout_sec,
+            outage=outage if isinstance(outage, ClusterOutage) else None,
         )
 
 

@@ -41,6 +41,7 @@ from harvest_async.core.rounds import (
 )
 from harvest_async.errors import (
     Fenced,
+    NodeUnavailable,
     PermissionDenied,
     RedisUnavailable,
     WriteRefused,
@@ -108,6 +109,7 @@ class Runner:
         # retried with a backoff of our own, cut short when another loop finds Redis back
         self.outage = outage or RedisOutage("redis", log)
         self._backoff = Backoff(first=0.2, cap=10.0)
+        self._node_backoff = Backoff(first=0.2, cap=2.0)  # writes to a lost cluster node
         # a publisher group's: outputs the write script fenced off (INTERFACE §6)
         self.on_fenced = on_fenced
 
@@ -189,7 +191,7 @@ class Runner:
     async def _redis_failed(self, exc: RedisUnavailable) -> None:
         """Report to the shared outage and wait for the next attempt: the backoff's delay,
         or less if another loop (a resubscription, a liveness write) finds Redis back."""
-        self.outage.failed("processing", str(exc))
+        self.outage.failed("processing", str(exc), node=exc.node)
         await self.outage.pause(self._backoff.next_delay())
 
     def _redis_ok(self) -> None:
@@ -224,8 +226,15 @@ class Runner:
             self._denied_delay = min(self._denied_delay * 2, 5.0)
             return
         except RedisUnavailable as exc:
-            # what was missed meanwhile is recovered by a resync (retried, counted once)
-            self.rounds.gap("redis error")
+            # what was missed meanwhile is recovered by a resync (retried, counted once);
+            # a cluster node lost: of the slots it served (the others' listeners stayed),
+            # of every symbol for the audit stream's node; said by the outage's line
+            if exc.node is not None:
+                self.rounds.gap(
+                    "node lost", exc.slots if isinstance(exc, NodeUnavailable) else None
+                )
+            else:
+                self.rounds.gap("redis error")
             await self._redis_failed(exc)
             return
         self._redis_ok()
@@ -341,7 +350,12 @@ class Runner:
         self.engine.unsure(o.symbol for o in exc.touched)
         settled = {o.symbol for o in (*exc.landed, *exc.collateral)}  # one output each
         self._refused.update(o.symbol for o in outputs if o.symbol not in settled)
-        if self._retry_at is None and self._refused:
+        if self._retry_at is None and self._refused and exc.unreachable is not None:
+            # a cluster node lost, not a refusal: said by the outage (once per node), and
+            # retried soon (its replica is promoted within seconds)
+            self.outage.failed("writes", exc.reply, node=exc.unreachable)
+            self._retry_at = self.clock.now() + self._node_backoff.next_delay()
+        elif self._retry_at is None and self._refused:
             # the first refusal of an outage, or a retry refused again: back off further
             self._retry_at = self.clock.now() + self._refusals.failed(exc.reply)
         return list(exc.collateral)
@@ -359,8 +373,10 @@ class Runner:
             if self._retry_at is None:
                 self._retry_at = self.clock.now()
             raise
-        if not self._refused and self._refusals.active:
-            self._refusals.recovered()
+        if not self._refused:
+            self._node_backoff.reset()
+            if self._refusals.active:
+                self._refusals.recovered()
 
     async def _settle_uncertain(self) -> None:
         """Before anything is written again: did the writes whose outcome was unknown land?

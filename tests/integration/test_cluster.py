@@ -133,7 +133,10 @@ async def test_every_symbol_on_every_node_is_published(cluster_topology: Cluster
         await no_duplicates(client)
 
 
-async def test_primary_killed_every_symbol_converges(cluster_topology: ClusterTopology) -> None:
+async def test_primary_killed_every_symbol_converges(
+    cluster_topology: ClusterTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="harvest_async")
     topology = cluster_topology
     async with producer(topology.url) as client:
         pnl = await seed(client)
@@ -144,6 +147,7 @@ async def test_primary_killed_every_symbol_converges(cluster_topology: ClusterTo
                 tg.start_soon(write_until, client, pnl, stop)
                 await anyio.sleep(0.3)
                 victim = topology.primaries()[1]  # it holds the audit stream's slot
+                caplog.clear()
                 killed = time.perf_counter()
                 await anyio.to_thread.run_sync(topology.failover_by_kill, victim)
                 promoted = time.perf_counter()
@@ -161,6 +165,10 @@ async def test_primary_killed_every_symbol_converges(cluster_topology: ClusterTo
         )
         assert took < 10.0
         await no_duplicates(client)
+    # said once (test_cluster_failover.py counts every line)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"node 127.0.0.1:{topology.port_of(victim)} lost" in warnings[0]
 
 
 async def test_reshard_while_inputs_change_loses_nothing(

@@ -21,9 +21,14 @@ import redis.asyncio as aioredis
 from harvest_async.core.input_hashes import Hash, SymbolInputs
 from harvest_async.core.keys import Keys
 from harvest_async.core.rounds import ALL_KINDS, KIND_BITS
-from harvest_async.errors import RedisReplyError, RedisUnavailable, WriteUncertain
+from harvest_async.errors import (
+    NodeUnavailable,
+    RedisReplyError,
+    RedisUnavailable,
+    WriteUncertain,
+)
 from harvest_async.redis_io.cluster.routing import ASKING, MAX_REDIRECTS, NodeWires, redirect
-from harvest_async.redis_io.cluster.topology import Address, SlotMap
+from harvest_async.redis_io.cluster.topology import Address, SlotMap, slot_of
 from harvest_async.redis_io.inputs_io import (
     READ_COMMANDS,
     READ_SCRIPT,
@@ -70,10 +75,26 @@ class ClusterInputReader:
         self._cold.close()
 
     async def discover(self) -> list[str]:
-        return await self._cold.discover()
+        try:
+            return await self._cold.discover()
+        except RedisUnavailable as exc:
+            raise self._at_node(exc) from exc
 
     async def read_published(self, symbols: Sequence[str] | None) -> dict[str, Hash]:
-        return await self._cold.read_published(symbols)
+        try:
+            return await self._cold.read_published(symbols)
+        except RedisUnavailable as exc:
+            raise self._at_node(exc) from exc
+
+    def _at_node(self, exc: RedisUnavailable) -> RedisUnavailable:
+        """A cold path's failure as the failure of the primary it names (redis-py's
+        connection errors say "connecting to host:port"), so that it costs a resync of
+        that node's slots only; as it was when it names none."""
+        text = str(exc)
+        for node in self.slots.primaries:
+            if f"{node[0]}:{node[1]}" in text:
+                return NodeUnavailable(text, node, self.slots.served(node))
+        return exc
 
     # -- the hot path ----------------------------------------------------------------------
     def _call(self, kind: str, key: str) -> bytes:
@@ -121,15 +142,18 @@ class ClusterInputReader:
             for i in pending:
                 by_node.setdefault(self.slots.node_of(wanted[i][1]), []).append(i)
             moved: list[int] = []
-            lost: list[str] = []
+            lost: list[tuple[Address, str]] = []
 
             async def one(
-                address: Address, items: list[int], moved: list[int] = moved, lost: list[str] = lost
+                address: Address,
+                items: list[int],
+                moved: list[int] = moved,
+                lost: list[tuple[Address, str]] = lost,
             ) -> None:
                 try:
                     replies = await self._node(address, [wanted[i] for i in items])
                 except RedisUnavailable as exc:
-                    lost.append(str(exc))
+                    lost.append((address, str(exc)))
                     moved.extend(items)
                     return
                 for i, first in zip(items, replies, strict=True):
@@ -150,7 +174,11 @@ class ClusterInputReader:
             if not moved:
                 return raw
             if lost and attempt == MAX_REDIRECTS - 1:
-                raise RedisUnavailable(f"reading inputs: {lost[0]}")
+                # a resync after it covers what that node served (and the keys that failed,
+                # had the map dropped it meanwhile)
+                node, why = lost[0]
+                slots = self.slots.served(node) | {slot_of(wanted[i][1]) for i in moved}
+                raise NodeUnavailable(f"reading inputs: {why}", node, slots)
             await self._wires.refresh("MOVED or a lost node while reading inputs", lost=bool(lost))
             if lost:
                 await anyio.sleep(0.1 * (attempt + 1))  # a failover takes a few seconds

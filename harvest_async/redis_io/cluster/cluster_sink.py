@@ -82,6 +82,7 @@ class ClusterSink:
         self._wires = NodeWires(slots, WRITES_CONNECTION, timeout)
         self._fence = ClusterFence(slots, self._wires, fence) if fence is not None else None
         self._tokens: dict[str, FenceToken] = {}  # the batch's, for its audit entries
+        self._lost: Address | None = None  # the write's: a hashes' node not reached
 
     def close(self) -> None:
         self._wires.close()
@@ -92,6 +93,7 @@ class ClusterSink:
             return
         if not self.slots.ready:
             await self.slots.refresh("first write")
+        self._lost = None
         if self._fence is None:
             appended, refusal = await self._audit(list(outputs))
             written, failure = await self._hashes(appended)
@@ -104,7 +106,12 @@ class ClusterSink:
         touched = [o for o in appended if id(o) not in done]
         if fenced is not None:
             raise Fenced(fenced, landed=written, touched=touched)
-        raise WriteRefused(str(refusal or failure), landed=written, touched=touched)
+        raise WriteRefused(
+            str(refusal or failure),
+            landed=written,
+            touched=touched,
+            unreachable=self._lost if refusal is None else None,
+        )
 
     async def _fenced(
         self, outputs: Sequence[Output]
@@ -178,7 +185,9 @@ class ClusterSink:
                 except RedisUnavailable as check:
                     if done:  # the rest is settled by the runner's next write
                         return done, f"audit entries: {exc}; check failed: {check}"
-                    raise WriteUncertain(f"audit entries: {exc}; check failed: {check}") from exc
+                    uncertain = WriteUncertain(f"audit entries: {exc}; check failed: {check}")
+                    uncertain.node = exc.node
+                    raise uncertain from exc
                 done += found
                 pending = [o for o in pending if all(o is not f for f in found)]
                 if not pending:
@@ -206,7 +215,11 @@ class ClusterSink:
         (the stream's slot migrating) is followed at once, behind ASKING."""
         address = self.slots.node_of(self.keys.stream)
         calls = [self._xadd(o) for o in outputs]
-        replies = await self._wires.roundtrip(address, b"".join(calls), len(calls))
+        try:
+            replies = await self._wires.roundtrip(address, b"".join(calls), len(calls))
+        except RedisUnavailable as exc:
+            exc.node = address  # the outage names it
+            raise
         appended: list[Output] = []
         retry: list[Output] = []
         refusal: str | None = None
@@ -250,7 +263,10 @@ class ClusterSink:
         async def one(address: Address, group: list[Output]) -> None:
             try:
                 written.extend(await self._node_hashes(address, group))
+            except WriteRefused as exc:
+                failures.append(str(exc))
             except RedisUnavailable as exc:
+                self._lost = address
                 failures.append(str(exc))
 
         async with anyio.create_task_group() as tg:

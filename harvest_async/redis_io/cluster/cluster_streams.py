@@ -46,11 +46,15 @@ class ClusterStreams:
         slots: SlotMap,
         *,
         url_of: Callable[[Address], str],
+        outage_of: Callable[[Address], RedisOutage] | None = None,
     ) -> None:
+        """`outage_of`: the outage a node's readers report to (`ClusterOutage.node`)."""
         self.password = password
         self.groups = by_slot(streams)
         self.slots = slots
         self.url_of = url_of
+        # one node down is not "Redis unavailable" for the service
+        self.outage_of = outage_of or (lambda a: RedisOutage(f"{a[0]}:{a[1]}", log))
         self.last: dict[str, str] = {}  # stream -> the last ID read, whatever the node
         self.moves = 0  # times a group followed its slot to another node (tests)
         self._denials = DenialLog(log)
@@ -86,8 +90,7 @@ class ClusterStreams:
                 self.password,
                 group,
                 last=self.last,
-                # one node down is not "Redis unavailable" for the service
-                outage=RedisOutage(f"{address[0]}:{address[1]}", log),
+                outage=self.outage_of(address),
                 denials=self._denials,
                 redirects=True,
                 on_failure=self.slots.suspect,

@@ -102,6 +102,14 @@ class SlotMap:
             raise RedisUnavailable(f"cluster: slot {slot_of(key)} ({key}) is not served")
         return owner
 
+    def owners(self) -> tuple[Address | None, ...]:
+        """The slot -> primary map as read last (a copy)."""
+        return tuple(self._owner)
+
+    def served(self, address: Address) -> frozenset[int]:
+        """The slots `address` serves by the map as read last."""
+        return frozenset(i for i, owner in enumerate(self._owner) if owner == address)
+
     def suspect(self, seconds: float = 20.0) -> None:
         """A node could not be reached: watch the map closely for a while."""
         self.suspect_until = max(self.suspect_until, monotonic() + seconds)
