@@ -10,6 +10,7 @@ present or can be pulled; otherwise local stand-ins built from Debian's archive 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import time
@@ -50,21 +51,33 @@ def images(docker_engine: None) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def wheelhouse() -> Path:
-    """./wheelhouse filled from the lock and the current source (never a stale wheel)."""
-    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", "")}
-    venv_python = ROOT / ".venv" / "bin" / "python"
-    if not env["PYTHON"]:
-        env["PYTHON"] = str(venv_python) if venv_python.exists() else "python3"
-    done = subprocess.run(
-        [str(ROOT / "deploy" / "wheelhouse.sh")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr
-    return ROOT / "wheelhouse"
+    """./wheelhouse filled from the lock and the current source (never a stale wheel),
+    once per test run: pytest-xdist workers share the tree, and one worker rebuilding it
+    (its `build/` directory, its wheels removed first) while another builds or reads it
+    broke both. The first worker builds under a lock; the others find its stamp."""
+    out = ROOT / "wheelhouse"
+    out.mkdir(exist_ok=True)
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID", f"pid-{os.getpid()}")
+    stamp = out / ".built-for-run"
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists() and stamp.read_text() == run_id:
+            return out
+        env = {**os.environ, "PYTHON": os.environ.get("PYTHON", "")}
+        venv_python = ROOT / ".venv" / "bin" / "python"
+        if not env["PYTHON"]:
+            env["PYTHON"] = str(venv_python) if venv_python.exists() else "python3"
+        done = subprocess.run(
+            [str(ROOT / "deploy" / "wheelhouse.sh")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        stamp.write_text(run_id)
+    return out
 
 
 @pytest.fixture(scope="session")
