@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,7 +29,7 @@ from harvest_async.errors import (
 from harvest_async.redis_io.sentinel import ask_primary, ask_replicas
 from harvest_async.redis_io.server_version import judge, parse_info
 from harvest_async.redis_io.wire import Endpoint, Wire, command, endpoint_from_url
-from harvest_async.redis_io.wire_url import Sentinels
+from harvest_async.redis_io.wire_url import Sentinels, tls_version
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +137,9 @@ class _PrimaryClient(aioredis.Redis):
             await super().aclose(close_connection_pool)
         finally:
             if self.sentinels is not None:
-                await self.sentinels.aclose()
+                # one by one: `Sentinel.aclose()` is newer than redis-py 5.0.1, our minimum
+                for sentinel in self.sentinels.sentinels:
+                    await sentinel.aclose()
 
 
 def _primary_client(url: str, kwargs: dict[str, Any]) -> aioredis.Redis:
@@ -186,14 +187,17 @@ def _tls_kwargs(url: str) -> dict[str, Any]:
     """rediss+sentinel://: redis-py's TLS arguments from the URL's `ssl_*` options, read
     by redis-py's own URL parser as for rediss:// (so both take the same values)."""
     options = parse_sentinel_url(url).tls_options()
-    version = options.get("ssl_min_version", "")
-    if version in ssl.TLSVersion.__members__:  # TLSv1_2: a name the wire takes, redis-py not
-        options["ssl_min_version"] = str(ssl.TLSVersion[version].value)
+    # read here, as the wire reads it (`TLSv1_2` or a number): redis-py before 5.1 passes
+    # the text on unparsed, and never took the name
+    version = options.pop("ssl_min_version", None)
     try:
         parsed = parse_url(f"rediss://localhost/?{urlencode(options)}")
-    except ValueError as exc:  # "Invalid value for 'ssl_min_version' ..."
+        tls = {k: v for k, v in parsed.items() if k.startswith("ssl_")}
+        if version is not None:
+            tls["ssl_min_version"] = tls_version(version)
+    except ValueError as exc:  # "ssl_min_version: unknown TLS version ...", or redis-py's
         raise ConfigError("REDIS_URL", str(exc)) from None
-    return {"ssl": True} | {k: v for k, v in parsed.items() if k.startswith("ssl_")}
+    return {"ssl": True} | tls
 
 
 # a password given to a server that has none: AUTH fails (Redis 6+, Valkey; Redis 5)

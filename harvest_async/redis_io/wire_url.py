@@ -213,7 +213,7 @@ def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
     except OSError as exc:  # ssl.SSLError too: not a certificate, wrong key password
         raise ValueError(f"cannot load {files}: {exc.strerror or exc}") from None
     if "ssl_min_version" in options:
-        context.minimum_version = _tls_version(options["ssl_min_version"])
+        context.minimum_version = tls_version(options["ssl_min_version"])
     if "ssl_ciphers" in options:
         context.set_ciphers(options["ssl_ciphers"])
     return context
@@ -223,7 +223,7 @@ def _given(options: dict[str, str], *names: str) -> str:
     return " ".join(f"{name}={options[name]}" for name in names if name in options)
 
 
-def _tls_version(raw: str) -> ssl.TLSVersion:
+def tls_version(raw: str) -> ssl.TLSVersion:
     """`TLSv1_2` or the number redis-py passes through (771 = TLS 1.2)."""
     try:
         return ssl.TLSVersion(int(raw)) if raw.isdigit() else ssl.TLSVersion[raw]
