@@ -18,6 +18,14 @@ user should not have), so it works the same on Redis 6.2, 7.x and Valkey:
 
 Every probe runs on a wire connection (`wire.Wire`, RESP2), one command per round trip.
 
+On a cluster the replicas are probed too (`replica_gaps`), all probes, every refusal
+noted rather than the first raised: a replica lacking a permission stops nothing now (it
+serves nothing until a failover promotes it), so the start logs one warning. The probes
+mean the same there: Redis 6.2, 7.0 and Valkey 8 check the ACL before the cluster
+redirection and the read-only check, so a replica answers a permitted keyed command (a
+write, or a read on a connection without READONLY) with MOVED and a denied one with
+NOPERM, in MULTI as outside (checked on each, tests/integration/test_cluster_acl.py).
+
 A permission lost while running (the ACL changed under us) is noticed where it is
 refused: the affected work waits and is retried, logged once.
 """
@@ -54,7 +62,7 @@ from harvest_async.redis_io.inputs_io import (
 from harvest_async.redis_io.sink import WRITE_SHA
 from harvest_async.redis_io.wire import Endpoint, Reply, Wire, command
 
-__all__ = ["PROBE_SYMBOL", "Role", "verify_permissions"]
+__all__ = ["PROBE_SYMBOL", "Role", "replica_gaps", "replica_warning", "verify_permissions"]
 
 PROBE_SYMBOL = "harvest-async-acl-probe"
 # replies only a cluster node gives (a key served by another node, the cluster down)
@@ -84,6 +92,37 @@ async def verify_permissions(
     for node in nodes:
         where = f"{node.host}:{node.port}"
         await _verify(_Probe(node, where, node=where), settings, role, instance)
+
+
+async def replica_gaps(
+    settings: Settings, role: Role, replicas: Sequence[Endpoint], *, instance: str | None = None
+) -> dict[str, str]:
+    """{replica host:port: what is wrong there} for each replica whose ACL lacks something
+    `role` needs ("lacks: command hset, ...") or that could not be checked; raises nothing
+    but cancellation."""
+    gaps: dict[str, str] = {}
+    for node in replicas:
+        where = f"{node.host}:{node.port}"
+        probe = _Probe(node, where, node=where)
+        probe.lacks = []
+        try:
+            await _verify(probe, settings, role, instance)
+        except PermissionDenied as exc:  # in a handshake: CLIENT SETNAME
+            probe.lacks.append(exc.what)
+        except AuthenticationFailed:
+            probe.lacks.append("the user (authentication failed)")
+        except RedisUnavailable as exc:
+            gaps[where] = f"could not be checked ({exc})"
+            continue
+        if probe.lacks:
+            gaps[where] = "lacks: " + ", ".join(dict.fromkeys(probe.lacks))
+    return gaps
+
+
+def replica_warning(gaps: dict[str, str]) -> str:
+    """The one warning line for `replica_gaps`' findings."""
+    each = "; ".join(f"replica {where} {gap}" for where, gap in gaps.items())
+    return f"{each} — a failover promoting it would stop the service (ACL users are per node)"
 
 
 async def _verify(probe: _Probe, settings: Settings, role: Role, instance: str | None) -> None:
@@ -196,7 +235,8 @@ def _writes(
 async def _transaction(probe: _Probe, queued: Sequence[tuple[str, list[str]]]) -> None:
     """MULTI alone, then each command queued (the ACL is checked when queueing), then a
     command that cannot be queued, so EXEC discards everything: nothing runs."""
-    await probe.check("MULTI", "MULTI")
+    if isinstance(await probe.check("MULTI", "MULTI"), RedisReplyError):
+        return  # not in a transaction: the writes must not follow
     for what, args in queued:
         await probe.check(what, *args)
     if queued:
@@ -232,6 +272,7 @@ class _Probe:
         self.where = where
         self.node = node  # a cluster node's host:port, named in a refusal
         self.forced_single = False  # REDIS_CLUSTER=false: said to be one server
+        self.lacks: list[str] | None = None  # a replica's refusals, noted instead of raised
         self.wire: Wire | None = None
 
     @contextlib.asynccontextmanager
@@ -286,5 +327,8 @@ class _Probe:
         if not is_permission_error(text):
             return
         command_name = denied_command(text)
+        if self.lacks is not None:
+            self.lacks.append(f"command {command_name}" if command_name else what)
+            return
         detail = f"{text}; on the cluster node {self.node}" if self.node else text
         raise PermissionDenied(f"command {command_name}" if command_name else what, detail) from exc

@@ -30,7 +30,12 @@ from harvest_async.redis_io.cluster.cluster_sink import ClusterSink
 from harvest_async.redis_io.cluster.setup import cluster_slots
 from harvest_async.redis_io.leases import Leases
 from harvest_async.redis_io.liveness import LivenessWriter, read_publishers
-from harvest_async.redis_io.permissions import verify_permissions
+from harvest_async.redis_io.permissions import (
+    Role,
+    replica_gaps,
+    replica_warning,
+    verify_permissions,
+)
 from harvest_async.redis_io.reader import RedisInputReader
 from harvest_async.redis_io.sink import RedisSink
 from harvest_async.service.deployments import Deployment, deployment_for
@@ -102,7 +107,14 @@ async def _connect(settings: Settings, notifier: Notifier, *, once: bool) -> Dep
         slots = await cluster_slots(settings)
         # on a cluster every primary has an ACL of its own: each is checked
         nodes = None if slots is None else [slots.endpoint(a) for a in slots.primaries]
-        await verify_permissions(settings, "once" if once else "run", nodes=nodes)
+        role: Role = "once" if once else "run"
+        await verify_permissions(settings, role, nodes=nodes)
+        if slots is not None and slots.replicas:
+            # a replica serves nothing until promoted: what its ACL lacks is a warning
+            replicas = [slots.endpoint(a) for a in slots.replicas]
+            gaps = await replica_gaps(settings, role, replicas)
+            if gaps:
+                log.warning("startup ACL check: %s", replica_warning(gaps))
     except BaseException:
         notifier.close()
         raise

@@ -72,7 +72,7 @@ async def cluster_state(endpoint: Endpoint, *, limit: float = 5.0) -> bool | Non
 
 
 class SlotMap:
-    """The slot → primary map of one cluster, and the endpoints to reach its primaries."""
+    """The slot → primary map of one cluster, and the endpoints to reach its nodes."""
 
     def __init__(self, seed: Endpoint, *, timeout: float = 5.0) -> None:
         self.seed = seed
@@ -85,12 +85,19 @@ class SlotMap:
         self.suspect_until = 0.0
         self._owner: list[Address | None] = [None] * SLOTS
         self._primaries: tuple[Address, ...] = ()
+        self._replicas: tuple[Address, ...] = ()
         self._lock = anyio.Lock()
 
     # -- lookups ---------------------------------------------------------------------------
     @property
     def primaries(self) -> tuple[Address, ...]:
         return self._primaries
+
+    @property
+    def replicas(self) -> tuple[Address, ...]:
+        """The replicas CLUSTER SLOTS listed when the map was read last (the startup ACL
+        check probes them: a failover promotes one)."""
+        return self._replicas
 
     @property
     def ready(self) -> bool:
@@ -126,7 +133,7 @@ class SlotMap:
         async with self._lock:
             if self.version != seen:
                 return True  # another caller refreshed it meanwhile
-            slots = await self._ask()
+            slots, self._replicas = await self._ask()
             owner: list[Address | None] = [None] * SLOTS
             for first, last, address in slots:
                 owner[first : last + 1] = [address] * (last - first + 1)
@@ -149,7 +156,7 @@ class SlotMap:
         moved, self._moved = frozenset(self._moved), set()
         return moved
 
-    async def _ask(self) -> list[tuple[int, int, Address]]:
+    async def _ask(self) -> tuple[list[tuple[int, int, Address]], tuple[Address, ...]]:
         seed = (self.seed.host, self.seed.port) if self.seed.host else None
         candidates = [a for a in (seed, *self._primaries) if a is not None]
         failures = []
@@ -167,7 +174,7 @@ class SlotMap:
             if isinstance(reply, RedisReplyError) or not isinstance(reply, list):
                 failures.append(f"{address[0]}:{address[1]}: CLUSTER SLOTS: {reply}")
                 continue
-            return _parse(reply, address)
+            return _parse(reply, address), _replicas(reply, address)
         raise RedisUnavailable("cluster: no node answered CLUSTER SLOTS: " + "; ".join(failures))
 
 
@@ -185,3 +192,16 @@ def _parse(reply: list[Reply], asked: Address) -> list[tuple[int, int, Address]]
         address = (str(host) if host and host != "?" else asked[0], port)
         out.append((first, last, address))
     return out
+
+
+def _replicas(reply: list[Reply], asked: Address) -> tuple[Address, ...]:
+    """The replicas of CLUSTER SLOTS' rows (each row's nodes after its primary)."""
+    out = set()
+    for row in reply:
+        if not isinstance(row, list):
+            continue
+        for node in row[3:]:
+            if isinstance(node, list) and len(node) > 1 and isinstance(node[1], int):
+                host = node[0]
+                out.add((str(host) if host and host != "?" else asked[0], node[1]))
+    return tuple(sorted(out))
