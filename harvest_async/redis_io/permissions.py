@@ -24,7 +24,8 @@ serves nothing until a failover promotes it), so the start logs one warning. The
 mean the same there: Redis 6.2, 7.0 and Valkey 8 check the ACL before the cluster
 redirection and the read-only check, so a replica answers a permitted keyed command (a
 write, or a read on a connection without READONLY) with MOVED and a denied one with
-NOPERM, in MULTI as outside (checked on each, tests/integration/test_cluster_acl.py).
+NOPERM, in MULTI as outside (seen on 6.2.14, 7.0.15 and Valkey 8.1.8;
+tests/integration/test_cluster_acl.py runs 7 and Valkey).
 
 A permission lost while running (the ACL changed under us) is noticed where it is
 refused: the affected work waits and is retried, logged once.

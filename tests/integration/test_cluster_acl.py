@@ -6,6 +6,9 @@ ACL of its own (ACL SETUSER is not propagated), and every one is probed.
 * a permission missing on every node, or on one primary only (not the URL's node),
   stops the start with one line naming what is missing (and the node), exit 2 (`run` as
   a subprocess for some, `serve` for the rest), and nothing is written;
+* a permission missing on one replica only stops nothing: the start logs one warning
+  naming the replica and what it lacks (a failover promoting it would stop the
+  service); with the full ACL there is no such warning;
 * a user that may run neither INFO nor CLUSTER SLOTS cannot tell the cluster from one
   server: the check's probes see MOVED replies and stop the start saying so.
 """
@@ -26,7 +29,7 @@ from redis.asyncio.cluster import RedisCluster
 from harvest_async.config import settings_from_env
 from harvest_async.errors import HarvestError
 from harvest_async.service.app import serve
-from harvest_async.tools.embedded_server import ServerBinary
+from harvest_async.tools.embedded_server import EmbeddedRedis, ServerBinary
 from tests.integration.test_acl import INSTANCE, documented_acl, user_url
 from tests.support.cluster import ClusterTopology, cluster_flavours
 from tests.support.live import KEYS, SYM, put_inputs, running, service_env, wait_for
@@ -48,11 +51,12 @@ def cluster_acl() -> list[str]:
     scope="module", params=cluster_flavours() or [None], ids=lambda b: getattr(b, "id", "none")
 )
 def acl_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
-    """3 primaries (no replica) shared by the module: each test has users of its own."""
+    """3 primaries with a replica each, shared by the module: each test has users of its
+    own."""
     binary: ServerBinary | None = request.param
     if binary is None:
         pytest.skip("no redis-server >= 7.0 or valkey-server: Redis 6.2 cannot build a cluster")
-    with ClusterTopology(binary) as topology:
+    with ClusterTopology(binary, replicas=1) as topology:
         yield topology
 
 
@@ -66,12 +70,16 @@ async def admin_of(topology: ClusterTopology) -> AsyncIterator[Any]:
 
 
 def set_user(
-    topology: ClusterTopology, rules: list[str], *, on_one: list[str] | None = None
+    topology: ClusterTopology,
+    rules: list[str],
+    *,
+    on_one: list[str] | None = None,
+    odd: EmbeddedRedis | None = None,
 ) -> str:
-    """A user with `rules` on every node, or `on_one`'s rules on the last primary (not the
-    node of the URL)."""
+    """A user with `rules` on every node, or `on_one`'s rules on `odd` (by default the
+    last primary, not the node of the URL)."""
     name = f"harvest{next(_users)}"
-    odd = topology.primaries()[-1]
+    odd = odd or topology.primaries()[-1]
     assert topology.url != f"redis://127.0.0.1:{topology.port_of(odd)}/0"
     for server in topology.servers:
         given = on_one if on_one is not None and server is odd else rules
@@ -148,6 +156,41 @@ async def test_a_missing_permission_stops_the_start(
         assert await nothing_written(admin)
 
 
+_REPLICA_WARNING = "a failover promoting it would stop the service"
+
+
+async def test_the_cluster_acl_is_enough_on_the_replicas(acl_cluster: ClusterTopology) -> None:
+    user = set_user(acl_cluster, cluster_acl())
+    async with admin_of(acl_cluster) as admin:
+        await put_inputs(admin, pnl=1.0)
+        stderr = await _run_once(user_url(acl_cluster.url, user))
+        assert "replica" not in stderr and _REPLICA_WARNING not in stderr, stderr
+        await admin.delete(KEYS.proposal(SYM), KEYS.stream, KEYS.liveness(INSTANCE))
+
+
+async def test_a_replica_lacking_a_permission_is_a_warning(acl_cluster: ClusterTopology) -> None:
+    """A replica serves nothing until promoted: what its ACL lacks is logged once, and the
+    service starts (and publishes: the primaries have everything)."""
+    rules = cluster_acl()
+    lacking = without(without(rules, "+hset"), _PROPOSALS, "%R" + _PROPOSALS)
+    replica = acl_cluster.replica_of(acl_cluster.primaries()[-1])
+    user = set_user(acl_cluster, rules, on_one=lacking, odd=replica)
+    async with admin_of(acl_cluster) as admin:
+        await put_inputs(admin, pnl=2.0)
+        stderr = await _run_once(user_url(acl_cluster.url, user))
+        (line,) = [x for x in stderr.splitlines() if " WARNING " in x]
+        where = f"127.0.0.1:{acl_cluster.port_of(replica)}"
+        # every refusal, not the first: the key pattern (DEL), HSET, the write script's keys
+        lacks = (
+            f"startup ACL check: replica {where} lacks: write access to keys "
+            "quantum:harvest:proposal:*, command hset, the proposal write script on "
+        )
+        assert lacks in line and line.count(" replica ") == 1, line
+        assert line.endswith(f"— {_REPLICA_WARNING} (ACL users are per node)"), line
+        assert await admin.hget(KEYS.proposal(SYM), "position_unrealized_pnl") == repr(2.0)
+        await admin.delete(KEYS.proposal(SYM), KEYS.stream, KEYS.liveness(INSTANCE))
+
+
 async def test_a_user_that_cannot_tell_a_cluster_is_stopped(acl_cluster: ClusterTopology) -> None:
     """Without INFO (the documented ACL has none) and CLUSTER SLOTS the cluster looks like
     one server; the probes' MOVED replies give it away: exit 2, saying what to grant."""
@@ -180,6 +223,18 @@ async def _run_cli(url: str, **extra: str) -> str:
     *logged, line = stderr.splitlines()
     assert all(" INFO " in earlier for earlier in logged), stderr
     return line
+
+
+async def _run_once(url: str) -> str:
+    """`harvest-async run --once` as a subprocess: exit 0; its stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THETA_")}
+    env.update(env_for(url))
+    result = await anyio.run_process(
+        [sys.executable, "-m", "harvest_async", "run", "--once"], env=env, check=False
+    )
+    stderr = result.stderr.decode().strip()
+    assert result.returncode == 0, stderr
+    return stderr
 
 
 async def _serve_refused(url: str) -> str:

@@ -18,7 +18,13 @@ from harvest_async.errors import RedisReplyError
 from harvest_async.redis_io.cluster.cluster_notifications import node_url
 from harvest_async.redis_io.cluster.cluster_streams import by_slot
 from harvest_async.redis_io.cluster.routing import redirect
-from harvest_async.redis_io.cluster.topology import Address, _parse, changed_slots, slot_of
+from harvest_async.redis_io.cluster.topology import (
+    Address,
+    _parse,
+    _replicas,
+    changed_slots,
+    slot_of,
+)
 from harvest_async.redis_io.input_streams import stream_id
 
 
@@ -52,6 +58,9 @@ def test_cluster_slots_reply_parsed() -> None:
         (5461, 10922, ("192.0.2.1", 7001)),
         (10923, 16383, ("10.0.0.3", 7002)),
     ]
+    # the replicas, which the startup ACL check probes
+    reply[1].append(["", 7004, "id4"])
+    assert _replicas(reply, ("192.0.2.1", 7001)) == (("127.0.0.1", 7003), ("192.0.2.1", 7004))
 
 
 def test_redirections() -> None:
