@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from itertools import count
@@ -27,6 +28,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from harvest_async.config import settings_from_env
+from harvest_async.core.slots import key_slot
 from harvest_async.errors import HarvestError
 from harvest_async.service.app import serve
 from harvest_async.tools.embedded_server import EmbeddedRedis, ServerBinary
@@ -57,7 +59,31 @@ def acl_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
     if binary is None:
         pytest.skip("no redis-server >= 7.0 or valkey-server: Redis 6.2 cannot build a cluster")
     with ClusterTopology(binary, replicas=1) as topology:
+        _until_replicas_listed(topology)
         yield topology
+
+
+def _until_replicas_listed(topology: ClusterTopology, limit: float = 30.0) -> None:
+    """CLUSTER SLOTS leaves out a replica that has no replication offset yet (seconds
+    after it attached, or until its primary writes): a write to every primary, then wait
+    until every node lists every replica, as the startup check reads them there."""
+    for primary in topology.primaries():
+        key = next(
+            f"acl-fixture-{i}"
+            for i in count()
+            if topology.slot_owner(key_slot(f"acl-fixture-{i}")) is primary
+        )
+        primary.command("SET", key, "1")
+    wanted = len(topology.servers) - len(topology.primaries())
+    deadline = time.monotonic() + limit
+    while True:
+        listed = [
+            sum(len(row) - 3 for row in s.command("CLUSTER", "SLOTS")) for s in topology.servers
+        ]
+        if all(n == wanted for n in listed):
+            return
+        assert time.monotonic() < deadline, f"replicas listed by each node: {listed}"
+        time.sleep(0.1)
 
 
 @asynccontextmanager
