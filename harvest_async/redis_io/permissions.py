@@ -123,7 +123,10 @@ async def replica_gaps(
 def replica_warning(gaps: dict[str, str]) -> str:
     """The one warning line for `replica_gaps`' findings."""
     each = "; ".join(f"replica {where} {gap}" for where, gap in gaps.items())
-    return f"{each} — a failover promoting it would stop the service (ACL users are per node)"
+    return (
+        f"{each} — once a failover promotes it the service is refused there "
+        "(ACL users are per node)"
+    )
 
 
 async def _verify(probe: _Probe, settings: Settings, role: Role, instance: str | None) -> None:

@@ -182,7 +182,7 @@ async def test_a_missing_permission_stops_the_start(
         assert await nothing_written(admin)
 
 
-_REPLICA_WARNING = "a failover promoting it would stop the service"
+_REPLICA_WARNING = "once a failover promotes it the service is refused there"
 
 
 async def test_the_cluster_acl_is_enough_on_the_replicas(acl_cluster: ClusterTopology) -> None:
