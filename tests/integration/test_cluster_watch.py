@@ -191,6 +191,16 @@ async def test_live_watch_follows_every_primary_and_the_topology(
         replica.command("CONFIG", "SET", "cluster-replica-no-failover", "yes")
         on_victim = {s for s in SYMBOLS if owner(topology, s).port == victim.port}
         assert on_victim and on_victim != set(SYMBOLS)
+        # a publisher whose liveness key the victim holds: unknown while it is lost, not gone
+        beside = next(
+            f"vps-{i}"
+            for i in range(200)
+            if topology.slot_owner(slot_of(KEYS.liveness(f"vps-{i}"))).port == victim.port
+        )
+        await alive(client, beside)
+        await until(
+            lambda: beside in {p.instance for p in model.publishers or []}, "its publisher", 15
+        )
         downs: list[float] = []  # the whole table marked: must not happen here
 
         async def note_outage() -> None:
@@ -210,7 +220,10 @@ async def test_live_watch_follows_every_primary_and_the_topology(
         elsewhere = next(s for s in SYMBOLS if s not in on_victim)
         await client.hset(KEYS.proposal(elsewhere), "R_net", "5.5")
         await until(lambda: shows(watcher, elsewhere, "5.5"), "a change beside the lost node", 5)
-        assert model.lost_nodes == [lost] and model.stale == on_victim
+        monkeypatch.setattr(watcher_module, "PUBLISHER_SCAN_SEC", 0.2)  # SCANs skip the node
+        await anyio.sleep(1.5)
+        assert beside in {p.instance for p in model.publishers or []}, model.publishers
+        assert model.lost_nodes == [lost] and model.stale == on_victim and model.live()
         replica.command("CONFIG", "SET", "cluster-replica-no-failover", "no")
         await anyio.to_thread.run_sync(topology.wait_ok)
         await until(

@@ -43,7 +43,7 @@ from harvest_async.redis_io.client import (
 )
 from harvest_async.redis_io.key_events import KeyEvents, ServerKeyEvents
 from harvest_async.redis_io.leases import Leases
-from harvest_async.redis_io.liveness import read_publishers
+from harvest_async.redis_io.liveness import Publisher, read_publishers
 from harvest_async.redis_io.notifications import notify_flags_cover
 from harvest_async.tools.watch.model import (
     KEEP_RETRACTED_SEC,
@@ -246,6 +246,12 @@ class Watcher:
         if changed:
             self.changed()
 
+    def _on_lost(self, publisher: Publisher, found: set[str]) -> bool:
+        key = self.keys.liveness(publisher.instance)
+        return publisher.instance not in found and (
+            self.events.node_of(key) in self.events.lost_nodes()
+        )
+
     async def check_publishers(self, *, scan: bool) -> None:
         """Read the liveness keys (all of them with `scan`, else the ones known)."""
         if not scan and not self._known_publishers:
@@ -257,6 +263,13 @@ class Watcher:
             if not self.events.lost_nodes():
                 raise
             return  # a liveness key on the lost node, maybe: kept as last seen meanwhile
+        if self.events.lost_nodes() and self.model.publishers:
+            # a SCAN that skipped a lost node: its publishers are unknown, not gone
+            found = {p.instance for p in publishers}
+            publishers = sorted(
+                [*publishers, *(p for p in self.model.publishers if self._on_lost(p, found))],
+                key=lambda p: p.instance,
+            )
         if scan:
             self._known_publishers = {p.instance for p in publishers}
         if self._leases is not None:
