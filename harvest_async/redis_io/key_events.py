@@ -5,6 +5,9 @@ every primary of a cluster (notifications are node-local) through the same `subs
 merge. A subscription yields a receive stream of `(channel, data)` for each pmessage, and
 `None` when the subscriptions no longer cover every key (a cluster's topology changed):
 the caller subscribes again and re-reads everything, as after a gap.
+
+A cluster's subscription tolerates a lost primary (`lost`): its keys are unwatched, and
+`node_of`/`lost_nodes` let the caller mark only what that node holds as stale.
 """
 
 from __future__ import annotations
@@ -42,6 +45,18 @@ class KeyEvents(Protocol):
         None: CONFIG GET not allowed)."""
         ...
 
+    def node_of(self, key: str) -> str:
+        """The node holding `key`, as "host:port" ("" on one server)."""
+        ...
+
+    def lost_nodes(self) -> frozenset[str]:
+        """The nodes lost while the others are watched (none on one server)."""
+        ...
+
+    def lose(self, node: str) -> None:
+        """`node` failed a read: treated as lost until the next subscription."""
+        ...
+
 
 @contextlib.asynccontextmanager
 async def _pattern_subscription(
@@ -59,11 +74,20 @@ async def _pattern_subscription(
                 await sub.aclose()
 
 
-async def _pump(pubsub: Any, send: Sender) -> None:
-    while True:
-        msg = await pubsub.get_message(timeout=None)
-        if msg is not None and msg.get("type") == "pmessage":
-            await send.send((str(msg["channel"]), str(msg.get("data"))))
+Lost = Callable[[int, BaseException], None]
+
+
+async def _pump(pubsub: Any, send: Sender, index: int, lost: Lost | None) -> None:
+    try:
+        while True:
+            msg = await pubsub.get_message(timeout=None)
+            if msg is not None and msg.get("type") == "pmessage":
+                await send.send((str(msg["channel"]), str(msg.get("data"))))
+    except REDIS_ERRORS as exc:
+        if lost is None:
+            raise
+        lost(index, exc)
+        await send.send(None)  # subscribe again: the lost node skipped, the others kept
 
 
 @contextlib.asynccontextmanager
@@ -74,19 +98,33 @@ async def subscribed(
     name: str,
     *,
     also: Callable[[Sender], Coroutine[Any, Any, None]] | None = None,
+    lost: Lost | None = None,
 ) -> AsyncIterator[Messages]:
     """Subscribed to `patterns` on each server of `urls` (all of them before this
     yields: nothing written afterwards is missed); their pmessages merged. `also` runs
-    beside the readers (a topology watch sending None). A lost connection raises."""
+    beside the readers (a topology watch sending None). A lost connection raises; with
+    `lost`, it is reported (the url's index) instead: a server that cannot be subscribed
+    to is skipped (unless none can), one lost later sends None."""
     send, receive = anyio.create_memory_object_stream[Message](BUFFER)
     async with send, receive, contextlib.AsyncExitStack() as stack:
-        pubsubs = [
-            await stack.enter_async_context(_pattern_subscription(url, password, patterns, name))
-            for url in urls
-        ]
+        pubsubs: list[tuple[int, Any]] = []
+        for index, url in enumerate(urls):
+            try:
+                pubsubs.append(
+                    (
+                        index,
+                        await stack.enter_async_context(
+                            _pattern_subscription(url, password, patterns, name)
+                        ),
+                    )
+                )
+            except REDIS_ERRORS as exc:
+                if lost is None or (not pubsubs and index == len(urls) - 1):
+                    raise
+                lost(index, exc)
         async with anyio.create_task_group() as tg:
-            for pubsub in pubsubs:
-                tg.start_soon(_pump, pubsub, send)
+            for index, pubsub in pubsubs:
+                tg.start_soon(_pump, pubsub, send, index, lost)
             if also is not None:
                 tg.start_soon(also, send)
             try:
@@ -113,3 +151,12 @@ class ServerKeyEvents:
 
     async def flags(self) -> dict[str, str | None]:
         return {"": await read_notify_flags(self.client)}
+
+    def node_of(self, key: str) -> str:
+        return ""
+
+    def lost_nodes(self) -> frozenset[str]:
+        return frozenset()  # one server: lost means Redis unreachable
+
+    def lose(self, node: str) -> None:
+        return

@@ -6,8 +6,9 @@
    builds it) is told by notifications of a change on every primary, not only the seed's;
    marks the rows as no live advice when the publisher's liveness key goes; polls (naming
    the node) when one primary's notifications are turned off; follows a slot moved to
-   another primary and a primary killed (its replica promoted): it subscribes again on
-   the new primaries and a later change is seen by notification again.
+   another primary and a primary killed: while it is lost only its rows are marked stale
+   (the others follow their changes), and once its replica is promoted watch subscribes
+   again on the new primaries and a later change is seen by notification again.
 """
 
 from __future__ import annotations
@@ -178,26 +179,64 @@ async def test_live_watch_follows_every_primary_and_the_topology(
         await client.hset(KEYS.proposal(symbol), "R_net", "7.5")
         await until(lambda: shows(watcher, symbol, "7.5"), "a change after the failover", 3)
 
-        # a primary killed, its replica promoted: the rows are marked (Redis unreachable)
-        # while its subscription is lost, then watched on the promoted replica, which
-        # was not subscribed before
-        marked: list[float] = []
+        # a primary killed: only the rows whose proposal key it serves are marked (the
+        # header names it), the others stay live and follow their changes; then its
+        # replica promoted, the session is back on the new primaries, which include the
+        # promoted replica, not subscribed before. Full coverage off and the promotion held
+        # back until the checks are done: the other primaries serve meanwhile
+        victim = owner(topology, by_port[other.port])
+        replica = topology.replica_of(victim)
+        for server in topology.primaries():
+            server.command("CONFIG", "SET", "cluster-require-full-coverage", "no")
+        replica.command("CONFIG", "SET", "cluster-replica-no-failover", "yes")
+        on_victim = {s for s in SYMBOLS if owner(topology, s).port == victim.port}
+        assert on_victim and on_victim != set(SYMBOLS)
+        # a publisher whose liveness key the victim holds: unknown while it is lost, not gone
+        beside = next(
+            f"vps-{i}"
+            for i in range(200)
+            if topology.slot_owner(slot_of(KEYS.liveness(f"vps-{i}"))).port == victim.port
+        )
+        await alive(client, beside)
+        await until(
+            lambda: beside in {p.instance for p in model.publishers or []}, "its publisher", 15
+        )
+        downs: list[float] = []  # the whole table marked: must not happen here
 
         async def note_outage() -> None:
-            while not marked:
-                if model.redis_down_since is not None and not model.live():
-                    marked.append(model.redis_down_since)
+            while True:
+                if model.redis_down_since is not None:
+                    downs.append(model.redis_down_since)
                 await anyio.sleep(0.01)
 
         tg.start_soon(note_outage)
-        victim = owner(topology, by_port[other.port])
-        replica = await anyio.to_thread.run_sync(topology.failover_by_kill, victim)
-        await until(lambda: bool(marked), "the rows marked while a primary is lost")
+        victim.kill()
+        lost = f"127.0.0.1:{topology.port_of(victim)}"
+        await until(lambda: model.lost_nodes == [lost], "the lost primary named", 10)
+        assert model.stale == on_victim, model.stale ^ on_victim
+        assert model.redis_down_since is None and model.live()
+        banner = " ".join(text for text, _style in model.banners(time.time()))
+        assert f"node {lost} unreachable: {len(on_victim)} rows stale" in banner, banner
+        elsewhere = next(s for s in SYMBOLS if s not in on_victim)
+        await client.hset(KEYS.proposal(elsewhere), "R_net", "5.5")
+        await until(lambda: shows(watcher, elsewhere, "5.5"), "a change beside the lost node", 5)
+        monkeypatch.setattr(watcher_module, "PUBLISHER_SCAN_SEC", 0.2)  # SCANs skip the node
+        await anyio.sleep(1.5)
+        assert beside in {p.instance for p in model.publishers or []}, model.publishers
+        assert model.lost_nodes == [lost] and model.stale == on_victim and model.live()
+        replica.command("CONFIG", "SET", "cluster-replica-no-failover", "no")
+        await anyio.to_thread.run_sync(topology.wait_ok)
         await until(
-            lambda: model.redis_down_since is None and model.mode == "notify",
+            lambda: topology.role(replica) == "master",
+            "the replica's promotion",
+            20,
+        )
+        await until(
+            lambda: not model.lost_nodes and not model.stale and model.mode == "notify",
             "the session back on the new primaries",
             20,
         )
+        assert not downs, f"the whole table marked unreachable: {model.status}"
         moved = by_port[other.port]
         assert owner(topology, moved).port == replica.port
         await client.hset(KEYS.proposal(moved), "R_net", "6.5")

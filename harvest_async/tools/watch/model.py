@@ -95,6 +95,9 @@ class WatchModel:
     # a publisher group's partition owners (GROUP set; INTERFACE §6), None without one
     owners: dict[int, str | None] | None = None
     partitions: int = 64
+    # a cluster's primaries lost while the others are watched, and the rows they hold
+    lost_nodes: list[str] = field(default_factory=list)
+    stale: set[str] = field(default_factory=set)
 
     def apply(self, symbol: str, fields: dict[str, str], now: float) -> bool:
         """A hash as just read; returns True if something changed. A new publish is
@@ -191,6 +194,15 @@ class WatchModel:
             )
         elif self.status:
             out.append((self.status, "1;31"))
+        if self.lost_nodes and self.redis_down_since is None:
+            out.append(
+                (
+                    f"node {', '.join(self.lost_nodes)} unreachable: {len(self.stale)} rows "
+                    "stale (the last values seen, dimmed: not live advice); the other rows "
+                    "are live",
+                    "1;37;41",
+                )
+            )
         expired = [r.symbol for r in self.rows.values() if r.expired(now)]
         if expired:
             out.append(

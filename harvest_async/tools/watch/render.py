@@ -182,7 +182,8 @@ def render(
     advice = model.live()
     for row in shown:
         fresh = now - row.changed_at < HIGHLIGHT_SEC and live
-        sym_style = "1;7" if fresh else "" if advice else _DIM
+        row_live = advice and row.symbol not in model.stale
+        sym_style = "1;7" if fresh else "" if row_live else _DIM
         if row.fields is None:
             # the reason spans the number columns: it is what matters on this row
             segments = _cells(
@@ -196,7 +197,7 @@ def render(
             segments.append((f"  ({age_text(now - row.changed_at, compact=True)} ago)", "2"))
             lines.append(_line(segments, width, color))
             continue
-        cells = _published_cells(row, model, now, advice)
+        cells = _published_cells(row, model, now, row_live)
         cells["SYMBOL"] = (row.symbol, sym_style)
         if model.owners is not None:
             owner = model.owners.get(partition_of(row.symbol, model.partitions))

@@ -11,12 +11,15 @@ What keeps the table honest:
   ones every `PUBLISHER_SCAN_SEC`, and at once when their keyspace events say so): no
   live publisher means the rows are not live advice, and the view says so.
 * while Redis is unreachable the rows are kept as last seen and marked; the session is
-  retried with backoff.
+  retried with backoff. On a cluster, one primary lost marks only the rows whose proposal
+  key that node serves (`model.stale`): the others are read per node and stay live.
 
 On a Redis Cluster the notifications come from every primary and the flags are every
 primary's (`ClusterKeyEvents`), the reads go through redis-py's cluster client (pipelines
-without transactions, SCAN over every primary); a change of the slot map ends the session,
-and the next one subscribes on the new primaries and re-reads everything.
+without transactions, one per node, SCAN over every primary); a change of the slot map ends
+the session, and the next one subscribes on the new primaries and re-reads everything.
+While a primary is lost the names re-read are the rows known (SCAN would need every node);
+new symbols on the other nodes still arrive by notification.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from harvest_async.redis_io.client import (
 )
 from harvest_async.redis_io.key_events import KeyEvents, ServerKeyEvents
 from harvest_async.redis_io.leases import Leases
-from harvest_async.redis_io.liveness import read_publishers
+from harvest_async.redis_io.liveness import Publisher, read_publishers
 from harvest_async.redis_io.notifications import notify_flags_cover
 from harvest_async.tools.watch.model import (
     KEEP_RETRACTED_SEC,
@@ -100,18 +103,69 @@ class Watcher:
     async def _names(self) -> list[str]:
         if self.symbols is not None:
             return list(self.symbols)
+        if self.events.lost_nodes():
+            return sorted(s for s, row in self.model.rows.items() if row.fields is not None)
         return sorted(await scan_symbols(self.client, self.keys.harvest_prefix))
 
-    async def _read(self, symbols: Sequence[str]) -> list[dict[str, str]]:
-        return await hgetall_many(self.client, [self.keys.proposal(s) for s in symbols])
+    async def _read(self, symbols: Sequence[str]) -> list[dict[str, str] | None]:
+        """The proposal hashes; None for a symbol whose node is lost (kept as last seen).
+        Read per node, in parallel: a cluster pipeline fails as a whole when one of its
+        nodes does, and one node's failure must not spoil the others' rows."""
+        keys = [self.keys.proposal(s) for s in symbols]
+        by_node: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_node.setdefault(self.events.node_of(key), []).append(i)
+        lost = self.events.lost_nodes()
+        if len(by_node) <= 1 and not lost:  # one server (or one node): one pipeline
+            return list(await hgetall_many(self.client, keys))
+        out: list[dict[str, str] | None] = [None] * len(keys)
+        failed: list[BaseException] = []
+        read = 0
+
+        async def one(node: str, items: list[int]) -> None:
+            nonlocal read
+            try:
+                got = await hgetall_many(self.client, [keys[i] for i in items])
+            except REDIS_ERRORS as exc:
+                failed.append(exc)
+                self.events.lose(node)
+                return
+            read += 1
+            for i, fields in zip(items, got, strict=True):
+                out[i] = fields
+
+        async with anyio.create_task_group() as tg:
+            for node, items in by_node.items():
+                if node not in lost:
+                    tg.start_soon(one, node, items)
+        if failed and not read:
+            raise failed[0]  # no node answered: Redis unreachable
+        return out
+
+    def _mark_stale(self) -> None:
+        """The rows whose proposal key lives on a lost node: shown as last seen, marked."""
+        lost = self.events.lost_nodes()
+        stale = (
+            {s for s in self.model.rows if self.events.node_of(self.keys.proposal(s)) in lost}
+            if lost
+            else set()
+        )
+        if stale != self.model.stale or sorted(lost) != self.model.lost_nodes:
+            self.model.stale, self.model.lost_nodes = stale, sorted(lost)
+            self.changed()
 
     async def _recent_retractions(self, count: int = 500) -> list[tuple[float, str, str]]:
         """(at, symbol, reason) of the newest retract entries, newest first."""
-        async with redis_errors("watch: reading the audit stream", replies=False):
-            try:
-                entries: Any = await self.client.xrevrange(self.keys.stream, count=count)
-            except ResponseError:  # not a stream (or not readable): no reasons to show
-                return []
+        try:
+            async with redis_errors("watch: reading the audit stream", replies=False):
+                try:
+                    entries: Any = await self.client.xrevrange(self.keys.stream, count=count)
+                except ResponseError:  # not a stream (or not readable): no reasons to show
+                    return []
+        except RedisUnavailable:
+            if not self.events.lost_nodes():
+                raise
+            return []  # on a lost node, maybe: the reasons are missing meanwhile
         out: list[tuple[float, str, str]] = []
         for entry_id, fields in entries:
             if fields.get("event") == "retract":
@@ -129,7 +183,9 @@ class Watcher:
         model = self.model
         present = set()
         for sym, fields in zip(names, hashes, strict=True):
-            if fields:
+            if fields is None:  # on a lost node: kept as last seen
+                present.add(sym)
+            elif fields:
                 present.add(sym)
                 model.apply(sym, fields, now)
         gone = [s for s, row in model.rows.items() if s not in present and row.fields is not None]
@@ -149,6 +205,7 @@ class Watcher:
         for sym in gone:
             if model.rows[sym].fields is not None:  # no retract entry for it: expired?
                 model.retract(sym, self._gone_reason(sym), now)
+        self._mark_stale()
         self.changed()
 
     def _retraction_of(self, row: Row, at: float) -> bool:
@@ -169,6 +226,8 @@ class Watcher:
         gone: dict[str, Row] = {}
         changed = False
         for sym, fields in zip(symbols, hashes, strict=True):
+            if fields is None:  # on a lost node: kept as last seen
+                continue
             before = self.model.rows.get(sym)
             if self.model.apply(sym, fields, now):
                 changed = True
@@ -183,15 +242,34 @@ class Watcher:
                     self.model.retract(sym, reason, now)
                 else:
                     self.model.retract(sym, self._gone_reason(sym), now)
+        self._mark_stale()
         if changed:
             self.changed()
+
+    def _on_lost(self, publisher: Publisher, found: set[str]) -> bool:
+        key = self.keys.liveness(publisher.instance)
+        return publisher.instance not in found and (
+            self.events.node_of(key) in self.events.lost_nodes()
+        )
 
     async def check_publishers(self, *, scan: bool) -> None:
         """Read the liveness keys (all of them with `scan`, else the ones known)."""
         if not scan and not self._known_publishers:
             return  # none known: the next SCAN (or a liveness event) finds new ones
         names = None if scan else self._known_publishers
-        publishers = await read_publishers(self.client, self.keys, names=names)
+        try:
+            publishers = await read_publishers(self.client, self.keys, names=names)
+        except RedisUnavailable:
+            if not self.events.lost_nodes():
+                raise
+            return  # a liveness key on the lost node, maybe: kept as last seen meanwhile
+        if self.events.lost_nodes() and self.model.publishers:
+            # a SCAN that skipped a lost node: its publishers are unknown, not gone
+            found = {p.instance for p in publishers}
+            publishers = sorted(
+                [*publishers, *(p for p in self.model.publishers if self._on_lost(p, found))],
+                key=lambda p: p.instance,
+            )
         if scan:
             self._known_publishers = {p.instance for p in publishers}
         if self._leases is not None:
