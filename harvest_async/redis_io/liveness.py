@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from harvest_async import __version__
 from harvest_async.core.keys import Keys
 from harvest_async.core.timefmt import iso_utc
-from harvest_async.errors import PermissionDenied
+from harvest_async.errors import PermissionDenied, RedisUnavailable
 from harvest_async.redis_io.client import (
     REDIS_OR_REPLY_ERRORS,
     redis_errors,
@@ -132,6 +132,11 @@ async def read_publishers(
                 pipe.hgetall(prefix + name)
                 pipe.pttl(prefix + name)
             replies = await pipe.execute(raise_on_error=False)
+    for reply in replies:
+        # an error reply is a read that failed (CLUSTERDOWN, TRYAGAIN during a failover),
+        # not a key found missing: a group member must not take a live peer for gone
+        if isinstance(reply, Exception) and "WRONGTYPE" not in str(reply):
+            raise RedisUnavailable(f"reading the liveness keys: {reply}")
     out = []
     for i, name in enumerate(names):
         fields, pttl = replies[2 * i], replies[2 * i + 1]
