@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ from harvest_async.replay.format import (
 )
 from harvest_async.replay.from_streams import parse_stream_specs
 from harvest_async.replay.from_streams_record import record_from_streams
-from harvest_async.replay.recorder import Recorder, record
 from harvest_async.replay.recording_reader import read_all
 from harvest_async.replay.recording_writer import RecordingWriter
 from tests.support.cluster import ClusterTopology, bare_cluster, producer
@@ -51,6 +49,7 @@ from tests.support.live import (
     risk,
     wait_for,
 )
+from tests.support.recording import recording
 
 __all__ = ["bare_cluster"]  # the fixture, used by name below
 
@@ -103,20 +102,7 @@ async def test_record_on_a_cluster_holds_every_nodes_changes_and_a_moved_slot_as
             pos = position(1.0, symbol)
             mkt = await put_inputs(client, symbol, pos=pos)
             expected[symbol] = {"marketstate": mkt, "risk": risk(), "position": pos}
-        holder: list[Recorder] = []
-        ready = anyio.Event()
-
-        async def on_ready(recorder: Recorder) -> None:
-            holder.append(recorder)
-            ready.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(
-                partial(record, settings, str(path), handle_signals=False, on_ready=on_ready)
-            )
-            with anyio.fail_after(15):
-                await ready.wait()
-            (recorder,) = holder
+        async with recording(settings, path, ready_within=15) as recorder:
             initial = {s: dict(kinds) for s, kinds in expected.items()}
             # every symbol's position changes (keys on every node), new symbols appear,
             # one position is deleted
@@ -152,7 +138,6 @@ async def test_record_on_a_cluster_holds_every_nodes_changes_and_a_moved_slot_as
                 return writer is not None and writer.snapshots > 0 and await caught_up()
 
             await wait_for(gap_recorded, "a gap snapshot after the slot moved", limit=15.0)
-            tg.cancel_scope.cancel()
     header, lines = read_all(path)
     assert {
         s: {k: f for k in KINDS if (f := row.get(k))} for s, row in header.snapshot.items()

@@ -50,6 +50,7 @@ from harvest_async.service.runner import Runner
 from harvest_async.tools.simulate import Simulator, run_simulator, symbols_for
 from tests.support.live import KEYS, connected, put, running, wait_for
 from tests.support.live import make_settings as service_settings
+from tests.support.recording import recording
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "recordings"
@@ -192,20 +193,7 @@ async def test_recorder_snapshot_changes_gap_and_end(redis_url: str, tmp_path: P
         await put(client, KEYS.marketstate("BTCUSDT"), market(now))
         await put(client, KEYS.position("BTCUSDT"), position(1.0))
         await put(client, KEYS.position("XRPUSDT"), position(1.0))  # not a wanted symbol
-        holder: list[Recorder] = []
-        ready = anyio.Event()
-
-        async def on_ready(recorder: Recorder) -> None:
-            holder.append(recorder)
-            ready.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(
-                partial(record, settings, str(path), handle_signals=False, on_ready=on_ready)
-            )
-            with anyio.fail_after(5):
-                await ready.wait()
-            recorder = holder[0]
+        async with recording(settings, path, ready_within=5) as recorder:
             await put(client, KEYS.position("BTCUSDT"), position(5.0))
             await put(client, KEYS.position("XRPUSDT"), position(9.0))
             await client.hset(KEYS.marketstate("BTCUSDT"), "mu", "0.0002")  # ignored field
@@ -220,7 +208,6 @@ async def test_recorder_snapshot_changes_gap_and_end(redis_url: str, tmp_path: P
             await wait_for(lambda: _known(recorder, "ETHUSDT"), "the resync", limit=8.0)
             await client.delete(KEYS.position("BTCUSDT"))
             await wait_for(lambda: _gone(recorder, "BTCUSDT"), "the deletion")
-            tg.cancel_scope.cancel()
     head, lines = read_all(path)
     assert head.symbols == ["BTCUSDT", "ETHUSDT"]
     assert set(head.snapshot) == {"BTCUSDT"}
@@ -387,27 +374,14 @@ async def test_a_key_of_another_type_is_recorded_as_the_service_reads_it(
     async with connected(redis_url) as client:
         await put(client, KEYS.marketstate("BTCUSDT"), market(int(time.time())))
         await put(client, KEYS.position("BTCUSDT"), position(5.0))
-        holder: list[Recorder] = []
-        ready = anyio.Event()
-
-        async def on_ready(recorder: Recorder) -> None:
-            holder.append(recorder)
-            ready.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(
-                partial(record, settings, str(path), handle_signals=False, on_ready=on_ready)
-            )
-            with anyio.fail_after(5):
-                await ready.wait()
+        async with recording(settings, path, ready_within=5) as recorder:
             await client.set(KEYS.risk("BTCUSDT"), "not a hash")
 
             async def seen() -> bool:
-                row = holder[0].known.get("BTCUSDT")
+                row = recorder.known.get("BTCUSDT")
                 return bool(row and row[1])
 
             await wait_for(seen, "the risk key")
-            tg.cancel_scope.cancel()
     _, lines = read_all(path)
     change = lines[0]
     assert isinstance(change, Set) and change.kind == "risk"
